@@ -1,0 +1,3 @@
+from hms.cli import main
+
+raise SystemExit(main())

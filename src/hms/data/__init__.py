@@ -1,0 +1,1 @@
+"""Data layer: schema, validated readers, labels, folds, the embedded simulator."""

@@ -1,0 +1,168 @@
+"""Readers for the competition files that validate what they read.
+
+Every error names the file and what is wrong; a missing or unreadable file never
+silently becomes zeros.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from hms.data import schema
+
+
+class HMSDataError(ValueError):
+    """A competition file is missing, unreadable or not in the expected format."""
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise HMSDataError(f"{path}: file not found")
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as exc:  # pyarrow raises several types for truncated/corrupt files
+        raise HMSDataError(f"{path}: cannot read parquet ({type(exc).__name__}: {exc})") from exc
+
+
+def _conform_columns(df: pd.DataFrame, expected: tuple[str, ...], path: Path) -> pd.DataFrame:
+    """Exact columns in the expected order; reorders by name when only the order differs."""
+    cols = [str(c) for c in df.columns]
+    missing = [c for c in expected if c not in cols]
+    extra = [c for c in cols if c not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing columns {missing[:8]}{'...' if len(missing) > 8 else ''}")
+        if extra:
+            parts.append(f"unexpected columns {extra[:8]}{'...' if len(extra) > 8 else ''}")
+        raise HMSDataError(f"{path}: " + "; ".join(parts))
+    if cols != list(expected):
+        df = df[list(expected)]  # same names, other order: safe to reorder by name
+    return df
+
+
+def _numeric_float32(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise HMSDataError(f"{path}: non-numeric columns {bad[:8]}")
+    return df.astype(np.float32)
+
+
+def read_eeg(path: str | Path, min_seconds: float = schema.EEG_WINDOW_SECONDS) -> pd.DataFrame:
+    """An EEG parquet: the 20 channels in schema order, float32 microvolts, >= min_seconds."""
+    path = Path(path)
+    df = _conform_columns(_read_parquet(path), schema.EEG_CHANNELS, path)
+    df = _numeric_float32(df, path)
+    min_rows = int(round(min_seconds * schema.SAMPLING_RATE))
+    if len(df) < min_rows:
+        raise HMSDataError(
+            f"{path}: {len(df)} samples ({len(df) / schema.SAMPLING_RATE:.1f} s) is shorter "
+            f"than {min_seconds} s at {schema.SAMPLING_RATE} Hz"
+        )
+    if df.isna().all().all():
+        raise HMSDataError(f"{path}: every value is NaN")
+    return df
+
+
+def read_eeg_array(path: str | Path, min_seconds: float = schema.EEG_WINDOW_SECONDS) -> np.ndarray:
+    """(n_samples, 20) float32, channels in schema.EEG_CHANNELS order."""
+    return read_eeg(path, min_seconds).to_numpy(dtype=np.float32)
+
+
+def read_spectrogram(path: str | Path, min_seconds: float = schema.SPEC_WINDOW_SECONDS) -> pd.DataFrame:
+    """A Kaggle spectrogram parquet: `time` then the 400 region_freq columns, float32."""
+    path = Path(path)
+    expected = (schema.SPEC_TIME_COLUMN, *schema.SPEC_COLUMNS)
+    df = _numeric_float32(_conform_columns(_read_parquet(path), expected, path), path)
+    min_rows = int(min_seconds // schema.SPEC_STEP_SECONDS)
+    if len(df) < min_rows:
+        raise HMSDataError(f"{path}: {len(df)} time steps, need at least {min_rows} ({min_seconds} s)")
+    if df[list(schema.SPEC_COLUMNS)].isna().all().all():
+        raise HMSDataError(f"{path}: every spectrogram value is NaN")
+    if df[schema.SPEC_TIME_COLUMN].isna().any():
+        raise HMSDataError(f"{path}: NaN in the time column")
+    return df
+
+
+def _read_csv(path: Path, expected: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise HMSDataError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise HMSDataError(f"{path}: cannot read CSV ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        raise HMSDataError(f"{path}: missing columns {missing}")
+    df = df[list(expected)]
+    if df.empty:
+        raise HMSDataError(f"{path}: no rows")
+    return df
+
+
+def _check_ints(df: pd.DataFrame, cols: tuple[str, ...], path: Path) -> pd.DataFrame:
+    for col in cols:
+        if col not in df.columns:
+            continue
+        if df[col].isna().any():
+            row = int(df[col].isna().to_numpy().argmax())
+            raise HMSDataError(f"{path}: column {col} is empty at data row {row}")
+        if not pd.api.types.is_integer_dtype(df[col]):
+            raise HMSDataError(f"{path}: column {col} must hold integer ids, got {df[col].dtype}")
+        df[col] = df[col].astype(np.int64)
+    return df
+
+
+def read_train_csv(path: str | Path) -> pd.DataFrame:
+    """train.csv with every Kaggle column; votes non-negative with at least one per row."""
+    path = Path(path)
+    df = _check_ints(_read_csv(path, schema.TRAIN_COLUMNS), schema.INT_COLUMNS, path)
+    for col in (*schema.FLOAT_COLUMNS, *schema.VOTE_COLUMNS):
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            raise HMSDataError(f"{path}: column {col} is not numeric")
+    votes = df[list(schema.VOTE_COLUMNS)].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(votes).all(1) | (votes < 0).any(1) | (votes.sum(1) <= 0))
+    if len(bad):
+        raise HMSDataError(
+            f"{path}: {len(bad)} rows with invalid votes (negative, NaN or all zero), "
+            f"first at data row {int(bad[0])} (label_id {int(df['label_id'].iloc[bad[0]])})"
+        )
+    return df
+
+
+def read_test_csv(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    return _check_ints(_read_csv(path, schema.TEST_COLUMNS), schema.TEST_COLUMNS, path)
+
+
+def split_dirs(split: str) -> tuple[str, str]:
+    """(eeg dir, spectrogram dir) names for 'train' or 'test'."""
+    if split == "train":
+        return schema.TRAIN_EEG_DIR, schema.TRAIN_SPEC_DIR
+    if split == "test":
+        return schema.TEST_EEG_DIR, schema.TEST_SPEC_DIR
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def eeg_path(data_dir: str | Path, split: str, eeg_id: int) -> Path:
+    return Path(data_dir) / split_dirs(split)[0] / f"{int(eeg_id)}.parquet"
+
+
+def spectrogram_path(data_dir: str | Path, split: str, spectrogram_id: int) -> Path:
+    return Path(data_dir) / split_dirs(split)[1] / f"{int(spectrogram_id)}.parquet"
+
+
+def require_dataset(data_dir: str | Path, splits: tuple[str, ...] = ("train", "test")) -> Path:
+    """Check the Kaggle layout is there before a long stage starts."""
+    data_dir = Path(data_dir)
+    needed = {"train": [schema.TRAIN_CSV, *split_dirs("train")], "test": [schema.TEST_CSV, *split_dirs("test")]}
+    missing = [name for s in splits for name in needed[s] if not (data_dir / name).exists()]
+    if missing:
+        raise HMSDataError(
+            f"{data_dir}: not a dataset in Kaggle layout (missing {missing}); "
+            "run `hms download` (real data) or `hms synth --out DIR` (embedded dataset)"
+        )
+    return data_dir

@@ -1,0 +1,91 @@
+"""One source of truth for every name in the HMS data: channels, montage chains,
+classes, vote columns, CSV columns and spectrogram columns.
+
+Everything else in the package imports these names instead of spelling them out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLING_RATE = 200  # Hz, every EEG parquet
+EEG_WINDOW_SECONDS = 50  # a labelled EEG window starts at eeg_label_offset_seconds
+EEG_CENTER_SECONDS = 10  # the label describes the central 10 s of that window
+SPEC_WINDOW_SECONDS = 600  # a labelled spectrogram window (10 minutes)
+SPEC_STEP_SECONDS = 2  # the Kaggle spectrogram's time step (times 1, 3, 5, ...)
+EEG_WINDOW_SAMPLES = EEG_WINDOW_SECONDS * SAMPLING_RATE  # 10_000
+SPEC_WINDOW_FRAMES = SPEC_WINDOW_SECONDS // SPEC_STEP_SECONDS  # 300
+
+# Column order of every EEG parquet, exactly as Kaggle ships it.
+EEG_CHANNELS: tuple[str, ...] = (
+    "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz", "Pz",
+    "Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2", "EKG",
+)
+EKG_CHANNEL = "EKG"
+
+# The double-banana montage: four chains of four bipolar pairs (anode, cathode).
+CHAINS: dict[str, tuple[tuple[str, str], ...]] = {
+    "LL": (("Fp1", "F7"), ("F7", "T3"), ("T3", "T5"), ("T5", "O1")),
+    "RL": (("Fp2", "F8"), ("F8", "T4"), ("T4", "T6"), ("T6", "O2")),
+    "LP": (("Fp1", "F3"), ("F3", "C3"), ("C3", "P3"), ("P3", "O1")),
+    "RP": (("Fp2", "F4"), ("F4", "C4"), ("C4", "P4"), ("P4", "O2")),
+}
+CHAIN_NAMES: tuple[str, ...] = tuple(CHAINS)  # LL, RL, LP, RP (Kaggle spectrogram order)
+BIPOLAR_PAIRS: tuple[tuple[str, str], ...] = tuple(p for c in CHAIN_NAMES for p in CHAINS[c])
+BIPOLAR_NAMES: tuple[str, ...] = tuple(f"{a}-{b}" for a, b in BIPOLAR_PAIRS)
+# Optional extras some top teams added to the 16 pairs.
+MIDLINE_PAIRS: tuple[tuple[str, str], ...] = (("Fz", "Cz"), ("Cz", "Pz"))
+# Left/right swap: the chain each chain becomes when hemispheres are mirrored.
+CHAIN_MIRROR: dict[str, str] = {"LL": "RL", "RL": "LL", "LP": "RP", "RP": "LP"}
+
+
+def mirrored_bipolar_order() -> list[int]:
+    """Index permutation of BIPOLAR_PAIRS that swaps left and right chains."""
+    order = []
+    for chain in CHAIN_NAMES:
+        start = CHAIN_NAMES.index(CHAIN_MIRROR[chain]) * 4
+        order.extend(range(start, start + 4))
+    return order
+
+
+# Classes in submission order, their consensus names and vote columns.
+CLASSES: tuple[str, ...] = ("seizure", "lpd", "gpd", "lrda", "grda", "other")
+CONSENSUS_NAMES: tuple[str, ...] = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")
+VOTE_COLUMNS: tuple[str, ...] = tuple(f"{c}_vote" for c in CLASSES)
+N_CLASSES = len(CLASSES)
+
+TRAIN_COLUMNS: tuple[str, ...] = (
+    "eeg_id", "eeg_sub_id", "eeg_label_offset_seconds",
+    "spectrogram_id", "spectrogram_sub_id", "spectrogram_label_offset_seconds",
+    "label_id", "patient_id", "expert_consensus", *VOTE_COLUMNS,
+)
+TEST_COLUMNS: tuple[str, ...] = ("spectrogram_id", "eeg_id", "patient_id")
+SUBMISSION_COLUMNS: tuple[str, ...] = ("eeg_id", *VOTE_COLUMNS)
+INT_COLUMNS: tuple[str, ...] = (
+    "eeg_id", "eeg_sub_id", "spectrogram_id", "spectrogram_sub_id", "label_id", "patient_id",
+)
+FLOAT_COLUMNS: tuple[str, ...] = ("eeg_label_offset_seconds", "spectrogram_label_offset_seconds")
+
+# Kaggle spectrogram: 100 frequency bins per chain, 0.59..19.92 Hz in steps of 200/1024 Hz.
+SPEC_N_FREQS = 100
+SPEC_FREQS: np.ndarray = np.round(np.arange(3, 3 + SPEC_N_FREQS) * SAMPLING_RATE / 1024, 2)
+SPEC_TIME_COLUMN = "time"
+SPEC_COLUMNS: tuple[str, ...] = tuple(
+    f"{chain}_{freq:.2f}" for chain in CHAIN_NAMES for freq in SPEC_FREQS
+)
+
+# Dataset layout (Kaggle's), relative to a dataset directory.
+KAGGLE_SLUG = "hms-harmful-brain-activity-classification"
+TRAIN_CSV = "train.csv"
+TEST_CSV = "test.csv"
+SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
+TRAIN_EEG_DIR = "train_eegs"
+TRAIN_SPEC_DIR = "train_spectrograms"
+TEST_EEG_DIR = "test_eegs"
+TEST_SPEC_DIR = "test_spectrograms"
+# Answers the simulator writes beside a synthetic dataset (never present in real data).
+ANSWERS_DIR = "answers"
+TRAIN_ANSWERS_CSV = "train_pstar.csv"  # label_id + p* per class
+TEST_ANSWERS_CSV = "test_answers.csv"  # eeg_id + p* per class + test votes
+PSTAR_COLUMNS: tuple[str, ...] = tuple(f"{c}_pstar" for c in CLASSES)
+
+OOF_PROB_COLUMNS: tuple[str, ...] = VOTE_COLUMNS  # predictions use the submission names

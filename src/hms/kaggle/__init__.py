@@ -1,0 +1,1 @@
+"""Kaggle round trip: download, dataset packaging and upload, offline notebook."""

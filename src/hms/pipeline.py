@@ -1,0 +1,40 @@
+"""Stage glue shared by the CLI, the scripts and the tests: find or make the dataset,
+load the labelled train table with folds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from hms import config as C
+from hms.data import io, labels, schema
+from hms.data.folds import attach_folds, load_or_make_folds
+
+
+def ensure_dataset(cfg: DictConfig) -> Path:
+    """The configured dataset; the embedded one is generated when nothing else is there."""
+    data_dir = C.data_dir(cfg)
+    if not (data_dir / schema.TRAIN_CSV).is_file() and data_dir == C.synthetic_data_dir():
+        from hms.data.synthetic import generate
+
+        print(f"[hms] no competition data found: generating the embedded dataset in {data_dir}")
+        generate(data_dir, n_eegs=cfg.synth.n_eegs, n_test_eegs=cfg.synth.n_test_eegs, seed=cfg.synth.seed)
+    return io.require_dataset(data_dir)
+
+
+def folds_path(cfg: DictConfig) -> Path:
+    return C.work_dir(cfg) / "folds.csv"
+
+
+def ensure_folds(cfg: DictConfig) -> pd.DataFrame:
+    train = io.read_train_csv(ensure_dataset(cfg) / schema.TRAIN_CSV)
+    return load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
+
+
+def load_train(cfg: DictConfig) -> pd.DataFrame:
+    """train.csv with targets (normalised votes, total_votes) and the shared folds."""
+    data_dir = ensure_dataset(cfg)
+    train = io.read_train_csv(data_dir / schema.TRAIN_CSV)
+    folds = load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
+    return attach_folds(labels.add_targets(train), folds)

@@ -1,0 +1,55 @@
+"""Shared fixtures: small real parquet/CSV files written with pandas/pyarrow."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hms.data import schema
+
+
+def eeg_frame(seconds: float = 50, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * schema.SAMPLING_RATE)
+    data = rng.normal(0, 20, size=(n, len(schema.EEG_CHANNELS))).astype(np.float32)
+    return pd.DataFrame(data, columns=list(schema.EEG_CHANNELS))
+
+
+def spectrogram_frame(seconds: float = 600, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = int(seconds // schema.SPEC_STEP_SECONDS)
+    power = rng.lognormal(0, 1, size=(n, len(schema.SPEC_COLUMNS))).astype(np.float32)
+    df = pd.DataFrame(power, columns=list(schema.SPEC_COLUMNS))
+    df.insert(0, schema.SPEC_TIME_COLUMN, np.arange(1, 2 * n, 2, dtype=np.float32))
+    return df
+
+
+def train_frame(n_patients: int = 12, eegs_per_patient: int = 3, seed: int = 0) -> pd.DataFrame:
+    """A train.csv-shaped frame: several sub-windows per eeg_id, random votes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    label_id = 1000
+    for p in range(n_patients):
+        for e in range(eegs_per_patient):
+            eeg_id = 10_000 + p * 100 + e
+            votes = rng.multinomial(int(rng.integers(1, 20)), np.full(6, 1 / 6))
+            if votes.sum() == 0:
+                votes[5] = 1
+            for sub in range(int(rng.integers(1, 4))):
+                rows.append({
+                    "eeg_id": eeg_id, "eeg_sub_id": sub, "eeg_label_offset_seconds": 2.0 * sub,
+                    "spectrogram_id": 50_000 + p, "spectrogram_sub_id": sub,
+                    "spectrogram_label_offset_seconds": 2.0 * sub, "label_id": label_id,
+                    "patient_id": 500 + p,
+                    "expert_consensus": schema.CONSENSUS_NAMES[int(np.argmax(votes))],
+                    **dict(zip(schema.VOTE_COLUMNS, votes.tolist())),
+                })
+                label_id += 1
+    return pd.DataFrame(rows, columns=list(schema.TRAIN_COLUMNS))
+
+
+@pytest.fixture
+def tmp_eeg(tmp_path):
+    path = tmp_path / "1.parquet"
+    eeg_frame().to_parquet(path, index=False)
+    return path
