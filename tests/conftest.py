@@ -53,3 +53,29 @@ def tmp_eeg(tmp_path):
     path = tmp_path / "1.parquet"
     eeg_frame().to_parquet(path, index=False)
     return path
+
+
+def write_mini_dataset(root, n_patients: int = 8, eegs_per_patient: int = 2, n_test: int = 3, seed: int = 0):
+    """A small dataset in Kaggle layout with random signals (no patterns): for pipeline
+    mechanics (caches, loaders, outputs); learning tests use the real simulator."""
+    from pathlib import Path
+
+    root = Path(root)
+    for d in (schema.TRAIN_EEG_DIR, schema.TRAIN_SPEC_DIR, schema.TEST_EEG_DIR, schema.TEST_SPEC_DIR):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    train = train_frame(n_patients, eegs_per_patient, seed)
+    for eeg_id, g in train.groupby("eeg_id"):
+        eeg_frame(g.eeg_label_offset_seconds.max() + 50, seed=int(eeg_id)).to_parquet(
+            root / schema.TRAIN_EEG_DIR / f"{eeg_id}.parquet", index=False)
+    for spec_id, g in train.groupby("spectrogram_id"):
+        spectrogram_frame(g.spectrogram_label_offset_seconds.max() + 600, seed=int(spec_id)).to_parquet(
+            root / schema.TRAIN_SPEC_DIR / f"{spec_id}.parquet", index=False)
+    train.to_csv(root / schema.TRAIN_CSV, index=False)
+    test = pd.DataFrame({"spectrogram_id": 90_000 + np.arange(n_test), "eeg_id": 80_000 + np.arange(n_test),
+                         "patient_id": 9_000 + np.arange(n_test)})
+    for r in test.itertuples():
+        eeg_frame(50, seed=r.eeg_id).to_parquet(root / schema.TEST_EEG_DIR / f"{r.eeg_id}.parquet", index=False)
+        spectrogram_frame(600, seed=r.spectrogram_id).to_parquet(
+            root / schema.TEST_SPEC_DIR / f"{r.spectrogram_id}.parquet", index=False)
+    test.to_csv(root / schema.TEST_CSV, index=False)
+    return root

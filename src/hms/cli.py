@@ -9,14 +9,54 @@ from pathlib import Path
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", action="append", default=[], help="experiment YAML (repeatable)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                   help="experiment config files, then key=value overrides")
+
+
+def _split_items(args) -> tuple[list[str], list[str]]:
+    overrides = [i for i in args.items if "=" in i]
+    return [i for i in args.items if "=" not in i], overrides
 
 
 def _config(args):
     from hms.config import load_config
 
-    return load_config(args.config, args.overrides)
+    files, overrides = _split_items(args)
+    return load_config(files, overrides)
+
+
+def cmd_train(args) -> int:
+    from hms.run_all import experiment_configs
+    from hms.train import train_experiment
+
+    files, overrides = _split_items(args)
+    if not files:
+        raise FileNotFoundError("hms train needs at least one experiment config, e.g. configs/demo/mosaic_resnet.yaml")
+    for cfg in experiment_configs(files, overrides):
+        train_experiment(cfg, folds=args.fold, force=args.force)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from hms.run_all import run_all
+
+    files, overrides = _split_items(args)
+    if not files:
+        files = sorted(str(p) for p in Path("configs/demo").glob("*.yaml"))
+    run_all(files, overrides, force=args.force)
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from hms.config import load_config, submission_dir
+    from hms.ensemble import write_submission
+    from hms.pipeline import load_test
+
+    cfg = load_config([], args.overrides)
+    dirs = [Path(cfg.paths.work_dir) / name for name in args.experiments]
+    report = write_submission(dirs, load_test(cfg), submission_dir(cfg), cfg.labels.min_votes_high)
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def cmd_synth(args) -> int:
@@ -55,6 +95,27 @@ def cmd_folds(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    import time
+
+    from hms.cache import clear_stale
+    from hms.pipeline import prepare
+
+    cfg = _config(args)
+    t = time.perf_counter()
+    dirs = prepare(cfg, tuple(args.splits), workers=args.workers)
+    keep = [d for kinds in dirs.values() for d in kinds.values()]
+    for split, kinds in dirs.items():
+        for kind, d in kinds.items():
+            size = sum(f.stat().st_size for f in d.iterdir())
+            print(f"{split:5s} {kind:4s} {d}  {size / 1e6:.1f} MB")
+    if args.clean:
+        for d in clear_stale(cfg, keep):
+            print(f"removed stale cache {d}")
+    print(f"prepared in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
 COMMANDS = {}
 
 
@@ -86,6 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("submission")
 
     _register(sub, "folds", cmd_folds, "build (or reuse) the patient-grouped folds", config=True)
+
+    p = _register(sub, "prepare", cmd_prepare, "build the npy caches (bipolar signals, Kaggle spectrograms)",
+                  config=True)
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--clean", action="store_true", help="delete caches built with other parameters")
+
+    p = _register(sub, "train", cmd_train, "train every fold of each experiment config", config=True)
+    p.add_argument("--fold", type=int, action="append", default=None, help="only this fold (repeatable)")
+    p.add_argument("--force", action="store_true", help="retrain finished folds (old ones are kept aside)")
+
+    p = _register(sub, "run", cmd_run, "the main job: data, caches, all folds of all experiments, "
+                  "ensemble, submission, summary (default: configs/demo/*.yaml)", config=True)
+    p.add_argument("--force", action="store_true")
+
+    p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
+    p.add_argument("experiments", nargs="+", help="experiment names under the work dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
     return parser
 
 

@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+REPLACED_SECTIONS = ("model",)
 ENV_PATHS = {
     "HMS_DATA_DIR": "paths.data_dir",
     "HMS_WORK_DIR": "paths.work_dir",
@@ -46,7 +47,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Dict
     """base.yaml <- each file <- key=value overrides <- HMS_* environment."""
     cfg = OmegaConf.load(config_dir() / "base.yaml")
     for f in files:
-        cfg = OmegaConf.merge(cfg, _load_yaml(Path(f)))
+        exp = _load_yaml(Path(f))
+        cfg = OmegaConf.merge(cfg, exp)
+        for key in REPLACED_SECTIONS:  # another model kind takes other keys: replace, never mix
+            if key in exp:
+                cfg[key] = exp[key]
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got: {bad}")

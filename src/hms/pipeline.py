@@ -38,3 +38,21 @@ def load_train(cfg: DictConfig) -> pd.DataFrame:
     train = io.read_train_csv(data_dir / schema.TRAIN_CSV)
     folds = load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
     return attach_folds(labels.add_targets(train), folds)
+
+
+def load_test(cfg: DictConfig) -> pd.DataFrame:
+    return io.read_test_csv(ensure_dataset(cfg) / schema.TEST_CSV)
+
+
+def prepare(cfg: DictConfig, splits: tuple[str, ...] = ("train", "test"), workers: int | None = None,
+            progress: bool = True) -> dict[str, dict[str, Path]]:
+    """Build or reuse every cache the models read: {split: {'eeg': dir, 'spec': dir}}."""
+    from hms.cache import build_cache
+
+    data_dir = ensure_dataset(cfg)
+    out: dict[str, dict[str, Path]] = {}
+    for split in splits:
+        table = io.read_train_csv(data_dir / schema.TRAIN_CSV) if split == "train" else load_test(cfg)
+        out[split] = {kind: build_cache(cfg, data_dir, split, kind, table, workers, progress)
+                      for kind in ("eeg", "spec")}
+    return out

@@ -1,0 +1,127 @@
+"""Augmentations, all configured by the experiment's `augment` section.
+
+Per-sample, on CPU in the dataset: albumentations XY masking of the Kaggle spectrogram panels.
+Per-batch, on the device in the training step: left/right hemisphere swap, time shift,
+channel dropout and sign flip (signals), SpecAugment time/frequency masking and time warp
+(images), and mixup of inputs and targets.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hms.data import schema
+
+MIRROR_SIGNALS = schema.mirrored_bipolar_order()
+MIRROR_PANELS = [schema.CHAIN_NAMES.index(schema.CHAIN_MIRROR[c]) for c in schema.CHAIN_NAMES]
+
+
+def spec_panel_transform(cfg):
+    """albumentations XY masking on (4, 100, 300) panels, or None when disabled."""
+    if not cfg.get("spec_xymask", 0):
+        return None
+    import albumentations as A
+
+    mask = A.XYMasking(num_masks_x=(1, 2), num_masks_y=(1, 2), mask_x_length=(5, 30),
+                       mask_y_length=(3, 15), fill=0, p=float(cfg.spec_xymask))
+
+    def apply(panels: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(mask(image=panels.transpose(1, 2, 0))["image"].transpose(2, 0, 1))
+
+    return apply
+
+
+def _coin(n: int, p: float, device) -> torch.Tensor:
+    return torch.rand(n, device=device) < p
+
+
+def hemisphere_swap(batch: dict, p: float) -> None:
+    """Mirror left and right chains for a random subset: labels are unchanged by symmetry."""
+    flip = _coin(batch["spec"].shape[0], p, batch["spec"].device)
+    if not flip.any():
+        return
+    sig = batch["signal"]
+    n_pairs = len(MIRROR_SIGNALS)
+    mirrored = sig.clone()
+    mirrored[:, :n_pairs] = sig[:, MIRROR_SIGNALS]
+    batch["signal"] = torch.where(flip[:, None, None], mirrored, sig)
+    batch["spec"] = torch.where(flip[:, None, None, None], batch["spec"][:, MIRROR_PANELS], batch["spec"])
+
+
+def time_shift(signal: torch.Tensor, max_fraction: float) -> torch.Tensor:
+    """Circular shift by up to max_fraction of the window, per sample."""
+    if max_fraction <= 0:
+        return signal
+    n, _, t = signal.shape
+    shifts = torch.randint(-int(t * max_fraction), int(t * max_fraction) + 1, (n,), device=signal.device)
+    idx = (torch.arange(t, device=signal.device)[None, :] - shifts[:, None]) % t
+    return torch.gather(signal, 2, idx[:, None, :].expand_as(signal))
+
+
+def channel_dropout(signal: torch.Tensor, p: float) -> torch.Tensor:
+    if p <= 0:
+        return signal
+    keep = (torch.rand(signal.shape[:2], device=signal.device) >= p).to(signal.dtype)
+    return signal * keep[:, :, None]
+
+
+def sign_flip(signal: torch.Tensor, p: float) -> torch.Tensor:
+    if p <= 0:
+        return signal
+    sign = torch.where(_coin(signal.shape[0], p, signal.device), -1.0, 1.0).to(signal.dtype)
+    return signal * sign[:, None, None]
+
+
+def spec_augment(image: torch.Tensor, n_time: int, n_freq: int, max_width: float) -> torch.Tensor:
+    """SpecAugment masks on (B, C, F, T): n_time time stripes and n_freq frequency stripes."""
+    b, _, f, t = image.shape
+    out = image.clone()
+    for axis, count, size in ((3, n_time, t), (2, n_freq, f)):
+        for _ in range(count):
+            width = torch.randint(0, max(1, int(size * max_width)) + 1, (b,), device=image.device)
+            start = (torch.rand(b, device=image.device) * (size - width)).long()
+            pos = torch.arange(size, device=image.device)[None, :]
+            stripe = (pos >= start[:, None]) & (pos < (start + width)[:, None])
+            shape = (b, 1, 1, size) if axis == 3 else (b, 1, size, 1)
+            out = out.masked_fill(stripe.view(shape), 0.0)
+    return out
+
+
+def time_warp(image: torch.Tensor, max_warp: float) -> torch.Tensor:
+    """Piecewise-linear warp of the time axis around a random centre (SpecAugment's warp)."""
+    if max_warp <= 0:
+        return image
+    b, _, f, t = image.shape
+    centre = 0.2 + 0.6 * torch.rand(b, 1, device=image.device)
+    moved = (centre + (torch.rand(b, 1, device=image.device) * 2 - 1) * max_warp).clamp(0.1, 0.9)
+    x = torch.linspace(0, 1, t, device=image.device)[None, :]
+    src = torch.where(x < moved, x * centre / moved, centre + (x - moved) * (1 - centre) / (1 - moved))
+    grid_x = (src * 2 - 1)[:, None, :, None].expand(b, f, t, 1)
+    grid_y = torch.linspace(-1, 1, f, device=image.device)[None, :, None, None].expand(b, f, t, 1)
+    grid = torch.cat([grid_x, grid_y], dim=-1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def mixup(batch: dict, alpha: float, p: float) -> None:
+    """Convex mix of inputs and soft targets with a shuffled copy of the batch."""
+    if alpha <= 0 or torch.rand(()) >= p:
+        return
+    lam = float(np.random.beta(alpha, alpha))
+    perm = torch.randperm(batch["target"].shape[0], device=batch["target"].device)
+    for key in ("signal", "spec", "target", "weight"):
+        batch[key] = lam * batch[key] + (1 - lam) * batch[key][perm]
+
+
+def augment_batch(batch: dict, cfg) -> None:
+    """Signal/panel-level batch augmentations, in place."""
+    hemisphere_swap(batch, cfg.lr_swap)
+    batch["signal"] = sign_flip(channel_dropout(time_shift(batch["signal"], cfg.time_shift), cfg.channel_dropout),
+                                cfg.sign_flip)
+    mixup(batch, cfg.mixup_alpha, cfg.mixup_p)
+
+
+def augment_image(image: torch.Tensor, cfg) -> torch.Tensor:
+    """Image-level augmentations for 2D models, applied after the image is built."""
+    image = time_warp(image, cfg.time_warp)
+    return spec_augment(image, cfg.time_masks, cfg.freq_masks, cfg.mask_max_width)

@@ -1,0 +1,225 @@
+"""`hms prepare`: the caches training and inference read, under $HMS_WORK_DIR/cache/.
+
+Two kinds per split, each one flat memory-mapped npy plus an index:
+  eeg  : cleaned bipolar signals, float16 (n_samples_total, n_signals); one span per eeg_id
+         covering all its labelled 50 s windows (train) or the whole file (test);
+  spec : log-clipped Kaggle spectrogram frames, float16 (n_frames_total, 400); one span per
+         spectrogram_id covering all its 10-minute windows.
+A cache directory's name holds a hash of its inputs (file names, sizes, mtimes) and of the
+parameters, so a changed parameter or file never reuses a stale cache. Work is written into a
+`.partial` memmap with a done-bitmap; an interrupted run resumes where it stopped and the
+final names appear only when every item is in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from hms.data import io, schema
+from hms.signal import filters, kaggle_spec, montage
+from hms.utils import atomic_to_csv, atomic_write_json
+
+CACHE_VERSION = 1
+INDEX_COLUMNS = ("id", "start", "length", "t0", "nan_share")
+
+
+@dataclass
+class Cache:
+    """An opened cache: data[start:start+length] is the span of one id; t0 its first second."""
+
+    root: Path
+    data: np.ndarray
+    index: pd.DataFrame
+    meta: dict
+
+    def __post_init__(self):
+        # plain-int lookups: pandas .loc per item would be slow and upcast ints to float
+        self._rows = {int(i): Span(int(s), int(n), float(t)) for i, s, n, t in
+                      zip(self.index.index, self.index.start, self.index.length, self.index.t0)}
+
+    def row(self, item_id: int) -> "Span":
+        try:
+            return self._rows[int(item_id)]
+        except KeyError:
+            raise io.HMSDataError(f"{self.root}: id {item_id} is not in this cache") from None
+
+
+class Span(NamedTuple):
+    start: int
+    length: int
+    t0: float
+
+
+# ---------------------------------------------------------------- spans per item
+
+def eeg_spans(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    """id, t0, seconds: the part of each EEG file to cache."""
+    if split == "test":
+        ids = table["eeg_id"].unique()
+        return pd.DataFrame({"id": ids, "t0": 0.0, "seconds": float(schema.EEG_WINDOW_SECONDS)})
+    g = table.groupby("eeg_id")["eeg_label_offset_seconds"]
+    spans = pd.DataFrame({"t0": g.min(), "seconds": g.max() - g.min() + schema.EEG_WINDOW_SECONDS})
+    return spans.rename_axis("id").reset_index()
+
+
+def spec_spans(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    if split == "test":
+        ids = table["spectrogram_id"].unique()
+        return pd.DataFrame({"id": ids, "t0": 0.0, "seconds": float(schema.SPEC_WINDOW_SECONDS)})
+    g = table.groupby("spectrogram_id")["spectrogram_label_offset_seconds"]
+    spans = pd.DataFrame({"t0": g.min(), "seconds": g.max() - g.min() + schema.SPEC_WINDOW_SECONDS})
+    return spans.rename_axis("id").reset_index()
+
+
+# ---------------------------------------------------------------- per-file work (in workers)
+
+def _eeg_item(path: Path, t0: float, n: int, signal_cfg: dict) -> tuple[np.ndarray, float]:
+    eeg = io.read_eeg_array(path)
+    start = int(round(t0 * schema.SAMPLING_RATE))
+    if start + n > len(eeg):
+        raise io.HMSDataError(
+            f"{path}: {len(eeg)} samples, but its labelled windows need samples {start}..{start + n}"
+        )
+    raw = montage.bipolar(eeg[start:start + n], signal_cfg["extras"])
+    cfg = OmegaConf.create(signal_cfg)
+    clean, mask = filters.clean(raw, cfg)
+    return clean.T, float(mask.mean())
+
+
+def _spec_item(path: Path, t0: float, n: int, spec_cfg: dict) -> tuple[np.ndarray, float]:
+    df = io.read_spectrogram(path)
+    times = df[schema.SPEC_TIME_COLUMN].to_numpy()
+    start = kaggle_spec.window_start(times[0], t0)
+    frames = kaggle_spec.take_window(df[list(schema.SPEC_COLUMNS)].to_numpy(), start, n)
+    logp = kaggle_spec.log_power(frames, tuple(spec_cfg["log_clip"]))
+    return logp, float(np.isnan(logp).mean())
+
+
+def _work(job: tuple) -> tuple[int, float]:
+    """Process one file and write it straight into the shared partial memmap."""
+    kind, i, path, t0, start, n, params, data_path = job
+    item = _eeg_item if kind == "eeg" else _spec_item
+    values, nan_share = item(Path(path), t0, n, params)
+    data = np.load(data_path, mmap_mode="r+")
+    data[start:start + n] = values.astype(np.float16)
+    data.flush()
+    del data
+    return i, nan_share
+
+
+# ---------------------------------------------------------------- building
+
+def _params(cfg: DictConfig, kind: str) -> dict:
+    section = cfg.signal if kind == "eeg" else cfg.kaggle_spec
+    return OmegaConf.to_container(section, resolve=True)
+
+
+def _cache_dir(cfg: DictConfig, kind: str, split: str, paths: list[Path], spans: pd.DataFrame) -> Path:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "kind": kind, "params": _params(cfg, kind)}, sort_keys=True).encode())
+    h.update(pd.util.hash_pandas_object(spans, index=False).values.tobytes())
+    for p in paths:
+        st = p.stat() if p.exists() else None
+        h.update(f"{p.name}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
+    return Path(cfg.paths.work_dir) / "cache" / f"{kind}-{split}-{h.hexdigest()[:16]}"
+
+
+def _layout(spans: pd.DataFrame, kind: str) -> pd.DataFrame:
+    per_second = schema.SAMPLING_RATE if kind == "eeg" else 1 / schema.SPEC_STEP_SECONDS
+    length = np.round(spans["seconds"].to_numpy() * per_second).astype(np.int64)
+    return spans.assign(length=length, start=np.concatenate([[0], np.cumsum(length)[:-1]]))
+
+
+def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: pd.DataFrame,
+                workers: int | None = None, progress: bool = True) -> Path:
+    """Build (or finish, or reuse) one cache; returns its directory."""
+    spans = (eeg_spans if kind == "eeg" else spec_spans)(table, split)
+    path_of = io.eeg_path if kind == "eeg" else io.spectrogram_path
+    paths = [path_of(data_dir, split, i) for i in spans["id"]]
+    root = _cache_dir(cfg, kind, split, paths, spans)
+    if (root / "meta.json").is_file():
+        return root
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise io.HMSDataError(f"{len(missing)} {kind} files missing, e.g. {missing[0]}")
+    spans = _layout(spans, kind)
+    n_cols = len(montage.montage_names(cfg.signal.extras)) if kind == "eeg" else len(schema.SPEC_COLUMNS)
+    root.mkdir(parents=True, exist_ok=True)
+    partial, done_path = root / "data.partial.npy", root / "done.partial.npy"
+    shape = (int(spans["length"].sum()), n_cols)
+    if not partial.is_file() or np.load(partial, mmap_mode="r").shape != shape:
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape).flush()
+        np.save(done_path, np.full(len(spans), np.nan))
+    nan_share = np.load(done_path)  # NaN = not done yet; else the item's NaN share
+    todo = np.flatnonzero(np.isnan(nan_share))
+    params = _params(cfg, kind)
+    jobs = [(kind, int(i), str(paths[i]), float(spans.t0.iat[i]), int(spans.start.iat[i]),
+             int(spans.length.iat[i]), params, str(partial)) for i in todo]
+    _run_jobs(jobs, nan_share, done_path, workers, progress, f"prepare {kind} {split}")
+    index = spans.assign(nan_share=nan_share)[list(INDEX_COLUMNS)]
+    atomic_to_csv(index, root / "index.csv")
+    os.replace(partial, root / "data.npy")
+    done_path.unlink()
+    meta = {"kind": kind, "split": split, "params": params, "shape": list(shape), "version": CACHE_VERSION}
+    atomic_write_json(root / "meta.json", meta)  # written last: its presence marks a complete cache
+    return root
+
+
+def _run_jobs(jobs, nan_share, done_path, workers, progress, desc) -> None:
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="file")
+    checkpoint_every = max(1, len(jobs) // 20)
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
+        for k, (i, share) in enumerate(pool.map(_work, jobs, chunksize=4), start=1):
+            nan_share[i] = share
+            bar.update()
+            if k % checkpoint_every == 0:
+                np.save(done_path, nan_share)  # progress survives an interruption
+    np.save(done_path, nan_share)
+    bar.close()
+
+
+class _Serial:
+    """Same interface as an executor, in-process (workers=1, easier to debug)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(fn, items, chunksize=1):
+        return map(fn, items)
+
+
+def open_cache(root: Path) -> Cache:
+    root = Path(root)
+    if not (root / "meta.json").is_file():
+        raise io.HMSDataError(f"{root}: not a complete cache; run `hms prepare`")
+    meta = json.loads((root / "meta.json").read_text())
+    index = pd.read_csv(root / "index.csv").set_index("id")
+    return Cache(root, np.load(root / "data.npy", mmap_mode="r"), index, meta)
+
+
+def clear_stale(cfg: DictConfig, keep: list[Path]) -> list[Path]:
+    """Remove cache dirs not in `keep` (used by `hms prepare --clean`)."""
+    base = Path(cfg.paths.work_dir) / "cache"
+    removed = []
+    for d in base.glob("*-*-*") if base.is_dir() else []:
+        if d not in keep:
+            shutil.rmtree(d)
+            removed.append(d)
+    return removed

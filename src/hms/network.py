@@ -1,0 +1,99 @@
+"""What sits between a batch and a model: the 2D image builder (Kaggle panels + EEG mel
+panels computed on the device, tiled like the starter notebook's mosaic) and the wrapper
+that applies image augmentations in training. Checkpoints hold this wrapper's state_dict."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms.augment import augment_image
+from hms.data import schema
+from hms.models.factory import build_model, model_input
+from hms.models.melspec import TorchMelSpectrogram
+
+SOURCES = ("kaggle", "eeg")
+LAYOUTS = ("mosaic", "channels")
+
+
+class ImageBuilder(nn.Module):
+    """Batch -> (B, C, H, W). Panels per source: 4 Kaggle chains and/or 4 EEG mel chains
+    (mean over each chain's 4 pairs), all resized to (panel_height, panel_width).
+    mosaic: one channel, sources side by side, chains stacked (the starter's 512x512);
+    channels: one channel per panel."""
+
+    def __init__(self, sources=SOURCES, layout="mosaic", panel_height=128, panel_width=256,
+                 image_size=None, mel: dict | None = None):
+        super().__init__()
+        bad = [s for s in sources if s not in SOURCES]
+        if bad or layout not in LAYOUTS:
+            raise ValueError(f"image sources must be among {SOURCES} (got {list(sources)}), "
+                             f"layout one of {LAYOUTS} (got {layout!r})")
+        self.sources, self.layout = tuple(sources), layout
+        self.panel = (int(panel_height), int(panel_width))
+        self.image_size = tuple(image_size) if image_size else None
+        mel = dict(mel or {})
+        self.mel_width = int(mel.pop("width", 256))
+        self.mel = TorchMelSpectrogram(**mel) if "eeg" in self.sources else None
+
+    @property
+    def in_chans(self) -> int:
+        return 1 if self.layout == "mosaic" else 4 * len(self.sources)
+
+    def eeg_panels(self, signal: torch.Tensor) -> torch.Tensor:
+        n_pairs = len(schema.BIPOLAR_PAIRS)
+        db = self.mel(signal[:, :n_pairs])[..., : self.mel_width]  # (B, 16, mels, frames)
+        db = (db + 40.0) / 40.0  # the starter's scaling of max-referenced dB
+        db = db.flip(-2)  # low frequencies at the bottom, like the Kaggle panels below
+        return db.reshape(db.shape[0], len(schema.CHAIN_NAMES), 4, *db.shape[-2:]).mean(2)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        panels = []
+        if "kaggle" in self.sources:
+            panels.append(batch["spec"].flip(-2))
+        if "eeg" in self.sources:
+            panels.append(self.eeg_panels(batch["signal"]))
+        panels = [F.interpolate(p, size=self.panel, mode="bilinear", align_corners=False) for p in panels]
+        if self.layout == "channels":
+            image = torch.cat(panels, dim=1)
+        else:  # chains stacked vertically per source, sources side by side
+            image = torch.cat([p.flatten(1, 2) for p in panels], dim=-1).unsqueeze(1)
+        if self.image_size:
+            image = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False)
+        return image
+
+
+class HMSNet(nn.Module):
+    """Batch dict -> logits (B, 6), for every model kind."""
+
+    def __init__(self, model_cfg, image_cfg=None, mel_cfg=None):
+        super().__init__()
+        model_cfg = dict(model_cfg)
+        self.input_kind = model_input(model_cfg)
+        self.builder = None
+        if self.input_kind == "image":
+            image_cfg = dict(image_cfg or {})
+            self.builder = ImageBuilder(mel=mel_cfg, **image_cfg)
+            model_cfg.setdefault("in_chans", self.builder.in_chans)
+        self.core = build_model(model_cfg)
+
+    def inputs(self, batch: dict, augment_cfg=None) -> torch.Tensor:
+        if self.builder is None:
+            return batch["signal"]
+        image = self.builder(batch)
+        return augment_image(image, augment_cfg) if augment_cfg is not None else image
+
+    def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
+        return self.core(self.inputs(batch, augment_cfg))
+
+
+def build_network(cfg) -> HMSNet:
+    """From a resolved experiment config (model, image, mel sections)."""
+    from omegaconf import OmegaConf
+
+    def plain(section):
+        return OmegaConf.to_container(section, resolve=True) if section is not None else None
+
+    mel = plain(cfg.mel)
+    mel.pop("center_seconds", None)
+    return HMSNet(plain(cfg.model), plain(cfg.get("image")), mel)

@@ -1,0 +1,63 @@
+"""The main job behind `scripts/train_all_folds.sh` (`hms run`): dataset, caches, every fold
+of every experiment, the OOF-weighted ensemble, the submission and a summary table."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from hms import config as C
+from hms.data import labels
+from hms.ensemble import write_submission
+from hms.pipeline import load_test, load_train, prepare
+from hms.summary import load_answers, summary_table, test_scores
+from hms.train import experiment_name, exp_dir, train_experiment
+
+
+def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[DictConfig]:
+    cfgs = []
+    for path in config_paths:
+        cfg = C.load_config([path], overrides)
+        cfg.name = experiment_name(cfg, path)
+        cfgs.append(cfg)
+    names = [c.name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise C.ConfigError(f"experiment names must differ, got {names}")
+    return cfgs
+
+
+def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False) -> dict:
+    t0 = time.perf_counter()
+    cfgs = experiment_configs(config_paths, list(overrides))
+    base = cfgs[0]
+    prepare(base)
+    print(f"[hms] caches ready ({time.perf_counter() - t0:.0f} s)")
+    summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
+    dirs = [exp_dir(cfg) for cfg in cfgs]
+    test = load_test(base)
+    report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high)
+    rows = table_rows(base, cfgs, summaries, report, dirs)
+    print(summary_table(rows))
+    print(f"[hms] ensemble weights {dict(zip(report['experiments'], [round(w, 3) for w in report['weights']]))} "
+          f"({report['used']})")
+    print(f"[hms] wrote {C.submission_dir(base) / 'submission.csv'} in {time.perf_counter() - t0:.0f} s")
+    return {"rows": rows, "ensemble": report}
+
+
+def table_rows(base, cfgs, summaries, report, dirs) -> list[dict]:
+    import pandas as pd
+
+    answers = load_answers(C.data_dir(base))
+    prior = labels.prior(load_train(base), base.labels.min_votes_high)
+    rows = []
+    preds = {cfg.name: pd.read_csv(d / "test_pred.csv") for cfg, d in zip(cfgs, dirs)}
+    preds["ensemble"] = pd.read_csv(C.submission_dir(base) / "submission.csv")
+    oof = {s["name"]: (s["oof_kl"], s["oof_kl_high"]) for s in summaries}
+    oof["ensemble"] = (report["oof_kl"], report["oof_kl_high"])
+    for name, pred in preds.items():
+        row = {"model": name, "oof_kl": oof[name][0], "oof_kl_high": oof[name][1]}
+        if answers is not None:
+            row.update(test_scores(pred, answers, prior))
+        rows.append(row)
+    return rows

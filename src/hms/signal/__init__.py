@@ -1,0 +1,1 @@
+"""Raw EEG -> model inputs: montage, cleaning filters, wavelet denoising, spectrograms."""

@@ -1,0 +1,42 @@
+"""The competition's 10-minute spectrograms: log-clip, window extraction, panels."""
+from __future__ import annotations
+
+import numpy as np
+
+from hms.data import schema
+
+
+def log_power(power: np.ndarray, log_clip: tuple[float, float]) -> np.ndarray:
+    """log(clip(power, exp(lo), exp(hi))); NaN stays NaN so windows can be normalised NaN-safely."""
+    lo, hi = log_clip
+    with np.errstate(invalid="ignore"):
+        return np.log(np.clip(power, np.exp(lo), np.exp(hi))).astype(np.float32)
+
+
+def window_start(first_time: float, offset: float) -> int:
+    """Index of the first frame inside [offset, offset + 600), frames at first_time + 2k."""
+    return int(np.ceil((offset - first_time) / schema.SPEC_STEP_SECONDS - 1e-6))
+
+
+def take_window(frames: np.ndarray, start: int, n: int = schema.SPEC_WINDOW_FRAMES) -> np.ndarray:
+    """frames[start:start+n] with NaN rows where the window runs past either end."""
+    out = np.full((n, frames.shape[1]), np.nan, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + n, len(frames))
+    if hi > lo:
+        out[lo - start: hi - start] = frames[lo:hi]
+    return out
+
+
+def to_panels(window: np.ndarray, normalize: str = "panel") -> np.ndarray:
+    """(300 frames, 400) log-power -> (4 chains, 100 freqs low->high, 300 frames), normalised,
+    NaN -> 0 (the normalised mean) as in the starter notebook."""
+    panels = window.T.reshape(len(schema.CHAIN_NAMES), schema.SPEC_N_FREQS, -1).astype(np.float32)
+    if normalize == "panel":
+        finite = np.isfinite(panels)
+        if finite.any():
+            mean = panels[finite].mean()
+            std = panels[finite].std()
+            panels = (panels - mean) / (std + 1e-6)
+    elif normalize != "none":
+        raise ValueError(f"kaggle_spec.normalize must be 'panel' or 'none', got {normalize!r}")
+    return np.nan_to_num(panels, nan=0.0)

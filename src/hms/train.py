@@ -1,0 +1,319 @@
+"""`hms train`: every fold of one experiment.
+
+Per fold, in $HMS_WORK_DIR/<exp>/fold{k}/: best.pt (plain state_dict, loads with
+weights_only=True), last.pt (resume state), metrics.json, log.csv, config.yaml, val_pred.csv,
+test_pred.csv. Per experiment: oof.csv (one row per eeg_id and vote vector, each eeg_id in
+exactly one fold) and test_pred.csv (mean over folds, in test.csv order).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hms import config as C
+from hms.augment import augment_batch, spec_panel_transform
+from hms.cache import open_cache
+from hms.data import labels, schema
+from hms.dataset import HMSDataset
+from hms.infer import predict_probs, to_device
+from hms.losses import kl_loss
+from hms.metric import kl_score
+from hms.network import build_network
+from hms.pipeline import load_test, load_train, prepare
+from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, seed_everything
+
+
+def experiment_name(cfg: DictConfig, config_path: str | None = None) -> str:
+    if cfg.get("name"):
+        return str(cfg.name)
+    if config_path:
+        return Path(config_path).stem
+    raise ValueError("the experiment has no name: set `name:` in its config")
+
+
+def exp_dir(cfg: DictConfig) -> Path:
+    return C.work_dir(cfg) / str(cfg.name)
+
+
+def is_complete(fold_dir: Path) -> bool:
+    metrics = fold_dir / "metrics.json"
+    return metrics.is_file() and '"complete": true' in metrics.read_text()
+
+
+# ---------------------------------------------------------------- data
+
+def make_loader(dataset, cfg: DictConfig, shuffle: bool, sampler=None) -> DataLoader:
+    workers = cfg.train.num_workers
+    if workers == "auto":
+        workers = 0 if C.resolve_device(cfg) == "cpu" else min(8, os.cpu_count() or 1)
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=int(workers), drop_last=False,
+                      pin_memory=C.resolve_device(cfg) == "cuda", persistent_workers=False)
+
+
+def stage_rows(train: pd.DataFrame, stage: DictConfig, min_votes: int) -> pd.DataFrame:
+    if stage.rows == "all":
+        return train
+    if stage.rows == "high":
+        return train[labels.high_vote_mask(train, min_votes)]
+    raise ValueError(f"train.stages[].rows must be 'all' or 'high', got {stage.rows!r}")
+
+
+def val_mask_high(items: pd.DataFrame, min_votes: int) -> np.ndarray:
+    return items[labels.TOTAL_VOTES].to_numpy() >= min_votes
+
+
+# ---------------------------------------------------------------- optimisation
+
+def make_optimizer(net, stage, cfg):
+    opt = torch.optim.AdamW(net.parameters(), lr=stage.lr, weight_decay=cfg.train.weight_decay)
+    total = max(1, stage.epochs * stage.steps_per_epoch)
+    warmup = int(cfg.train.warmup_fraction * total)
+
+    def factor(step: int) -> float:  # linear warmup, then cosine to 1% of the peak
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class EMA:
+    """Exponential moving average of the weights (evaluated and saved when enabled)."""
+
+    def __init__(self, net, decay: float):
+        self.decay, self.shadow = decay, copy.deepcopy(net).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net) -> None:
+        for s, p in zip(self.shadow.state_dict().values(), net.state_dict().values()):
+            if s.dtype.is_floating_point:
+                s.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+            else:
+                s.copy_(p)
+
+
+def train_step(net, batch, opt, sched, scaler, cfg, device) -> float:
+    batch = to_device(batch, device)
+    augment_batch(batch, cfg.augment)
+    with torch.autocast(device_type=device.type, enabled=scaler.is_enabled()):
+        logits = net(batch, cfg.augment)
+    loss = kl_loss(logits, batch["target"], batch["weight"])
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.train.grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------- one fold
+
+class FoldRun:
+    """Trains one fold through its stages, resumable from last.pt after every epoch."""
+
+    def __init__(self, cfg: DictConfig, fold: int, train: pd.DataFrame, caches: dict, progress: bool):
+        self.cfg, self.fold, self.progress = cfg, fold, progress
+        self.device = torch.device(C.resolve_device(cfg))
+        self.dir = exp_dir(cfg) / f"fold{fold}"
+        self.train_rows = train[train.fold != fold]
+        self.min_votes = cfg.labels.min_votes_high
+        eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
+        self.caches = (eeg, spec)
+        self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, cfg.input, train=False)
+        self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
+        self.val_high = val_mask_high(self.val_set.items, self.min_votes)
+        self.net = build_network(cfg).to(self.device)
+        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
+
+    def stage_loader(self, stage) -> DataLoader:
+        rows = stage_rows(self.train_rows, stage, self.min_votes)
+        weighting = (self.min_votes, float(stage.get("low_vote_weight", self.cfg.labels.low_vote_weight)))
+        ds = HMSDataset(rows, *self.caches, self.cfg.input, train=True, weighting=weighting,
+                        spec_transform=spec_panel_transform(self.cfg.augment))
+        return make_loader(ds, self.cfg, shuffle=True)
+
+    def validate(self, net) -> dict:
+        probs = predict_probs(net, self.val_loader, self.device, amp=self.amp)
+        target = self.val_set.targets
+        high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
+        return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
+
+    def run(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        C.save_resolved(self.cfg, self.dir / "config.yaml")
+        state = self.load_state()
+        for s_idx, stage in enumerate(self.cfg.train.stages):
+            if s_idx < state["stage"]:
+                continue
+            self.run_stage(s_idx, stage, state)
+        return self.finish(state)
+
+    def load_state(self) -> dict:
+        last = self.dir / "last.pt"
+        if last.is_file():
+            state = torch.load(last, map_location="cpu", weights_only=True)
+            print(f"[{self.cfg.name} fold {self.fold}] resuming at stage {state['stage']} epoch {state['epoch'] + 1}")
+            return state
+        return {"stage": 0, "epoch": -1, "best": float("inf"), "bad_epochs": 0, "history": []}
+
+    def run_stage(self, s_idx: int, stage, state: dict) -> None:
+        loader = self.stage_loader(stage)
+        stage = OmegaConf.merge(stage, {"steps_per_epoch": len(loader)})
+        opt, sched = make_optimizer(self.net, stage, self.cfg)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        ema = EMA(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
+        start = 0
+        if state["stage"] == s_idx and state["epoch"] >= 0:  # resume inside this stage
+            self.net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if ema and "ema" in state:
+                ema.shadow.load_state_dict(state["ema"])
+            torch.set_rng_state(state["rng"])
+            start = state["epoch"] + 1
+        elif s_idx > 0 and (self.dir / "best.pt").is_file():  # next stage starts from the best so far
+            self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
+            state["bad_epochs"] = 0
+        for epoch in range(start, stage.epochs):
+            if state["bad_epochs"] >= self.cfg.train.patience:
+                break
+            t0 = time.perf_counter()
+            losses = []
+            for batch in tqdm(loader, desc=f"{self.cfg.name} f{self.fold} s{s_idx} e{epoch}",
+                              disable=not self.progress, leave=False):
+                losses.append(train_step(self.net, batch, opt, sched, scaler, self.cfg, self.device))
+                if ema:
+                    ema.update(self.net)
+            scores, _ = self.validate(ema.shadow if ema else self.net)
+            self.record(state, s_idx, epoch, float(np.mean(losses)), scores, time.perf_counter() - t0,
+                        ema.shadow if ema else self.net)
+            self.save_state(state, s_idx, epoch, opt, sched, ema)
+
+    def record(self, state, s_idx, epoch, train_loss, scores, seconds, net) -> None:
+        improved = scores["val_kl_high"] < state["best"] - 1e-6
+        if improved:
+            state["best"] = scores["val_kl_high"]
+            state["bad_epochs"] = 0
+            with atomic_path(self.dir / "best.pt") as tmp:
+                torch.save(net.state_dict(), tmp)
+        else:
+            state["bad_epochs"] += 1
+        row = {"stage": s_idx, "epoch": epoch, "train_loss": train_loss, **scores,
+               "lr_stage": float(self.cfg.train.stages[s_idx].lr), "seconds": round(seconds, 2),
+               "best": improved}
+        state["history"].append(row)
+        atomic_to_csv(pd.DataFrame(state["history"]), self.dir / "log.csv")
+        if self.progress:
+            print(f"[{self.cfg.name} fold {self.fold}] stage {s_idx} epoch {epoch}: loss {train_loss:.4f} "
+                  f"val KL {scores['val_kl']:.4f} high-vote {scores['val_kl_high']:.4f}"
+                  f"{' *' if improved else ''} ({seconds:.1f} s)")
+
+    def save_state(self, state, s_idx, epoch, opt, sched, ema) -> None:
+        state.update(stage=s_idx, epoch=epoch, model=self.net.state_dict(), optimizer=opt.state_dict(),
+                     scheduler=sched.state_dict(), rng=torch.get_rng_state())
+        if ema:
+            state["ema"] = ema.shadow.state_dict()
+        with atomic_path(self.dir / "last.pt") as tmp:
+            torch.save(state, tmp)
+        if epoch == self.cfg.train.stages[s_idx].epochs - 1 or state["bad_epochs"] >= self.cfg.train.patience:
+            state.update(stage=s_idx + 1, epoch=-1)  # the stage is over: resume at the next one
+            with atomic_path(self.dir / "last.pt") as tmp:
+                torch.save(state, tmp)
+
+    def finish(self, state: dict) -> dict:
+        self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
+        scores, probs = self.validate(self.net)
+        items = self.val_set.items
+        val = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
+        val.insert(0, "eeg_id", items["eeg_id"].to_numpy())
+        val.insert(1, "fold", self.fold)
+        val[labels.TOTAL_VOTES] = items[labels.TOTAL_VOTES].to_numpy()
+        val[[f"{c}_target" for c in schema.CLASSES]] = self.val_set.targets
+        atomic_to_csv(val, self.dir / "val_pred.csv")
+        test = predict_test(self.cfg, self.net, self.device, self.amp)
+        atomic_to_csv(test, self.dir / "test_pred.csv")
+        metrics = {"fold": self.fold, **scores, "epochs": len(state["history"]), "complete": True,
+                   "n_val": len(items), "n_val_high": int(self.val_high.sum())}
+        atomic_write_json(self.dir / "metrics.json", metrics)
+        (self.dir / "last.pt").unlink(missing_ok=True)  # the fold is done; best.pt is what counts
+        return metrics
+
+
+def predict_test(cfg: DictConfig, net, device, amp: bool, progress: bool = False) -> pd.DataFrame:
+    """Test predictions of one network, one row per test.csv row, in its order."""
+    caches = prepare(cfg, ("test",), progress=False)["test"]
+    test = load_test(cfg)
+    ds = HMSDataset(test, open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=False)
+    probs = predict_probs(net, make_loader(ds, cfg, shuffle=False), device,
+                          tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp, progress=progress)
+    out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
+    out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
+    return out
+
+
+# ---------------------------------------------------------------- experiment
+
+def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: bool = False,
+                     progress: bool = True) -> dict:
+    """Train the requested folds (default: all), skipping finished ones unless forced, then
+    write the experiment's oof.csv and test_pred.csv when every fold is done."""
+    seed_everything(cfg.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    caches = prepare(cfg, progress=progress)
+    train = load_train(cfg)
+    folds = list(range(cfg.folds.n_folds)) if folds is None else folds
+    results = {}
+    for fold in folds:
+        fold_dir = exp_dir(cfg) / f"fold{fold}"
+        if is_complete(fold_dir) and not force:
+            print(f"[{cfg.name} fold {fold}] already complete: skipped (use --force to retrain)")
+            continue
+        if force and fold_dir.exists():
+            fold_dir.rename(fold_dir.with_name(f"{fold_dir.name}.old-{int(time.time())}"))
+        seed_everything(cfg.seed + fold)
+        results[fold] = FoldRun(cfg, fold, train, caches, progress).run()
+    return collect_experiment(cfg)
+
+
+def collect_experiment(cfg: DictConfig) -> dict:
+    """Merge fold outputs once every fold is complete; report OOF KL on all and high-vote rows."""
+    root = exp_dir(cfg)
+    fold_dirs = [root / f"fold{k}" for k in range(cfg.folds.n_folds)]
+    if not all(is_complete(d) for d in fold_dirs):
+        return {"name": cfg.name, "complete": False}
+    oof = pd.concat([pd.read_csv(d / "val_pred.csv") for d in fold_dirs], ignore_index=True)
+    atomic_to_csv(oof, root / "oof.csv")
+    tests = [pd.read_csv(d / "test_pred.csv") for d in fold_dirs]
+    mean = tests[0].copy()
+    mean[list(schema.VOTE_COLUMNS)] = np.mean([t[list(schema.VOTE_COLUMNS)].to_numpy() for t in tests], axis=0)
+    atomic_to_csv(mean, root / "test_pred.csv")
+    summary = {"name": cfg.name, "complete": True, **oof_scores(oof, cfg.labels.min_votes_high)}
+    atomic_write_json(root / "summary.json", summary)
+    print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}")
+    return summary
+
+
+def oof_scores(oof: pd.DataFrame, min_votes: int) -> dict:
+    target = oof[[f"{c}_target" for c in schema.CLASSES]].to_numpy()
+    probs = oof[list(schema.VOTE_COLUMNS)].to_numpy()
+    high = oof[labels.TOTAL_VOTES].to_numpy() >= min_votes
+    return {"oof_kl": kl_score(target, probs),
+            "oof_kl_high": kl_score(target[high], probs[high]) if high.any() else float("nan"),
+            "n_oof": len(oof), "n_oof_high": int(high.sum())}
