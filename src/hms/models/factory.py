@@ -1,0 +1,79 @@
+"""build_model(cfg): one entry point from a config's `model:` section to an nn.Module.
+
+    model:
+      kind: timm2d          # timm2d | timm_mel | conv1d | wavenet | cnn_gru
+      backbone: efficientnet_b0
+      in_chans: 1
+      pretrained: false
+      checkpoint_path: null
+      drop_rate: 0.2
+
+Every key but `kind` is passed to the model class as a keyword argument; a key the
+class does not take is a ValueError that lists the keys it does take.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+from torch import nn
+
+from hms.models.conv1d import CNNGRU, ParallelConv1DNet, WaveNet1D
+from hms.models.timm2d import OnTheFlyMelNet, TimmSpectrogramNet
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "timm2d": TimmSpectrogramNet,
+    "timm_mel": OnTheFlyMelNet,
+    "conv1d": ParallelConv1DNet,
+    "wavenet": WaveNet1D,
+    "cnn_gru": CNNGRU,
+}
+# What each kind's forward takes: 'image' = (B, C, H, W) spectrogram image;
+# 'signal' = (B, S, T) raw bipolar signals.
+MODEL_INPUT: dict[str, str] = {
+    "timm2d": "image",
+    "timm_mel": "signal",
+    "conv1d": "signal",
+    "wavenet": "signal",
+    "cnn_gru": "signal",
+}
+
+
+def _plain(cfg: Any) -> dict:
+    """OmegaConf DictConfig/ListConfig -> plain dict/lists (timm and torch want tuples/ints)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(cfg)
+
+
+def model_kwargs(kind: str) -> dict[str, Any]:
+    """The keyword arguments (with defaults) a kind accepts; handy for docs and errors."""
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
+    params = inspect.signature(MODEL_CLASSES[kind].__init__).parameters
+    return {name: p.default for name, p in params.items() if name != "self"}
+
+
+def build_model(model_cfg: Mapping) -> nn.Module:
+    cfg = _plain(model_cfg)
+    kind = cfg.pop("kind", None)
+    allowed = model_kwargs(kind) if kind in MODEL_CLASSES else None
+    if allowed is None:
+        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
+    bad = sorted(set(cfg) - set(allowed))
+    if bad:
+        raise ValueError(f"model kind {kind!r} got unknown keys {bad}; allowed: {sorted(allowed)}")
+    return MODEL_CLASSES[kind](**cfg)
+
+
+def model_input(model_cfg: Mapping) -> str:
+    """'image' or 'signal' for a model config (what the dataset must yield)."""
+    kind = _plain(model_cfg).get("kind")
+    if kind not in MODEL_INPUT:
+        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_INPUT)}")
+    return MODEL_INPUT[kind]

@@ -1,0 +1,218 @@
+"""2D models: any timm backbone on a spectrogram image, and the same fed by mel
+spectrograms computed from raw bipolar signals inside forward (on the GPU)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms.data.schema import N_CLASSES, SAMPLING_RATE
+from hms.models.conv1d import signal_groups
+from hms.models.melspec import TorchMelSpectrogram
+from hms.models.pooling import GeM
+
+log = logging.getLogger(__name__)
+
+# Prefixes a checkpoint may carry when it was saved from a wrapper rather than the bare
+# backbone (DDP's module., this package's backbone.); stripped before matching keys.
+_STRIP_PREFIXES = ("module.", "backbone.")
+
+
+def _unwrap_state_dict(obj) -> dict:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+    return obj
+
+
+def _strip_prefixes(state: dict) -> dict:
+    for prefix in _STRIP_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> dict:
+    """Load a timm/torchvision-style backbone state_dict from a local file, leniently.
+
+    Classifier weights in the file become 'unexpected' (the backbone has no head); a
+    first conv saved for 3 channels is adapted to the model's in_chans with timm's rule
+    (sum for 1 channel, repeat-and-scale otherwise) so ImageNet files fit 1-channel images.
+    Returns the counts it logs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone checkpoint_path not found: {path}")
+    state = _strip_prefixes(_unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
+    own = backbone.state_dict()
+    adapted, mismatched = [], []
+    for key, value in list(state.items()):
+        if key not in own or own[key].shape == value.shape:
+            continue
+        target = own[key]
+        if value.ndim == 4 and target.ndim == 4 and value.shape[0] == target.shape[0] \
+                and value.shape[2:] == target.shape[2:]:
+            from timm.models import adapt_input_conv
+
+            state[key] = adapt_input_conv(target.shape[1], value)
+            adapted.append(key)
+        else:
+            mismatched.append(key)
+            del state[key]
+    result = backbone.load_state_dict(state, strict=False)
+    counts = {"missing": len(result.missing_keys), "unexpected": len(result.unexpected_keys),
+              "shape_mismatched": len(mismatched), "in_chans_adapted": len(adapted)}
+    log.info("loaded backbone checkpoint %s: %s", path, counts)
+    if result.missing_keys:
+        log.warning("checkpoint %s leaves %d backbone tensors at init, e.g. %s",
+                    path, len(result.missing_keys), result.missing_keys[:5])
+    return counts
+
+
+class TimmSpectrogramNet(nn.Module):
+    """timm backbone (features only) -> GeM -> dropout -> linear: (B, C, H, W) -> (B, 6) logits."""
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_b0",
+        in_chans: int = 1,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.0,
+        gem_p: float = 3.0,
+        gem_trainable: bool = True,
+        n_classes: int = N_CLASSES,
+        backbone_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        kwargs = dict(backbone_kwargs or {})
+        if drop_path_rate:  # only when asked: not every timm family accepts the argument
+            kwargs["drop_path_rate"] = drop_path_rate
+        self.backbone = timm.create_model(
+            backbone, pretrained=pretrained, in_chans=in_chans, num_classes=0,
+            global_pool="", **kwargs,
+        )
+        if checkpoint_path:
+            load_backbone_checkpoint(self.backbone, checkpoint_path)
+        # Identity tap on the final feature map: one Grad-CAM target for every timm
+        # family, whatever its last conv/norm/act module is called.
+        self.feature_tap = nn.Identity()
+        self.pool = GeM(p=gem_p, trainable=gem_trainable)
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.backbone.num_features, n_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone.forward_features(x)
+        if feats.ndim != 4:  # plain ViTs give tokens (B, N, C); GeM would pool the wrong axes
+            raise ValueError(f"backbone must return (B, C, H, W) features, got {tuple(feats.shape)}")
+        return self.feature_tap(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.pool(self.forward_features(x))))
+
+    def gradcam_target_layer(self) -> nn.Module:
+        """Module whose output is the backbone's last feature map (B, C, h, w)."""
+        return self.feature_tap
+
+    def last_stage(self) -> nn.Module:
+        """The backbone's deepest stage as timm's feature_info names it."""
+        return self.backbone.get_submodule(self.backbone.feature_info[-1]["module"])
+
+
+LAYOUTS = ("chain_avg_stack", "chain_avg_channels", "pairs_stack", "pairs_channels")
+
+
+class OnTheFlyMelNet(nn.Module):
+    """Raw bipolar signals (B, S, T) -> log-mel image on device -> TimmSpectrogramNet.
+
+    layout:
+      chain_avg_stack    average the pairs of each chain, panels stacked vertically (1 ch;
+                         the starter's 4 x 128 x 256 EEG image)
+      chain_avg_channels the same panels as channels (n_chains ch)
+      pairs_stack        every pair its own panel, stacked vertically (1 ch)
+      pairs_channels     every pair its own channel (S ch)
+    Signals beyond full chains (midline, EKG) form one extra group.
+    dB is mapped to about [-1, 1] by (db + db_offset) / db_scale (the starter's /40 rule).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_b0",
+        n_signals: int = 16,
+        layout: str = "chain_avg_stack",
+        chain_size: int = 4,
+        image_size: Sequence[int] | None = None,
+        sr: float = SAMPLING_RATE,
+        n_fft: int = 1024,
+        win_length: int = 128,
+        hop_divisor: int = 256,
+        hop_length: int | None = None,
+        n_mels: int = 128,
+        fmin: float = 0.0,
+        fmax: float = 20.0,
+        top_db: float = 80.0,
+        width: int = 256,
+        db_offset: float = 40.0,
+        db_scale: float = 40.0,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.0,
+        gem_p: float = 3.0,
+        gem_trainable: bool = True,
+        n_classes: int = N_CLASSES,
+        backbone_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
+        if top_db is None:  # the image needs a floor: frames padded to `width` sit at -top_db
+            raise ValueError("OnTheFlyMelNet needs a numeric top_db")
+        self.layout, self.width = layout, width
+        self.group_sizes = signal_groups(n_signals, chain_size)
+        self.image_size = tuple(image_size) if image_size else None
+        self.db_offset, self.db_scale, self.top_db = db_offset, db_scale, top_db
+        self.mel = TorchMelSpectrogram(
+            sr=sr, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+            hop_divisor=hop_divisor, n_mels=n_mels, fmin=fmin, fmax=fmax, top_db=top_db,
+        )
+        in_chans = {"chain_avg_channels": len(self.group_sizes), "pairs_channels": n_signals}
+        self.net = TimmSpectrogramNet(
+            backbone=backbone, in_chans=in_chans.get(layout, 1), pretrained=pretrained,
+            checkpoint_path=checkpoint_path, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+            gem_p=gem_p, gem_trainable=gem_trainable, n_classes=n_classes,
+            backbone_kwargs=backbone_kwargs,
+        )
+
+    def _fix_width(self, db: torch.Tensor) -> torch.Tensor:
+        frames = db.shape[-1]
+        if frames >= self.width:
+            return db[..., : self.width]  # the starter keeps the first `width` frames
+        return F.pad(db, (0, self.width - frames), value=-float(self.top_db))
+
+    def signals_to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, T) -> (B, C, H, W) normalised image; public for plots and Grad-CAM overlays."""
+        if x.shape[1] != sum(self.group_sizes):
+            raise ValueError(f"expected {sum(self.group_sizes)} signals, got {x.shape[1]}")
+        db = self._fix_width(self.mel(x))  # (B, S, n_mels, W)
+        img = (db + self.db_offset) / self.db_scale
+        if self.layout.startswith("chain_avg"):
+            img = torch.stack([g.mean(dim=1) for g in torch.split(img, self.group_sizes, dim=1)], 1)
+        if self.layout.endswith("_stack"):
+            img = img.flatten(1, 2).unsqueeze(1)  # panels top to bottom in chain order
+        if self.image_size:
+            img = F.interpolate(img, size=self.image_size, mode="bilinear", align_corners=False)
+        return img
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.signals_to_image(x))
+
+    def gradcam_target_layer(self) -> nn.Module:
+        return self.net.gradcam_target_layer()

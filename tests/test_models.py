@@ -1,0 +1,206 @@
+"""Models: shapes, trainability (overfit a tiny batch), GeM, the torch mel spectrogram
+against librosa, backbone checkpoints and the factory's errors. CPU only, no network
+(pretrained=False everywhere), tiny sizes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hms.data.schema import N_CLASSES
+from hms.models import (
+    MODEL_CLASSES, MODEL_INPUT, GeM, OnTheFlyMelNet, TimmSpectrogramNet, TorchMelSpectrogram,
+    build_model, model_input,
+)
+
+B = 4
+T = 1000  # 5 s at 200 Hz: enough for every 1D model's downsampling
+TINY = {  # (config, input shape) per kind, small enough for 2 CPU cores
+    "timm2d": ({"kind": "timm2d", "backbone": "efficientnet_b0", "in_chans": 1}, (B, 1, 64, 128)),
+    "timm_mel": ({"kind": "timm_mel", "backbone": "mixnet_s", "n_mels": 32, "width": 64,
+                  "fmax": 20.0, "layout": "chain_avg_stack"}, (B, 16, T)),
+    "conv1d": ({"kind": "conv1d", "stage_channels": [16, 32], "kernel_sizes": [3, 9],
+                "mix_channels": 8, "chain_channels": 4, "strides": 2, "pools": 4}, (B, 16, T)),
+    "wavenet": ({"kind": "wavenet", "channels": [4, 8], "dilation_levels": [4, 2], "pool": 4,
+                 "head_hidden": 16}, (B, 16, T)),
+    "cnn_gru": ({"kind": "cnn_gru", "channels": [16, 32], "strides": [4, 4], "hidden": 16,
+                 "rnn_layers": 1}, (B, 16, T)),
+}
+
+
+def _batch(shape, seed=0):
+    """Random inputs + soft targets. Signals get per-sample amplitude and rhythm: iid
+    white noise has the same statistics in every sample, so a model that pools over time
+    (as it should) could not tell the samples apart, and the overfit check would test
+    the data rather than the model."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    if len(shape) == 3:
+        n, t = shape[0], shape[-1]
+        x = x * torch.linspace(0.2, 3.0, n).view(n, 1, 1) + torch.sin(
+            torch.arange(t) * torch.linspace(0.05, 0.6, n).view(n, 1, 1))
+    target = torch.distributions.Dirichlet(torch.ones(N_CLASSES)).sample((shape[0],))
+    return x, target
+
+
+def test_every_kind_has_an_input_type_and_a_tiny_config():
+    assert set(MODEL_INPUT) == set(MODEL_CLASSES) == set(TINY)
+    assert model_input({"kind": "timm2d"}) == "image"
+    assert model_input({"kind": "wavenet"}) == "signal"
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_every_kind_returns_finite_logits(kind):
+    torch.manual_seed(0)
+    cfg, shape = TINY[kind]
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape == (B, N_CLASSES)
+    assert torch.isfinite(out).all()
+    assert out.std() > 0  # not a constant head
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_each_family_overfits_a_tiny_batch(kind):
+    torch.manual_seed(0)
+    cfg, shape = TINY[kind]
+    model = build_model({**cfg, "drop_rate": 0.0}).train()
+    x, target = _batch(shape)
+    # the tiny WaveNet (gated tanh*sigmoid units, few channels) learns slowly at 3e-3
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2 if kind == "wavenet" else 3e-3)
+    kl = torch.nn.KLDivLoss(reduction="batchmean")
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = kl(F.log_softmax(model(x), dim=1), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    print(kind, "loss ratio", losses[-1] / losses[0])
+    assert losses[-1] < 0.3 * losses[0], (kind, losses[0], losses[-1])
+
+
+def test_gem_p1_is_average_pooling_and_p_learns():
+    x = torch.rand(2, 3, 5, 7) + 0.1
+    gem = GeM(p=1.0)
+    torch.testing.assert_close(gem(x), F.adaptive_avg_pool2d(x, 1).flatten(1))
+    big = GeM(p=60.0, trainable=False)(x)  # large p approaches max pooling
+    assert (big > x.mean(dim=(2, 3)) + 0.2).all()
+    assert torch.allclose(big, x.amax(dim=(2, 3)), rtol=0.1)
+    gem3 = GeM()
+    assert gem3.p.item() == pytest.approx(3.0)
+    gem3(x).sum().backward()
+    assert gem3.p.grad is not None and gem3.p.grad.abs().item() > 0
+
+
+def test_torch_mel_matches_librosa():
+    librosa = pytest.importorskip("librosa")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(10_000) * 20).astype(np.float32)
+    hop = 10_000 // 256
+    ref = librosa.power_to_db(
+        librosa.feature.melspectrogram(y=x, sr=200, n_fft=1024, hop_length=hop, win_length=128,
+                                       n_mels=128, fmin=0, fmax=20),
+        ref=np.max, top_db=80,
+    )
+    out = TorchMelSpectrogram()(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape == (128, 1 + 10_000 // hop)
+    assert np.abs(out - ref).max() < 0.05
+    assert ref.max() == 0 and ref.min() < -20  # the comparison spans a real dB range
+
+
+def test_torch_mel_batches_independently():
+    mel = TorchMelSpectrogram(n_mels=32)
+    x = torch.randn(2, 3, 2000)
+    x[1, 2] *= 100  # a loud signal must not change the others' max reference
+    out = mel(x)
+    assert out.shape[:3] == (2, 3, 32)
+    torch.testing.assert_close(out[0, 1], mel(x[0, 1]))
+    torch.testing.assert_close(out[1, 2], mel(x[1, 2]))
+
+
+@pytest.mark.parametrize("layout,channels,height", [
+    ("chain_avg_stack", 1, 4 * 16), ("chain_avg_channels", 4, 16),
+    ("pairs_stack", 1, 16 * 16), ("pairs_channels", 16, 16),
+])
+def test_mel_layouts(layout, channels, height):
+    model = OnTheFlyMelNet(backbone="resnet18", n_mels=16, width=32, layout=layout)
+    img = model.signals_to_image(torch.randn(2, 16, 1000))
+    assert img.shape == (2, channels, height, 32)
+
+
+def test_chain_average_is_the_mean_of_pair_panels():
+    model = OnTheFlyMelNet(backbone="resnet18", n_mels=16, width=32, n_signals=18,
+                           layout="chain_avg_channels")
+    x = torch.randn(1, 18, 1000)
+    img = model.signals_to_image(x)
+    pairs = (model.mel(x)[..., :32] + 40) / 40
+    assert img.shape[1] == 5  # 4 chains + the 2 midline pairs as a fifth group
+    torch.testing.assert_close(img[0, 1], pairs[0, 4:8].mean(0))
+    torch.testing.assert_close(img[0, 4], pairs[0, 16:18].mean(0))
+    resized = OnTheFlyMelNet(backbone="resnet18", n_mels=16, width=32, image_size=(48, 40))
+    assert resized.signals_to_image(torch.randn(1, 16, 1000)).shape == (1, 1, 48, 40)
+
+
+def test_backbone_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    source = TimmSpectrogramNet(backbone="resnet18", in_chans=1)
+    path = tmp_path / "backbone.pt"
+    torch.save(source.backbone.state_dict(), path)
+    torch.manual_seed(2)
+    loaded = TimmSpectrogramNet(backbone="resnet18", in_chans=1, checkpoint_path=str(path))
+    fresh = TimmSpectrogramNet(backbone="resnet18", in_chans=1)
+    for key, value in source.backbone.state_dict().items():
+        torch.testing.assert_close(loaded.backbone.state_dict()[key], value)
+    assert not torch.equal(fresh.backbone.conv1.weight, source.backbone.conv1.weight)
+
+
+def test_three_channel_checkpoint_is_adapted_to_one_channel(tmp_path):
+    rgb = TimmSpectrogramNet(backbone="resnet18", in_chans=3)
+    path = tmp_path / "rgb.pt"
+    torch.save({"state_dict": rgb.backbone.state_dict()}, path)
+    gray = build_model({"kind": "timm2d", "backbone": "resnet18", "in_chans": 1,
+                        "checkpoint_path": str(path)})
+    expected = rgb.backbone.conv1.weight.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(gray.backbone.conv1.weight, expected)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    missing = tmp_path / "nope" / "weights.pth"
+    with pytest.raises(FileNotFoundError, match="weights.pth"):
+        build_model({"kind": "timm2d", "backbone": "resnet18", "checkpoint_path": str(missing)})
+
+
+def test_factory_errors_name_kind_and_allowed_values():
+    with pytest.raises(ValueError, match="transformer.*allowed.*cnn_gru"):
+        build_model({"kind": "transformer"})
+    with pytest.raises(ValueError, match="'wavenet'.*n_layerz"):
+        build_model({"kind": "wavenet", "n_layerz": 3})
+    with pytest.raises(ValueError, match="layout"):
+        build_model({"kind": "timm_mel", "backbone": "resnet18", "layout": "diagonal"})
+
+
+def test_factory_accepts_omegaconf():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"kind": "cnn_gru", "channels": [8, 8], "strides": [4, 4], "hidden": 8})
+    model = build_model(cfg)
+    assert model(torch.randn(2, 16, 400)).shape == (2, N_CLASSES)
+
+
+def test_gradcam_target_gets_activations_and_gradients():
+    model = build_model(TINY["timm2d"][0]).eval()
+    seen = {}
+    layer = model.gradcam_target_layer()
+
+    def hook(module, inputs, output):
+        seen["act"] = output
+        output.register_hook(lambda grad: seen.update(grad=grad))
+
+    layer.register_forward_hook(hook)
+    model(torch.randn(1, 1, 64, 128))[0, 2].backward()
+    assert seen["act"].ndim == 4 and seen["act"].shape[1] == model.backbone.num_features
+    assert seen["grad"].shape == seen["act"].shape and seen["grad"].abs().sum() > 0
