@@ -64,23 +64,21 @@ class Span(NamedTuple):
 
 # ---------------------------------------------------------------- spans per item
 
-def eeg_spans(table: pd.DataFrame, split: str) -> pd.DataFrame:
-    """id, t0, seconds: the part of each EEG file to cache."""
-    if split == "test":
-        ids = table["eeg_id"].unique()
-        return pd.DataFrame({"id": ids, "t0": 0.0, "seconds": float(schema.EEG_WINDOW_SECONDS)})
-    g = table.groupby("eeg_id")["eeg_label_offset_seconds"]
-    spans = pd.DataFrame({"t0": g.min(), "seconds": g.max() - g.min() + schema.EEG_WINDOW_SECONDS})
-    return spans.rename_axis("id").reset_index()
+SPAN_SOURCES = {  # kind -> (id column, offset column, window seconds)
+    "eeg": ("eeg_id", "eeg_label_offset_seconds", schema.EEG_WINDOW_SECONDS),
+    "spec": ("spectrogram_id", "spectrogram_label_offset_seconds", schema.SPEC_WINDOW_SECONDS),
+}
 
 
-def spec_spans(table: pd.DataFrame, split: str) -> pd.DataFrame:
+def spans(table: pd.DataFrame, split: str, kind: str) -> pd.DataFrame:
+    """id, t0, seconds: the part of each file to cache. Train: from the first labelled window's
+    start to the last one's end; test: the whole (exactly one-window) file."""
+    id_col, offset_col, window = SPAN_SOURCES[kind]
     if split == "test":
-        ids = table["spectrogram_id"].unique()
-        return pd.DataFrame({"id": ids, "t0": 0.0, "seconds": float(schema.SPEC_WINDOW_SECONDS)})
-    g = table.groupby("spectrogram_id")["spectrogram_label_offset_seconds"]
-    spans = pd.DataFrame({"t0": g.min(), "seconds": g.max() - g.min() + schema.SPEC_WINDOW_SECONDS})
-    return spans.rename_axis("id").reset_index()
+        return pd.DataFrame({"id": table[id_col].unique(), "t0": 0.0, "seconds": float(window)})
+    g = table.groupby(id_col)[offset_col]
+    out = pd.DataFrame({"t0": g.min(), "seconds": g.max() - g.min() + window})
+    return out.rename_axis("id").reset_index()
 
 
 # ---------------------------------------------------------------- per-file work (in workers)
@@ -126,49 +124,49 @@ def _params(cfg: DictConfig, kind: str) -> dict:
     return OmegaConf.to_container(section, resolve=True)
 
 
-def _cache_dir(cfg: DictConfig, kind: str, split: str, paths: list[Path], spans: pd.DataFrame) -> Path:
+def _cache_dir(cfg: DictConfig, kind: str, split: str, paths: list[Path], items: pd.DataFrame) -> Path:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "kind": kind, "params": _params(cfg, kind)}, sort_keys=True).encode())
-    h.update(pd.util.hash_pandas_object(spans, index=False).values.tobytes())
+    h.update(pd.util.hash_pandas_object(items, index=False).values.tobytes())
     for p in paths:
         st = p.stat() if p.exists() else None
         h.update(f"{p.name}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
     return Path(cfg.paths.work_dir) / "cache" / f"{kind}-{split}-{h.hexdigest()[:16]}"
 
 
-def _layout(spans: pd.DataFrame, kind: str) -> pd.DataFrame:
+def _layout(items: pd.DataFrame, kind: str) -> pd.DataFrame:
     per_second = schema.SAMPLING_RATE if kind == "eeg" else 1 / schema.SPEC_STEP_SECONDS
-    length = np.round(spans["seconds"].to_numpy() * per_second).astype(np.int64)
-    return spans.assign(length=length, start=np.concatenate([[0], np.cumsum(length)[:-1]]))
+    length = np.round(items["seconds"].to_numpy() * per_second).astype(np.int64)
+    return items.assign(length=length, start=np.concatenate([[0], np.cumsum(length)[:-1]]))
 
 
 def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: pd.DataFrame,
                 workers: int | None = None, progress: bool = True) -> Path:
     """Build (or finish, or reuse) one cache; returns its directory."""
-    spans = (eeg_spans if kind == "eeg" else spec_spans)(table, split)
+    items = spans(table, split, kind)
     path_of = io.eeg_path if kind == "eeg" else io.spectrogram_path
-    paths = [path_of(data_dir, split, i) for i in spans["id"]]
-    root = _cache_dir(cfg, kind, split, paths, spans)
+    paths = [path_of(data_dir, split, i) for i in items["id"]]
+    root = _cache_dir(cfg, kind, split, paths, items)
     if (root / "meta.json").is_file():
         return root
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise io.HMSDataError(f"{len(missing)} {kind} files missing, e.g. {missing[0]}")
-    spans = _layout(spans, kind)
+    items = _layout(items, kind)
     n_cols = len(montage.montage_names(cfg.signal.extras)) if kind == "eeg" else len(schema.SPEC_COLUMNS)
     root.mkdir(parents=True, exist_ok=True)
     partial, done_path = root / "data.partial.npy", root / "done.partial.npy"
-    shape = (int(spans["length"].sum()), n_cols)
+    shape = (int(items["length"].sum()), n_cols)
     if not partial.is_file() or np.load(partial, mmap_mode="r").shape != shape:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape).flush()
-        np.save(done_path, np.full(len(spans), np.nan))
+        np.save(done_path, np.full(len(items), np.nan))
     nan_share = np.load(done_path)  # NaN = not done yet; else the item's NaN share
     todo = np.flatnonzero(np.isnan(nan_share))
     params = _params(cfg, kind)
-    jobs = [(kind, int(i), str(paths[i]), float(spans.t0.iat[i]), int(spans.start.iat[i]),
-             int(spans.length.iat[i]), params, str(partial)) for i in todo]
+    jobs = [(kind, int(i), str(paths[i]), float(items.t0.iat[i]), int(items.start.iat[i]),
+             int(items.length.iat[i]), params, str(partial)) for i in todo]
     _run_jobs(jobs, nan_share, done_path, workers, progress, f"prepare {kind} {split}")
-    index = spans.assign(nan_share=nan_share)[list(INDEX_COLUMNS)]
+    index = items.assign(nan_share=nan_share)[list(INDEX_COLUMNS)]
     atomic_to_csv(index, root / "index.csv")
     os.replace(partial, root / "data.npy")
     done_path.unlink()

@@ -20,7 +20,7 @@ def wavelet_denoise(x: np.ndarray, wavelet: str = "db8", level: int = 1,
     if threshold not in THRESHOLDS:
         raise ValueError(f"denoise.threshold must be one of {THRESHOLDS}, got {threshold!r}")
     n = x.shape[-1]
-    coeffs = pywt.wavedec(x, wavelet, mode="per", axis=-1)
+    coeffs = pywt.wavedec(x, wavelet, mode="periodization", axis=-1)
     sigma = _noise_sigma(coeffs[-min(max(level, 1), len(coeffs) - 1)])
     for i in range(1, len(coeffs)):
         if threshold == "universal":
@@ -29,4 +29,4 @@ def wavelet_denoise(x: np.ndarray, wavelet: str = "db8", level: int = 1,
             sigma_x = np.sqrt(np.maximum(coeffs[i].var(axis=-1, keepdims=True) - sigma**2, 1e-12))
             thr = sigma**2 / sigma_x
         coeffs[i] = pywt.threshold(coeffs[i], thr, mode=mode)
-    return pywt.waverec(coeffs, wavelet, mode="per", axis=-1)[..., :n].astype(np.float32)
+    return pywt.waverec(coeffs, wavelet, mode="periodization", axis=-1)[..., :n].astype(np.float32)

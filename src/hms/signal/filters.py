@@ -2,6 +2,7 @@
 60 Hz notch, clipping and scaling. Parameters come from the config's `signal` section."""
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -17,8 +18,8 @@ def fill_nan(x: np.ndarray, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
     if not mask.any():
         return x, mask
     if how == "mean":
-        with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-            sup.filter(RuntimeWarning)
+        with warnings.catch_warnings():  # an all-NaN channel warns; it is zero-filled below
+            warnings.simplefilter("ignore", RuntimeWarning)
             fill = np.nanmean(x, axis=-1, keepdims=True)
         fill = np.nan_to_num(fill, nan=0.0)
     elif how == "zero":

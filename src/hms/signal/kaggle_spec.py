@@ -27,16 +27,38 @@ def take_window(frames: np.ndarray, start: int, n: int = schema.SPEC_WINDOW_FRAM
     return out
 
 
+def raw_panels(window: np.ndarray) -> np.ndarray:
+    """(frames, 400) -> (4 chains, 100 freqs low->high, frames) float32, NaN kept."""
+    return window.T.reshape(len(schema.CHAIN_NAMES), schema.SPEC_N_FREQS, -1).astype(np.float32)
+
+
+def normalize_batch(panels, normalize: str = "panel"):
+    """Torch, batched: (B, 4, F, T) log-power with NaN -> standardised per sample over its
+    finite values, NaN -> 0 (the mean). Same result as to_panels, on the device."""
+    import torch
+
+    finite = torch.isfinite(panels)
+    if normalize == "panel":
+        count = finite.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+        zeroed = torch.where(finite, panels, torch.zeros_like(panels))
+        mean = zeroed.sum(dim=(1, 2, 3), keepdim=True) / count
+        centred = torch.where(finite, panels - mean, torch.zeros_like(panels))
+        std = (centred.square().sum(dim=(1, 2, 3), keepdim=True) / count).sqrt()
+        return centred / (std + 1e-6)
+    if normalize != "none":
+        raise ValueError(f"kaggle_spec.normalize must be 'panel' or 'none', got {normalize!r}")
+    return torch.where(finite, panels, torch.zeros_like(panels))
+
+
 def to_panels(window: np.ndarray, normalize: str = "panel") -> np.ndarray:
     """(300 frames, 400) log-power -> (4 chains, 100 freqs low->high, 300 frames), normalised,
     NaN -> 0 (the normalised mean) as in the starter notebook."""
-    panels = window.T.reshape(len(schema.CHAIN_NAMES), schema.SPEC_N_FREQS, -1).astype(np.float32)
+    panels = raw_panels(window)
     if normalize == "panel":
-        finite = np.isfinite(panels)
-        if finite.any():
-            mean = panels[finite].mean()
-            std = panels[finite].std()
-            panels = (panels - mean) / (std + 1e-6)
+        mean = np.nanmean(panels) if np.isnan(panels).any() else panels.mean()
+        if np.isfinite(mean):  # an all-NaN window stays NaN and becomes zeros below
+            panels -= mean
+            panels /= np.sqrt(np.nanmean(panels * panels)) + 1e-6
     elif normalize != "none":
         raise ValueError(f"kaggle_spec.normalize must be 'panel' or 'none', got {normalize!r}")
     return np.nan_to_num(panels, nan=0.0)

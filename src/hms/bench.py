@@ -1,0 +1,118 @@
+"""`hms bench ...`: throughput measured against a baseline in the same run, one JSON line each.
+Speed lives here, never in timed tests."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from hms.data import schema
+
+
+def simulated_bipolar(n_eegs: int, seconds: float = schema.EEG_WINDOW_SECONDS, seed: int = 0) -> np.ndarray:
+    """(n, 16, T) float32 pink-ish noise plus a few rhythms: EEG-like spectra for timing."""
+    rng = np.random.default_rng(seed)
+    t = int(seconds * schema.SAMPLING_RATE)
+    white = rng.normal(size=(n_eegs, len(schema.BIPOLAR_PAIRS), t))
+    spectrum = np.fft.rfft(white, axis=-1) / np.maximum(np.arange(t // 2 + 1), 1) ** 0.5
+    x = np.fft.irfft(spectrum, n=t, axis=-1)
+    time_s = np.arange(t) / schema.SAMPLING_RATE
+    x += 0.3 * np.sin(2 * np.pi * rng.uniform(1, 12, size=(n_eegs, 1, 1)) * time_s)
+    return (x / x.std() * 30).astype(np.float32)
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up: librosa's numba compilation, torch's first-call allocations
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def bench_spectrogram(cfg, batch: int = 64, device: str | None = None, librosa_eegs: int = 8) -> dict:
+    from hms.signal.spectrogram import eeg_panels, librosa_reference, mel_module
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    signals = simulated_bipolar(batch)
+    module = mel_module(cfg.mel).to(device)
+    x = torch.from_numpy(signals).to(device)
+    torch_s = _timed(lambda: eeg_panels(x, cfg.mel, device, module), repeats=3)
+    ref_s = _timed(lambda: librosa_reference(signals[:librosa_eegs], cfg.mel), repeats=1)
+    ours = eeg_panels(x[:librosa_eegs], cfg.mel, device, module).cpu().numpy()
+    err_db = float(np.abs(ours - librosa_reference(signals[:librosa_eegs], cfg.mel)).max() * 40)
+    eegs_per_s = batch / torch_s
+    librosa_per_s = librosa_eegs / ref_s
+    return {"bench": "spectrogram", "eegs_per_s": round(eegs_per_s, 1), "librosa_eegs_per_s": round(librosa_per_s, 1),
+            "speedup": round(eegs_per_s / librosa_per_s, 1), "max_abs_db_err": round(err_db, 5),
+            "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}",
+            "batch": batch}
+
+
+def print_json(result: dict) -> None:
+    print(json.dumps(result))
+
+
+def _train_setup(cfg):
+    from hms.cache import open_cache
+    from hms.dataset import HMSDataset
+    from hms.network import build_network, uses_kaggle_spec
+    from hms.pipeline import load_train, prepare
+    from hms.augment import spec_panel_transform
+
+    caches = prepare(cfg, ("train",), progress=False)["train"]
+    train = load_train(cfg)
+    ds = HMSDataset(train, open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=True,
+                    weighting=(cfg.labels.min_votes_high, cfg.labels.low_vote_weight),
+                    spec_transform=spec_panel_transform(cfg.augment), use_spec=uses_kaggle_spec(cfg))
+    return ds, build_network(cfg)
+
+
+def bench_train(cfg, batch: int | None = None, steps: int = 10) -> dict:
+    """Samples/s of the full training step (loader + augmentation + forward + backward + step)
+    against the same network's step on random tensors of the same shapes."""
+    from omegaconf import OmegaConf
+
+    from hms.config import resolve_device
+    from hms.train import make_loader, make_optimizer, train_step
+
+    if batch:
+        cfg.train.batch_size = batch
+    device = torch.device(resolve_device(cfg))
+    ds, net = _train_setup(cfg)
+    net = net.to(device)
+    stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": steps * 3})
+    opt, sched = make_optimizer(net, stage, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.train.amp) and device.type == "cuda")
+    loader = make_loader(ds, cfg, shuffle=True)
+
+    def pipeline_steps(n):
+        it = iter(loader)
+        for _ in range(n):
+            train_step(net, next(it), opt, sched, scaler, cfg, device)
+
+    sample = next(iter(loader))
+    random_batch = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in sample.items()}
+    random_batch["target"] = torch.softmax(random_batch["target"], 1)
+    random_batch["weight"] = torch.ones_like(random_batch["weight"])
+
+    def bare_steps(n):
+        for _ in range(n):
+            b = {k: v.to(device) for k, v in random_batch.items()}
+            loss = torch.nn.functional.kl_div(torch.log_softmax(net(b), 1), b["target"], reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    n = cfg.train.batch_size * steps
+    full = n / _timed(lambda: pipeline_steps(steps), repeats=1)
+    bare = n / _timed(lambda: bare_steps(steps), repeats=1)
+    return {"bench": "train", "experiment": str(cfg.get("name")), "samples_per_s": round(full, 1),
+            "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
+            "pipeline_overhead": round(1 - full / bare, 3), "batch": cfg.train.batch_size,
+            "device": str(device)}

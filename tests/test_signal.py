@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import eeg_frame, spectrogram_frame
+from hms.config import load_config
+from hms.data import schema
+from hms.signal import denoise, filters, kaggle_spec, montage
+from hms.signal.spectrogram import eeg_panels, librosa_reference
+
+FS = schema.SAMPLING_RATE
+
+
+def test_montage_pairs_follow_the_double_banana_order():
+    names = montage.montage_names()
+    assert names[:4] == ["Fp1-F7", "F7-T3", "T3-T5", "T5-O1"]  # LL first, as Kaggle's regions
+    assert names[4] == "Fp2-F8" and names[8] == "Fp1-F3" and names[15] == "P4-O2"
+    assert montage.montage_names(["midline", "ekg"])[-3:] == ["Fz-Cz", "Cz-Pz", "EKG"]
+
+
+def test_bipolar_is_anode_minus_cathode():
+    eeg = eeg_frame(seconds=1).to_numpy()
+    out = montage.bipolar(eeg, ["ekg"])
+    col = {c: i for i, c in enumerate(schema.EEG_CHANNELS)}
+    np.testing.assert_allclose(out[1], eeg[:, col["F7"]] - eeg[:, col["T3"]])
+    np.testing.assert_allclose(out[-1], eeg[:, col["EKG"]])
+    assert out.shape == (17, FS) and out.dtype == np.float32
+    with pytest.raises(ValueError, match="unknown montage extras"):
+        montage.bipolar(eeg, ["bogus"])
+
+
+def _sine(freq, seconds=20):
+    t = np.arange(seconds * FS) / FS
+    return np.sin(2 * np.pi * freq * t).astype(np.float32)[None]
+
+
+def _gain(x, y):
+    core = slice(FS * 5, -FS * 5)  # ignore edge transients
+    return np.std(y[..., core]) / np.std(x[..., core])
+
+
+def test_bandpass_passes_10hz_and_attenuates_slow_drift_and_mains():
+    assert _gain(_sine(10), filters.bandpass(_sine(10), 0.5, 20)) == pytest.approx(1, abs=0.05)
+    assert _gain(_sine(0.1), filters.bandpass(_sine(0.1), 0.5, 20)) < 0.1
+    assert _gain(_sine(60), filters.bandpass(_sine(60), 0.5, 20)) < 0.01
+    assert _gain(_sine(60), filters.notch(_sine(60), 60, 30)) < 0.05
+    assert _gain(_sine(10), filters.notch(_sine(10), 60, 30)) == pytest.approx(1, abs=0.02)
+
+
+def test_clean_fills_nan_clips_and_scales():
+    cfg = load_config().signal
+    x = np.random.default_rng(0).normal(0, 5000, size=(2, 4000)).astype(np.float32)
+    x[0, 100:300] = np.nan
+    out, mask = filters.clean(x, cfg)
+    assert np.isfinite(out).all() and mask[0, 100:300].all() and not mask[1].any()
+    assert np.abs(out).max() <= cfg.clip_uv / cfg.scale + 1e-6
+
+
+def test_wavelet_denoise_keeps_shape_and_reduces_white_noise():
+    rng = np.random.default_rng(0)
+    clean = _sine(3)
+    noisy = clean + rng.normal(0, 0.5, clean.shape).astype(np.float32)
+    for threshold in denoise.THRESHOLDS:
+        out = denoise.wavelet_denoise(noisy, "db8", 1, threshold)
+        assert out.shape == noisy.shape
+        assert np.sqrt(np.mean((out - clean) ** 2)) < 0.85 * np.sqrt(np.mean((noisy - clean) ** 2))
+
+
+def test_torch_panels_match_librosa_within_005_db():
+    cfg = load_config().mel
+    signals = np.random.default_rng(1).normal(0, 30, size=(2, 16, 10_000)).astype(np.float32)
+    ours = eeg_panels(signals, cfg).numpy()
+    ref = librosa_reference(signals, cfg)
+    assert ours.shape == ref.shape == (2, 4, 128, 256)
+    assert np.abs(ours - ref).max() * 40 < 0.05  # panels are (dB + 40) / 40
+
+
+@pytest.mark.parametrize("offset, first_valid, last_valid", [
+    (0, 0, 299),      # window starts at the file's first frame
+    (200, 0, 299),    # an interior window
+    (1000, 0, 199),   # runs 100 frames past the end: NaN rows there
+])
+def test_kaggle_window_extraction_at_boundaries(offset, first_valid, last_valid):
+    frames = spectrogram_frame(seconds=1400)  # times 1, 3, ..., 1399: 700 frames
+    times = frames[schema.SPEC_TIME_COLUMN].to_numpy()
+    values = frames[list(schema.SPEC_COLUMNS)].to_numpy()
+    start = kaggle_spec.window_start(times[0], offset)
+    window = kaggle_spec.take_window(values, start)
+    assert window.shape == (300, 400)
+    valid = np.flatnonzero(np.isfinite(window[:, 0]))
+    assert (valid.min(), valid.max()) == (first_valid, last_valid)
+    assert times[start] == offset + 1  # first frame inside [offset, offset + 600)
+    np.testing.assert_array_equal(window[0], values[start])
+
+
+def test_panels_are_normalised_and_nan_safe():
+    window = np.log(spectrogram_frame().iloc[:, 1:].to_numpy())
+    window[:50] = np.nan
+    panels = kaggle_spec.to_panels(window)
+    assert panels.shape == (4, 100, 300) and np.isfinite(panels).all()
+    assert abs(panels[:, :, 50:].mean()) < 1e-4 and (panels[:, :, :50] == 0).all()
