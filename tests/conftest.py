@@ -79,3 +79,28 @@ def write_mini_dataset(root, n_patients: int = 8, eegs_per_patient: int = 2, n_t
             root / schema.TEST_SPEC_DIR / f"{r.spectrogram_id}.parquet", index=False)
     test.to_csv(root / schema.TEST_CSV, index=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A tiny dataset from the real simulator, shared by the training tests."""
+    from hms.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny_synth")
+    generate(root, n_eegs=40, n_test_eegs=6, seed=7, progress=False, workers=1)
+    return root
+
+
+TINY_TRAIN = [
+    "folds.n_folds=2", "train.batch_size=16", "train.patience=5", "input.downsample=4",
+    "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}, {rows: high, epochs: 1, lr: 1.0e-3}]",
+    "model={kind: conv1d, mix_channels: 8, chain_channels: 4, stage_channels: [16, 32], kernel_sizes: [3, 7]}",
+]
+
+
+def tiny_config(data_dir, work_dir, *extra):
+    from hms.config import load_config
+
+    base = [o for o in TINY_TRAIN if not (o.startswith("model=") and any(e.startswith("model=") for e in extra))]
+    return load_config([], [f"paths.data_dir={data_dir}", f"paths.work_dir={work_dir}", "name=tiny",
+                            *base, *extra])

@@ -23,8 +23,9 @@ def spec_panel_transform(cfg):
         return None
     import albumentations as A
 
+    # NaN fill: the panels are normalised later and NaN becomes the mean there
     mask = A.XYMasking(num_masks_x=(1, 2), num_masks_y=(1, 2), mask_x_length=(5, 30),
-                       mask_y_length=(3, 15), fill=0, p=float(cfg.spec_xymask))
+                       mask_y_length=(3, 15), fill=float("nan"), p=float(cfg.spec_xymask))
 
     def apply(panels: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(mask(image=panels.transpose(1, 2, 0))["image"].transpose(2, 0, 1))

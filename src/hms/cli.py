@@ -14,8 +14,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _split_items(args) -> tuple[list[str], list[str]]:
+    from hms.config import ConfigError
+
     overrides = [i for i in args.items if "=" in i]
-    return [i for i in args.items if "=" not in i], overrides
+    files = [i for i in args.items if "=" not in i]
+    bad = [f for f in files if not f.endswith((".yaml", ".yml"))]
+    if bad:
+        raise ConfigError(f"expected CONFIG.yaml files or key=value overrides, got {bad}")
+    return files, overrides
 
 
 def _config(args):
@@ -116,6 +122,19 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from hms import bench
+
+    cfg = _config(args)
+    if args.what == "spectrogram":
+        bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
+    elif args.what == "train":
+        bench.print_json(bench.bench_train(cfg, batch=args.batch, steps=args.steps))
+    else:
+        bench.print_json(bench.bench_infer(cfg, batch=args.batch))
+    return 0
+
+
 COMMANDS = {}
 
 
@@ -165,11 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
+
+    p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
+    p.add_argument("what", choices=["spectrogram", "train", "infer"])
+    _add_config_args(p)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--device", default=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # configs/overrides given after an option (`--fold 0 key=value`) land here
+        if not hasattr(args, "items") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items = [*args.items, *extra]
     from hms.config import ConfigError
     from hms.data.io import HMSDataError
     from hms.kaggle.client import KaggleError

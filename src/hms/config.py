@@ -43,19 +43,25 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
+def _merge_layer(cfg: DictConfig, layer: DictConfig, replace: tuple[str, ...]) -> DictConfig:
+    cfg = OmegaConf.merge(cfg, layer)
+    for key in replace:  # another model kind takes other keys: replace the section, never mix
+        if key in layer:
+            cfg[key] = layer[key]
+    return cfg
+
+
 def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> DictConfig:
     """base.yaml <- each file <- key=value overrides <- HMS_* environment."""
     cfg = OmegaConf.load(config_dir() / "base.yaml")
-    for f in files:
-        exp = _load_yaml(Path(f))
-        cfg = OmegaConf.merge(cfg, exp)
-        for key in REPLACED_SECTIONS:  # another model kind takes other keys: replace, never mix
-            if key in exp:
-                cfg[key] = exp[key]
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got: {bad}")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    for f in files:
+        cfg = _merge_layer(cfg, _load_yaml(Path(f)), REPLACED_SECTIONS)
+    # `model={...}` replaces the section; `model.drop_rate=0.5` merges into it
+    whole = tuple(k for k in REPLACED_SECTIONS if any(o.split("=", 1)[0] == k for o in overrides))
+    cfg = _merge_layer(cfg, OmegaConf.from_dotlist(list(overrides)), whole)
     for env, key in ENV_PATHS.items():
         if os.environ.get(env):
             OmegaConf.update(cfg, key, os.environ[env])

@@ -4,7 +4,8 @@ Items are one row per (eeg_id, vote vector), as top teams validated; in training
 item draws one of its labelled sub-windows at random (a free, label-preserving augmentation),
 in evaluation mode it takes the middle one. An item yields a dict:
   signal (n_signals, T) float32   cleaned bipolar window (centre-cropped, downsampled by config)
-  spec   (4, 100, 300) float32    normalised log Kaggle spectrogram panels LL, RL, LP, RP
+  spec   (4, 100, 300) float32    log Kaggle spectrogram panels LL, RL, LP, RP (NaN kept; the
+                                   model normalises them per sample, batched, on its device)
   target (6,) float32, weight () float32, index () int64
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ from hms.cache import Cache
 from hms.data import labels, schema
 from hms.signal import kaggle_spec
 
+EMPTY_SPEC = np.zeros((len(schema.CHAIN_NAMES), 1, 1), np.float32)  # placeholder when unused
+
 
 def group_items(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """Dedup rows (middle sub-window kept) and, for each, the positions of all its sub-windows."""
@@ -30,7 +33,7 @@ def group_items(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
 
 class HMSDataset(Dataset):
     def __init__(self, rows: pd.DataFrame, eeg: Cache, spec: Cache, input_cfg, train: bool,
-                 weighting: tuple[int, float] | None = None, spec_transform=None):
+                 weighting: tuple[int, float] | None = None, spec_transform=None, use_spec: bool = True):
         """weighting = (min_votes, low_vote_weight): items under min_votes get that weight."""
         self.rows = rows.reset_index(drop=True)
         self.items, self.members = group_items(self.rows) if "eeg_sub_id" in rows else (self.rows, None)
@@ -39,6 +42,7 @@ class HMSDataset(Dataset):
         self.weights = (labels.sample_weights(self.items, *weighting) if weighting
                         else np.ones(len(self.items), np.float32))
         self.spec_transform = spec_transform
+        self.use_spec = use_spec  # 1D and on-the-fly mel models never read the Kaggle panels
         self.n_samples = int(input_cfg.signal_seconds * schema.SAMPLING_RATE)
 
     def __len__(self) -> int:
@@ -53,23 +57,22 @@ class HMSDataset(Dataset):
         entry = self.eeg.row(eeg_id)
         centre = entry.start + int(round((offset - entry.t0) * schema.SAMPLING_RATE)) + schema.EEG_WINDOW_SAMPLES // 2
         lo = centre - self.n_samples // 2
-        window = np.asarray(self.eeg.data[lo: lo + self.n_samples], dtype=np.float32).T
-        return window[:, :: int(self.cfg.downsample)]
+        step = int(self.cfg.downsample)
+        return np.asarray(self.eeg.data[lo: lo + self.n_samples: step], dtype=np.float32).T
 
     def _spec(self, spectrogram_id: int, offset: float) -> np.ndarray:
         entry = self.spec.row(spectrogram_id)
-        frames = self.spec.data[entry.start: entry.start + entry.length]
-        start = kaggle_spec.window_start(entry.t0, offset)
-        window = kaggle_spec.take_window(np.asarray(frames, dtype=np.float32), start)
-        return kaggle_spec.to_panels(window, self.cfg.spec_normalize)
+        frames = self.spec.data[entry.start: entry.start + entry.length]  # a memmap view: no read yet
+        window = kaggle_spec.take_window(frames, kaggle_spec.window_start(entry.t0, offset))
+        return kaggle_spec.raw_panels(window)  # normalised per batch on the device (ImageBuilder)
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng(torch.randint(0, 2**31 - 1, ()).item()) if self.train else None
         row = self._window_row(i, rng)
         eeg_offset = float(row.get("eeg_label_offset_seconds", 0.0))
         spec_offset = float(row.get("spectrogram_label_offset_seconds", 0.0))
-        spec = self._spec(int(row["spectrogram_id"]), spec_offset)
-        if self.spec_transform is not None:
+        spec = self._spec(int(row["spectrogram_id"]), spec_offset) if self.use_spec else EMPTY_SPEC
+        if self.spec_transform is not None and self.use_spec:
             spec = self.spec_transform(spec)
         out = {
             "signal": torch.from_numpy(np.ascontiguousarray(self._signal(int(row["eeg_id"]), eeg_offset))),

@@ -11,6 +11,8 @@ from hms.augment import augment_image
 from hms.data import schema
 from hms.models.factory import build_model, model_input
 from hms.models.melspec import TorchMelSpectrogram
+from hms.signal.kaggle_spec import normalize_batch
+from hms.signal.spectrogram import chain_panels
 
 SOURCES = ("kaggle", "eeg")
 LAYOUTS = ("mosaic", "channels")
@@ -23,7 +25,7 @@ class ImageBuilder(nn.Module):
     channels: one channel per panel."""
 
     def __init__(self, sources=SOURCES, layout="mosaic", panel_height=128, panel_width=256,
-                 image_size=None, mel: dict | None = None):
+                 image_size=None, mel: dict | None = None, spec_normalize: str = "panel"):
         super().__init__()
         bad = [s for s in sources if s not in SOURCES]
         if bad or layout not in LAYOUTS:
@@ -32,6 +34,7 @@ class ImageBuilder(nn.Module):
         self.sources, self.layout = tuple(sources), layout
         self.panel = (int(panel_height), int(panel_width))
         self.image_size = tuple(image_size) if image_size else None
+        self.spec_normalize = spec_normalize
         mel = dict(mel or {})
         self.mel_width = int(mel.pop("width", 256))
         self.mel = TorchMelSpectrogram(**mel) if "eeg" in self.sources else None
@@ -41,16 +44,13 @@ class ImageBuilder(nn.Module):
         return 1 if self.layout == "mosaic" else 4 * len(self.sources)
 
     def eeg_panels(self, signal: torch.Tensor) -> torch.Tensor:
-        n_pairs = len(schema.BIPOLAR_PAIRS)
-        db = self.mel(signal[:, :n_pairs])[..., : self.mel_width]  # (B, 16, mels, frames)
-        db = (db + 40.0) / 40.0  # the starter's scaling of max-referenced dB
-        db = db.flip(-2)  # low frequencies at the bottom, like the Kaggle panels below
-        return db.reshape(db.shape[0], len(schema.CHAIN_NAMES), 4, *db.shape[-2:]).mean(2)
+        db = self.mel(signal[:, : len(schema.BIPOLAR_PAIRS)])
+        return chain_panels(db, self.mel_width).flip(-2)  # low frequencies at the bottom
 
     def forward(self, batch: dict) -> torch.Tensor:
         panels = []
         if "kaggle" in self.sources:
-            panels.append(batch["spec"].flip(-2))
+            panels.append(normalize_batch(batch["spec"], self.spec_normalize).flip(-2))
         if "eeg" in self.sources:
             panels.append(self.eeg_panels(batch["signal"]))
         panels = [F.interpolate(p, size=self.panel, mode="bilinear", align_corners=False) for p in panels]
@@ -87,6 +87,11 @@ class HMSNet(nn.Module):
         return self.core(self.inputs(batch, augment_cfg))
 
 
+def uses_kaggle_spec(cfg) -> bool:
+    """Whether the experiment's model reads the Kaggle spectrogram panels at all."""
+    return model_input(cfg.model) == "image" and "kaggle" in cfg.image.sources
+
+
 def build_network(cfg) -> HMSNet:
     """From a resolved experiment config (model, image, mel sections)."""
     from omegaconf import OmegaConf
@@ -96,4 +101,5 @@ def build_network(cfg) -> HMSNet:
 
     mel = plain(cfg.mel)
     mel.pop("center_seconds", None)
-    return HMSNet(plain(cfg.model), plain(cfg.get("image")), mel)
+    image = {**plain(cfg.image), "spec_normalize": cfg.input.spec_normalize}
+    return HMSNet(plain(cfg.model), image, mel)

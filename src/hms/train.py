@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from hms import config as C
@@ -28,7 +30,7 @@ from hms.dataset import HMSDataset
 from hms.infer import predict_probs, to_device
 from hms.losses import kl_loss
 from hms.metric import kl_score
-from hms.network import build_network
+from hms.network import build_network, uses_kaggle_spec
 from hms.pipeline import load_test, load_train, prepare
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, seed_everything
 
@@ -48,6 +50,25 @@ def exp_dir(cfg: DictConfig) -> Path:
 def is_complete(fold_dir: Path) -> bool:
     metrics = fold_dir / "metrics.json"
     return metrics.is_file() and '"complete": true' in metrics.read_text()
+
+
+# ---------------------------------------------------------------- distributed (torchrun)
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 # ---------------------------------------------------------------- data
@@ -129,25 +150,37 @@ class FoldRun:
     """Trains one fold through its stages, resumable from last.pt after every epoch."""
 
     def __init__(self, cfg: DictConfig, fold: int, train: pd.DataFrame, caches: dict, progress: bool):
-        self.cfg, self.fold, self.progress = cfg, fold, progress
+        self.rank, self.world, local_rank = init_distributed()
+        self.is_main = self.rank == 0
+        self.cfg, self.fold, self.progress = cfg, fold, progress and self.is_main
         self.device = torch.device(C.resolve_device(cfg))
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
         self.dir = exp_dir(cfg) / f"fold{fold}"
         self.train_rows = train[train.fold != fold]
         self.min_votes = cfg.labels.min_votes_high
         eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
         self.caches = (eeg, spec)
-        self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, cfg.input, train=False)
+        self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, cfg.input, train=False,
+                                  use_spec=uses_kaggle_spec(cfg))
         self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
         self.val_high = val_mask_high(self.val_set.items, self.min_votes)
         self.net = build_network(cfg).to(self.device)
+        self.train_net = self.net  # what the optimiser steps through: DDP-wrapped under torchrun
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_net = DistributedDataParallel(self.net, device_ids=ids)
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
 
     def stage_loader(self, stage) -> DataLoader:
         rows = stage_rows(self.train_rows, stage, self.min_votes)
         weighting = (self.min_votes, float(stage.get("low_vote_weight", self.cfg.labels.low_vote_weight)))
         ds = HMSDataset(rows, *self.caches, self.cfg.input, train=True, weighting=weighting,
-                        spec_transform=spec_panel_transform(self.cfg.augment))
-        return make_loader(ds, self.cfg, shuffle=True)
+                        spec_transform=spec_panel_transform(self.cfg.augment), use_spec=uses_kaggle_spec(self.cfg))
+        sampler = (DistributedSampler(ds, num_replicas=self.world, rank=self.rank, seed=self.cfg.seed)
+                   if self.world > 1 else None)
+        return make_loader(ds, self.cfg, shuffle=True, sampler=sampler)
 
     def validate(self, net) -> dict:
         probs = predict_probs(net, self.val_loader, self.device, amp=self.amp)
@@ -156,8 +189,10 @@ class FoldRun:
         return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
 
     def run(self) -> dict:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        C.save_resolved(self.cfg, self.dir / "config.yaml")
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            C.save_resolved(self.cfg, self.dir / "config.yaml")
+        barrier()
         state = self.load_state()
         for s_idx, stage in enumerate(self.cfg.train.stages):
             if s_idx < state["stage"]:
@@ -188,17 +223,19 @@ class FoldRun:
                 ema.shadow.load_state_dict(state["ema"])
             torch.set_rng_state(state["rng"])
             start = state["epoch"] + 1
-        elif s_idx > 0 and (self.dir / "best.pt").is_file():  # next stage starts from the best so far
+        elif s_idx > 0 and (self.dir / "best.pt").is_file():  # the next stage starts from the best so far
             self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
             state["bad_epochs"] = 0
         for epoch in range(start, stage.epochs):
             if state["bad_epochs"] >= self.cfg.train.patience:
                 break
             t0 = time.perf_counter()
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch + 1000 * s_idx)
             losses = []
             for batch in tqdm(loader, desc=f"{self.cfg.name} f{self.fold} s{s_idx} e{epoch}",
                               disable=not self.progress, leave=False):
-                losses.append(train_step(self.net, batch, opt, sched, scaler, self.cfg, self.device))
+                losses.append(train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device))
                 if ema:
                     ema.update(self.net)
             scores, _ = self.validate(ema.shadow if ema else self.net)
@@ -207,19 +244,22 @@ class FoldRun:
             self.save_state(state, s_idx, epoch, opt, sched, ema)
 
     def record(self, state, s_idx, epoch, train_loss, scores, seconds, net) -> None:
+        # every rank validated the same rows, so every rank takes the same decisions here
         improved = scores["val_kl_high"] < state["best"] - 1e-6
         if improved:
             state["best"] = scores["val_kl_high"]
             state["bad_epochs"] = 0
-            with atomic_path(self.dir / "best.pt") as tmp:
-                torch.save(net.state_dict(), tmp)
+            if self.is_main:
+                with atomic_path(self.dir / "best.pt") as tmp:
+                    torch.save(net.state_dict(), tmp)
         else:
             state["bad_epochs"] += 1
         row = {"stage": s_idx, "epoch": epoch, "train_loss": train_loss, **scores,
                "lr_stage": float(self.cfg.train.stages[s_idx].lr), "seconds": round(seconds, 2),
                "best": improved}
         state["history"].append(row)
-        atomic_to_csv(pd.DataFrame(state["history"]), self.dir / "log.csv")
+        if self.is_main:
+            atomic_to_csv(pd.DataFrame(state["history"]), self.dir / "log.csv")
         if self.progress:
             print(f"[{self.cfg.name} fold {self.fold}] stage {s_idx} epoch {epoch}: loss {train_loss:.4f} "
                   f"val KL {scores['val_kl']:.4f} high-vote {scores['val_kl_high']:.4f}"
@@ -230,14 +270,17 @@ class FoldRun:
                      scheduler=sched.state_dict(), rng=torch.get_rng_state())
         if ema:
             state["ema"] = ema.shadow.state_dict()
-        with atomic_path(self.dir / "last.pt") as tmp:
-            torch.save(state, tmp)
         if epoch == self.cfg.train.stages[s_idx].epochs - 1 or state["bad_epochs"] >= self.cfg.train.patience:
             state.update(stage=s_idx + 1, epoch=-1)  # the stage is over: resume at the next one
+        if self.is_main:
             with atomic_path(self.dir / "last.pt") as tmp:
                 torch.save(state, tmp)
+        barrier()  # best.pt and last.pt are on disk before any rank reads them
 
-    def finish(self, state: dict) -> dict:
+    def finish(self, state: dict) -> dict | None:
+        if not self.is_main:
+            barrier()
+            return None
         self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
         scores, probs = self.validate(self.net)
         items = self.val_set.items
@@ -253,6 +296,7 @@ class FoldRun:
                    "n_val": len(items), "n_val_high": int(self.val_high.sum())}
         atomic_write_json(self.dir / "metrics.json", metrics)
         (self.dir / "last.pt").unlink(missing_ok=True)  # the fold is done; best.pt is what counts
+        barrier()
         return metrics
 
 
@@ -260,7 +304,8 @@ def predict_test(cfg: DictConfig, net, device, amp: bool, progress: bool = False
     """Test predictions of one network, one row per test.csv row, in its order."""
     caches = prepare(cfg, ("test",), progress=False)["test"]
     test = load_test(cfg)
-    ds = HMSDataset(test, open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=False)
+    ds = HMSDataset(test, open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=False,
+                    use_spec=uses_kaggle_spec(cfg))
     probs = predict_probs(net, make_loader(ds, cfg, shuffle=False), device,
                           tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp, progress=progress)
     out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
@@ -275,8 +320,12 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
     """Train the requested folds (default: all), skipping finished ones unless forced, then
     write the experiment's oof.csv and test_pred.csv when every fold is done."""
     seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    caches = prepare(cfg, progress=progress)
+    init_distributed()
+    if is_main_process():  # other ranks wait, then find the finished caches and folds.csv
+        prepare(cfg, progress=progress)
+        load_train(cfg)
+    barrier()
+    caches = prepare(cfg, progress=False)
     train = load_train(cfg)
     folds = list(range(cfg.folds.n_folds)) if folds is None else folds
     results = {}
@@ -285,11 +334,12 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
         if is_complete(fold_dir) and not force:
             print(f"[{cfg.name} fold {fold}] already complete: skipped (use --force to retrain)")
             continue
-        if force and fold_dir.exists():
+        if force and fold_dir.exists() and is_main_process():
             fold_dir.rename(fold_dir.with_name(f"{fold_dir.name}.old-{int(time.time())}"))
+        barrier()
         seed_everything(cfg.seed + fold)
         results[fold] = FoldRun(cfg, fold, train, caches, progress).run()
-    return collect_experiment(cfg)
+    return collect_experiment(cfg) if is_main_process() else {"name": cfg.name, "complete": False}
 
 
 def collect_experiment(cfg: DictConfig) -> dict:

@@ -1,0 +1,144 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config
+from hms.data import io, schema
+from hms.losses import kl_loss
+from hms.metric import kl_score
+
+
+def test_loss_equals_the_metric_on_the_same_tensors():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 6, generator=g)
+    votes = torch.randint(0, 4, (50, 6), generator=g).float()
+    votes[votes.sum(1) == 0, 5] = 1
+    target = votes / votes.sum(1, keepdim=True)
+    expected = kl_score(votes.numpy(), torch.softmax(logits, 1).double().numpy())
+    assert kl_loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    weights = torch.rand(50, generator=g)
+    per_row = torch.stack([kl_loss(logits[i:i + 1], target[i:i + 1]) for i in range(50)])
+    assert kl_loss(logits, target, weights).item() == pytest.approx(
+        float((per_row * weights).sum() / weights.sum()), rel=1e-5)
+
+
+FAMILIES = {
+    "timm2d": ["model={kind: timm2d, backbone: resnet10t, drop_rate: 0.0}", "image.layout=channels",
+               "image.panel_height=32", "image.panel_width=64", "mel.sr=50", "mel.n_fft=256",
+               "mel.win_length=32", "mel.n_mels=32"],
+    "timm_mel": ["model={kind: timm_mel, backbone: resnet10t, drop_rate: 0.0, sr: 50, n_fft: 256, "
+                 "win_length: 32, n_mels: 32, layout: chain_avg_channels, image_size: [32, 64]}"],
+    "conv1d": [],
+    "cnn_gru": ["model={kind: cnn_gru, channels: [16, 32], strides: [4, 4], hidden: 32, rnn_layers: 1}"],
+    "wavenet": ["model={kind: wavenet, channels: [4, 8], dilation_levels: [3, 2], pool: 4, head_hidden: 16}",
+                "input.signal_seconds=10"],  # a full-length WaveNet is GPU-sized
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
+    from hms.cache import open_cache
+    from hms.dataset import HMSDataset
+    from hms.network import build_network
+    from hms.pipeline import load_train, prepare
+
+    cfg = tiny_config(tiny_synth, tmp_path, *FAMILIES[family])
+    caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
+    ds = HMSDataset(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=False)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=16)))
+    torch.manual_seed(0)
+    net = build_network(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2 if family == "wavenet" else 3e-3)  # gated convs start slow
+    losses = []
+    for _ in range(60 if family == "wavenet" else 25):
+        loss = kl_loss(net(batch), batch["target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], f"{family}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_synth, tmp_path_factory):
+    from hms.train import train_experiment
+
+    work = tmp_path_factory.mktemp("work")
+    cfg = tiny_config(tiny_synth, work)
+    return cfg, train_experiment(cfg, progress=False), work
+
+
+def test_oof_covers_every_training_eeg_once_and_folds_do_not_leak(trained, tiny_synth):
+    cfg, summary, work = trained
+    assert summary["complete"] and np.isfinite(summary["oof_kl_high"])
+    train = io.read_train_csv(tiny_synth / schema.TRAIN_CSV)
+    oof = pd.read_csv(work / "tiny" / "oof.csv")
+    assert set(oof.eeg_id) == set(train.eeg_id)
+    assert oof.groupby("eeg_id").fold.nunique().max() == 1  # each eeg_id predicted by one fold only
+    assert not oof.duplicated(["eeg_id", *[f"{c}_target" for c in schema.CLASSES]]).any()
+    folds = pd.read_csv(work / "folds.csv")
+    assert folds.groupby("patient_id").fold.nunique().max() == 1
+    probs = oof[list(schema.VOTE_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+
+
+def test_fold_artefacts_and_test_predictions(trained, tiny_synth):
+    cfg, _, work = trained
+    fold = work / "tiny" / "fold0"
+    state = torch.load(fold / "best.pt", weights_only=True)  # a plain state_dict
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert not (fold / "last.pt").exists()
+    log = pd.read_csv(fold / "log.csv")
+    assert list(log.stage) == [0, 0, 1]
+    test = io.read_test_csv(tiny_synth / schema.TEST_CSV)
+    pred = pd.read_csv(work / "tiny" / "test_pred.csv")
+    assert list(pred.eeg_id) == list(test.eeg_id)
+
+
+def test_finished_fold_is_skipped_unless_forced(trained):
+    from hms.train import train_experiment
+
+    cfg, _, work = trained
+    best = work / "tiny" / "fold0" / "best.pt"
+    before = best.stat().st_mtime_ns
+    train_experiment(cfg, folds=[0], progress=False)
+    assert best.stat().st_mtime_ns == before
+    train_experiment(cfg, folds=[0], force=True, progress=False)
+    assert list((work / "tiny").glob("fold0.old-*/best.pt"))  # the old fold was kept aside
+
+
+def test_killed_run_resumes_from_its_last_epoch(tiny_synth, tmp_path, monkeypatch, capsys):
+    import hms.train as train_mod
+
+    cfg = tiny_config(tiny_synth, tmp_path)
+    real_save = train_mod.FoldRun.save_state
+
+    def save_then_die(self, state, s_idx, epoch, *args):
+        real_save(self, state, s_idx, epoch, *args)
+        if (s_idx, epoch) == (0, 0):
+            raise KeyboardInterrupt  # as if killed right after epoch 0 was saved
+
+    monkeypatch.setattr(train_mod.FoldRun, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_experiment(cfg, folds=[0], progress=False)
+    assert (tmp_path / "tiny" / "fold0" / "last.pt").is_file()
+    monkeypatch.setattr(train_mod.FoldRun, "save_state", real_save)
+    train_mod.train_experiment(cfg, folds=[0], progress=True)
+    assert "resuming at stage 0 epoch 1" in capsys.readouterr().out
+    log = pd.read_csv(tmp_path / "tiny" / "fold0" / "log.csv")
+    assert list(zip(log.stage, log.epoch)) == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_every_shipped_config_builds_its_network():
+    from pathlib import Path
+
+    from hms.config import load_config
+    from hms.network import build_network
+
+    configs = sorted(Path("configs").glob("*/*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_config([path], ["model.pretrained=false"] if "pretrained" in path.read_text() else [])
+        net = build_network(cfg)
+        assert sum(p.numel() for p in net.parameters()) > 1000, path
