@@ -79,7 +79,8 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10) -> dict:
     from omegaconf import OmegaConf
 
     from hms.config import resolve_device
-    from hms.train import make_loader, make_optimizer, train_step
+    from hms.dataset import make_loader
+    from hms.train import make_optimizer, train_step
 
     if batch:
         cfg.train.batch_size = batch
@@ -116,3 +117,41 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10) -> dict:
             "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
             "pipeline_overhead": round(1 - full / bare, 3), "batch": cfg.train.batch_size,
             "device": str(device)}
+
+
+def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
+    """Test rows/s of predict_experiment end to end (caches built beforehand, then reading,
+    batching, forward with TTA) against the bare networks' forward on random tensors."""
+    from pathlib import Path
+
+    from hms import config as C
+    from hms.infer import load_folds, predict_experiment, test_inputs
+    from hms.pipeline import ensure_dataset
+
+    work = C.work_dir(cfg)
+    exp = exp or cfg.get("name") or sorted(p.parent.name for p in work.glob("*/summary.json"))[0]
+    device = C.resolve_device(cfg)
+    data_dir = ensure_dataset(cfg)
+    overrides = {"paths": {"data_dir": str(data_dir), "work_dir": str(work)}, "device": device}
+    fold_cfg, nets = load_folds(work / exp, overrides, device)
+    if batch:
+        fold_cfg.train.batch_size = batch
+    test, *_ = test_inputs(fold_cfg)  # caches built here, outside the timing
+    run = lambda: predict_experiment(Path(work) / exp, data_dir, work, device=device, progress=False)  # noqa: E731
+    end_to_end = len(test) / _timed(run, repeats=1)
+    sample = {"signal": torch.randn(fold_cfg.train.batch_size, 16, int(
+        fold_cfg.input.signal_seconds * schema.SAMPLING_RATE) // int(fold_cfg.input.downsample), device=device),
+        "spec": torch.randn(fold_cfg.train.batch_size, 4, 100, 300, device=device)}
+    n_batches = -(-len(test) // fold_cfg.train.batch_size)
+    tta = 2 if fold_cfg.infer.tta_lr_swap else 1
+
+    @torch.no_grad()
+    def bare():
+        for _ in range(n_batches * tta):
+            for net in nets:
+                net(sample)
+
+    bare_rows = len(test) / _timed(bare, repeats=1)
+    return {"bench": "infer", "experiment": exp, "rows": len(test), "folds": len(nets), "tta": tta,
+            "rows_per_s": round(end_to_end, 1), "bare_model_rows_per_s": round(bare_rows, 1),
+            "ratio": round(end_to_end / bare_rows, 3), "device": device}

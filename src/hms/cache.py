@@ -49,6 +49,10 @@ class Cache:
         self._rows = {int(i): Span(int(s), int(n), float(t)) for i, s, n, t in
                       zip(self.index.index, self.index.start, self.index.length, self.index.t0)}
 
+    def bad_ids(self) -> set[int]:
+        """Ids whose file was missing or unreadable (built with skip_bad)."""
+        return set(int(i) for i in self.index.index[self.index.nan_share.to_numpy() == BAD_ITEM])
+
     def row(self, item_id: int) -> "Span":
         try:
             return self._rows[int(item_id)]
@@ -105,11 +109,20 @@ def _spec_item(path: Path, t0: float, n: int, spec_cfg: dict) -> tuple[np.ndarra
     return logp, float(np.isnan(logp).mean())
 
 
+BAD_ITEM = -1.0  # nan_share of an item whose file was missing or unreadable (skip_bad mode)
+
+
 def _work(job: tuple) -> tuple[int, float]:
     """Process one file and write it straight into the shared partial memmap."""
-    kind, i, path, t0, start, n, params, data_path = job
+    kind, i, path, t0, start, n, params, data_path, skip_bad = job
     item = _eeg_item if kind == "eeg" else _spec_item
-    values, nan_share = item(Path(path), t0, n, params)
+    try:
+        values, nan_share = item(Path(path), t0, n, params)
+    except io.HMSDataError as exc:
+        if not skip_bad:
+            raise
+        print(f"[hms] warning: {exc}", flush=True)
+        return i, BAD_ITEM
     data = np.load(data_path, mmap_mode="r+")
     data[start:start + n] = values.astype(np.float16)
     data.flush()
@@ -124,9 +137,11 @@ def _params(cfg: DictConfig, kind: str) -> dict:
     return OmegaConf.to_container(section, resolve=True)
 
 
-def _cache_dir(cfg: DictConfig, kind: str, split: str, paths: list[Path], items: pd.DataFrame) -> Path:
+def _cache_dir(cfg: DictConfig, data_dir: Path, kind: str, split: str, paths: list[Path],
+               items: pd.DataFrame) -> Path:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "kind": kind, "params": _params(cfg, kind)}, sort_keys=True).encode())
+    h.update(str(Path(data_dir).resolve()).encode())
     h.update(pd.util.hash_pandas_object(items, index=False).values.tobytes())
     for p in paths:
         st = p.stat() if p.exists() else None
@@ -141,16 +156,17 @@ def _layout(items: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: pd.DataFrame,
-                workers: int | None = None, progress: bool = True) -> Path:
-    """Build (or finish, or reuse) one cache; returns its directory."""
+                workers: int | None = None, progress: bool = True, skip_bad: bool = False) -> Path:
+    """Build (or finish, or reuse) one cache; returns its directory. skip_bad (inference):
+    a missing or unreadable file is marked BAD_ITEM in the index instead of stopping."""
     items = spans(table, split, kind)
     path_of = io.eeg_path if kind == "eeg" else io.spectrogram_path
     paths = [path_of(data_dir, split, i) for i in items["id"]]
-    root = _cache_dir(cfg, kind, split, paths, items)
+    root = _cache_dir(cfg, data_dir, kind, split, paths, items)
     if (root / "meta.json").is_file():
         return root
     missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
+    if missing and not skip_bad:
         raise io.HMSDataError(f"{len(missing)} {kind} files missing, e.g. {missing[0]}")
     items = _layout(items, kind)
     n_cols = len(montage.montage_names(cfg.signal.extras)) if kind == "eeg" else len(schema.SPEC_COLUMNS)
@@ -164,7 +180,7 @@ def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: p
     todo = np.flatnonzero(np.isnan(nan_share))
     params = _params(cfg, kind)
     jobs = [(kind, int(i), str(paths[i]), float(items.t0.iat[i]), int(items.start.iat[i]),
-             int(items.length.iat[i]), params, str(partial)) for i in todo]
+             int(items.length.iat[i]), params, str(partial), skip_bad) for i in todo]
     _run_jobs(jobs, nan_share, done_path, workers, progress, f"prepare {kind} {split}")
     index = items.assign(nan_share=nan_share)[list(INDEX_COLUMNS)]
     atomic_to_csv(index, root / "index.csv")

@@ -131,7 +131,42 @@ def cmd_bench(args) -> int:
     elif args.what == "train":
         bench.print_json(bench.bench_train(cfg, batch=args.batch, steps=args.steps))
     else:
-        bench.print_json(bench.bench_infer(cfg, batch=args.batch))
+        bench.print_json(bench.bench_infer(cfg, batch=args.batch, exp=args.exp))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from hms import config as C
+    from hms.infer import predict_experiment
+    from hms.pipeline import ensure_dataset
+    from hms.utils import atomic_to_csv
+
+    cfg = _config(args)
+    data_dir = ensure_dataset(cfg)
+    pred = predict_experiment(C.work_dir(cfg) / args.exp, data_dir, C.work_dir(cfg), device=args.device,
+                              tta_lr_swap=args.tta)
+    out = Path(args.out) if args.out else C.work_dir(cfg) / args.exp / "predict.csv"
+    atomic_to_csv(pred, out)
+    print(f"wrote {out} ({len(pred)} rows)")
+    return 0
+
+
+def cmd_kaggle(args) -> int:
+    from hms import config as C
+    from hms.kaggle import notebook, package
+
+    cfg = _config(args)
+    if args.action == "package":
+        info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug)
+        print(f"packaged {info['experiments']} as {info['id']} in {args.dir}: {info['bytes'] / 1e6:.1f} MB")
+    elif args.action == "upload":
+        print(f"kaggle datasets {package.upload(Path(args.dir), args.message)}: done")
+    elif args.action == "notebook":
+        path = notebook.write_notebook(Path(args.dir), Path(args.package), args.user)
+        print(f"wrote {path} and {path.parent / 'kernel-metadata.json'}")
+    else:
+        package.push(Path(args.dir))
+        print("kaggle kernels push: done")
     return 0
 
 
@@ -185,18 +220,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
 
+    p = _register(sub, "predict", cmd_predict, "test predictions of one experiment from its fold checkpoints",
+                  config=True)
+    p.add_argument("--exp", required=True, help="experiment name under the work dir")
+    p.add_argument("--out", default=None, help="default: <work>/<exp>/predict.csv")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="left/right-swap TTA")
+    p.add_argument("--device", default=None)
+
+    p = _register(sub, "kaggle", cmd_kaggle, "Kaggle round trip: package weights+code, upload, notebook, push")
+    p.add_argument("action", choices=["package", "upload", "notebook", "push"])
+    _add_config_args(p)
+    p.add_argument("--dir", default=None, help="package/upload: the dataset folder (default kaggle_out/dataset); "
+                   "notebook/push: the notebook folder (default kaggle_out/notebook)")
+    p.add_argument("--package", default="kaggle_out/dataset", help="notebook: the packaged dataset folder")
+    p.add_argument("--user", default=None, help="Kaggle user name (default: from credentials)")
+    p.add_argument("--slug", default="hms-weights", help="dataset slug")
+    p.add_argument("--message", default="new weights", help="upload: version message")
+
     p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
     p.add_argument("what", choices=["spectrogram", "train", "infer"])
     _add_config_args(p)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default=None)
+    p.add_argument("--exp", default=None, help="infer: experiment name (default: the first finished one)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "kaggle" and args.dir is None:
+        args.dir = "kaggle_out/dataset" if args.action in ("package", "upload") else "kaggle_out/notebook"
     if extra:  # configs/overrides given after an option (`--fold 0 key=value`) land here
         if not hasattr(args, "items") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -10,12 +10,15 @@ in evaluation mode it takes the middle one. An item yields a dict:
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from hms.cache import Cache
+from hms.config import resolve_device
 from hms.data import labels, schema
 from hms.signal import kaggle_spec
 
@@ -83,3 +86,12 @@ class HMSDataset(Dataset):
         if self.targets is not None:
             out["target"] = torch.from_numpy(self.targets[i])
         return out
+
+
+def make_loader(dataset, cfg, shuffle: bool, sampler=None) -> DataLoader:
+    workers = cfg.train.num_workers
+    if workers == "auto":
+        workers = 0 if resolve_device(cfg) == "cpu" else min(8, os.cpu_count() or 1)
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=int(workers), drop_last=False,
+                      pin_memory=resolve_device(cfg) == "cuda", persistent_workers=False)

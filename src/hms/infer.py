@@ -2,12 +2,20 @@
 Kaggle notebook."""
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hms import config as C
 from hms.augment import MIRROR_PANELS, MIRROR_SIGNALS
+from hms.data import schema
 
 
 def to_device(batch: dict, device) -> dict:
@@ -37,3 +45,81 @@ def predict_probs(net: torch.nn.Module, loader: DataLoader, device, tta_lr_swap:
                 probs = (probs + torch.softmax(net(mirrored(batch)).float(), dim=1)) / 2
         out.append(probs.cpu().double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 6))
+
+
+# ---------------------------------------------------------------- test predictions
+
+def test_inputs(cfg, progress: bool = False):
+    """(test table, eeg cache, spec cache, rows that can be predicted): missing or unreadable
+    test files are marked in the caches instead of stopping the run."""
+    from hms.cache import build_cache, open_cache
+    from hms.data import io
+    from hms.network import uses_kaggle_spec
+
+    data_dir = C.data_dir(cfg)
+    test = io.read_test_csv(data_dir / schema.TEST_CSV)
+    eeg, spec = (open_cache(build_cache(cfg, data_dir, "test", kind, test, progress=progress, skip_bad=True))
+                 for kind in ("eeg", "spec"))
+    bad = test.eeg_id.isin(eeg.bad_ids())
+    if uses_kaggle_spec(cfg):
+        bad |= test.spectrogram_id.isin(spec.bad_ids())
+    return test, eeg, spec, ~bad.to_numpy()
+
+
+def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progress: bool = False) -> pd.DataFrame:
+    """Mean probabilities of `nets` (folds sharing one input config) for every test.csv row, in
+    its order; rows whose files are missing or unreadable get `prior` (uniform if None) and a
+    warning naming them."""
+    from hms.dataset import HMSDataset, make_loader
+    from hms.network import uses_kaggle_spec
+
+    test, eeg, spec, ok = test_inputs(cfg, progress)
+    probs = np.tile(np.asarray(prior if prior is not None else np.full(6, 1 / 6), dtype=np.float64), (len(test), 1))
+    if (~ok).any():
+        warnings.warn(f"{(~ok).sum()} test rows have missing or unreadable files and get the prior: "
+                      f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=2)
+    if ok.any():
+        ds = HMSDataset(test[ok], eeg, spec, cfg.input, train=False, use_spec=uses_kaggle_spec(cfg))
+        loader = make_loader(ds, cfg, shuffle=False)
+        probs[ok] = np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
+                                           progress=progress, desc=f"predict {cfg.name}") for net in nets], axis=0)
+    out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
+    out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
+    return out
+
+
+def fold_dirs(exp_dir: Path) -> list[Path]:
+    """Finished folds of an experiment (fold0, fold1, ...; set-aside `.old-*` copies excluded)."""
+    dirs = [d for d in sorted(Path(exp_dir).glob("fold*")) if d.name[4:].isdigit() and (d / "best.pt").is_file()]
+    if not dirs:
+        raise FileNotFoundError(f"{exp_dir}: no fold*/best.pt checkpoints (train the experiment first)")
+    return dirs
+
+
+def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:
+    """Each fold's resolved config.yaml + best.pt; `overrides` (paths, device, tta) apply to all."""
+    from hms.network import build_network
+
+    cfg, nets = None, []
+    for d in fold_dirs(exp_dir):
+        cfg = OmegaConf.merge(OmegaConf.load(d / "config.yaml"), overrides)
+        if "pretrained" in cfg.model:
+            cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
+        net = build_network(cfg).to(device)
+        net.load_state_dict(torch.load(d / "best.pt", map_location=device, weights_only=True))
+        nets.append(net.eval())
+    return cfg, nets
+
+
+def predict_experiment(exp_dir: Path, data_dir: Path, work_dir: Path, device: str | None = None,
+                       tta_lr_swap: bool | None = None, progress: bool = True) -> pd.DataFrame:
+    """Test predictions of one experiment from its fold checkpoints: `hms predict` locally and
+    the Kaggle notebook both call this."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {"paths": {"data_dir": str(data_dir), "work_dir": str(work_dir)}, "device": device}
+    if tta_lr_swap is not None:
+        overrides["infer"] = {"tta_lr_swap": bool(tta_lr_swap)}
+    cfg, nets = load_folds(Path(exp_dir), overrides, device)
+    summary = Path(exp_dir) / "summary.json"
+    prior = json.loads(summary.read_text()).get("prior") if summary.is_file() else None
+    return predict_test(cfg, nets, device, prior=prior, amp=device.startswith("cuda"), progress=progress)

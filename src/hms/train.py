@@ -26,12 +26,12 @@ from hms import config as C
 from hms.augment import augment_batch, spec_panel_transform
 from hms.cache import open_cache
 from hms.data import labels, schema
-from hms.dataset import HMSDataset
-from hms.infer import predict_probs, to_device
+from hms.dataset import HMSDataset, make_loader
+from hms.infer import predict_probs, predict_test, to_device
 from hms.losses import kl_loss
 from hms.metric import kl_score
 from hms.network import build_network, uses_kaggle_spec
-from hms.pipeline import load_test, load_train, prepare
+from hms.pipeline import load_train, prepare
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, seed_everything
 
 
@@ -72,15 +72,6 @@ def is_main_process() -> bool:
 
 
 # ---------------------------------------------------------------- data
-
-def make_loader(dataset, cfg: DictConfig, shuffle: bool, sampler=None) -> DataLoader:
-    workers = cfg.train.num_workers
-    if workers == "auto":
-        workers = 0 if C.resolve_device(cfg) == "cpu" else min(8, os.cpu_count() or 1)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=int(workers), drop_last=False,
-                      pin_memory=C.resolve_device(cfg) == "cuda", persistent_workers=False)
-
 
 def stage_rows(train: pd.DataFrame, stage: DictConfig, min_votes: int) -> pd.DataFrame:
     if stage.rows == "all":
@@ -290,7 +281,8 @@ class FoldRun:
         val[labels.TOTAL_VOTES] = items[labels.TOTAL_VOTES].to_numpy()
         val[[f"{c}_target" for c in schema.CLASSES]] = self.val_set.targets
         atomic_to_csv(val, self.dir / "val_pred.csv")
-        test = predict_test(self.cfg, self.net, self.device, self.amp)
+        test = predict_test(self.cfg, [self.net], self.device, amp=self.amp,
+                            prior=labels.prior(self.train_rows, self.min_votes))
         atomic_to_csv(test, self.dir / "test_pred.csv")
         metrics = {"fold": self.fold, **scores, "epochs": len(state["history"]), "complete": True,
                    "n_val": len(items), "n_val_high": int(self.val_high.sum())}
@@ -298,19 +290,6 @@ class FoldRun:
         (self.dir / "last.pt").unlink(missing_ok=True)  # the fold is done; best.pt is what counts
         barrier()
         return metrics
-
-
-def predict_test(cfg: DictConfig, net, device, amp: bool, progress: bool = False) -> pd.DataFrame:
-    """Test predictions of one network, one row per test.csv row, in its order."""
-    caches = prepare(cfg, ("test",), progress=False)["test"]
-    test = load_test(cfg)
-    ds = HMSDataset(test, open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=False,
-                    use_spec=uses_kaggle_spec(cfg))
-    probs = predict_probs(net, make_loader(ds, cfg, shuffle=False), device,
-                          tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp, progress=progress)
-    out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
-    out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
-    return out
 
 
 # ---------------------------------------------------------------- experiment
@@ -354,7 +333,8 @@ def collect_experiment(cfg: DictConfig) -> dict:
     mean = tests[0].copy()
     mean[list(schema.VOTE_COLUMNS)] = np.mean([t[list(schema.VOTE_COLUMNS)].to_numpy() for t in tests], axis=0)
     atomic_to_csv(mean, root / "test_pred.csv")
-    summary = {"name": cfg.name, "complete": True, **oof_scores(oof, cfg.labels.min_votes_high)}
+    summary = {"name": cfg.name, "complete": True, **oof_scores(oof, cfg.labels.min_votes_high),
+               "prior": labels.prior(load_train(cfg), cfg.labels.min_votes_high).tolist()}
     atomic_write_json(root / "summary.json", summary)
     print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}")
     return summary

@@ -38,12 +38,12 @@ def kaggle_executable() -> str:
     return exe
 
 
-def run_kaggle(args: list[str]) -> subprocess.CompletedProcess:
-    """Run `kaggle ARGS`; raise KaggleError with its output when it fails."""
+def run_kaggle(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run `kaggle ARGS`; with check, raise KaggleError with its output when it fails."""
     if not credentials_present():
         raise KaggleError(CREDENTIALS_HELP)
     proc = subprocess.run([kaggle_executable(), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise KaggleError(f"`kaggle {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
 

@@ -1,0 +1,105 @@
+"""`hms kaggle package/upload/notebook/push`: weights + code as a Kaggle dataset, and the
+offline inference notebook for the code competition."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from hms.data import schema
+from hms.infer import fold_dirs
+from hms.kaggle.client import KaggleError, run_kaggle
+from hms.kaggle.offline import PACKAGE_MARKER
+from hms.utils import atomic_write_json
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# Pure-Python runtime dependencies the Kaggle image may lack; repacked from this environment
+# so packaging needs no network.
+EXTRA_WHEELS = ("omegaconf",)
+DEFAULT_SLUG = "hms-weights"
+
+
+def kaggle_username(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    if config.is_file():
+        return json.loads(config.read_text())["username"]
+    raise KaggleError("no Kaggle user name: pass --user, set KAGGLE_USERNAME or add ~/.kaggle/kaggle.json")
+
+
+def repack_installed(dist_name: str, out_dir: Path) -> Path:
+    """A wheel rebuilt from an installed pure-Python distribution's files (RECORD lists them)."""
+    dist = metadata.distribution(dist_name)
+    name = dist.metadata["Name"].replace("-", "_")
+    wheel = Path(out_dir) / f"{name}-{dist.version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in dist.files or []:
+            src = Path(dist.locate_file(f))
+            if src.is_file() and "__pycache__" not in f.parts and not str(f).startswith(".."):
+                zf.write(src, str(f))
+    return wheel
+
+
+def build_hms_wheel(out_dir: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(out_dir), str(PROJECT_ROOT)], check=True)
+    return next(Path(out_dir).glob("hms_brain-*.whl"))
+
+
+def copy_experiment(exp_dir: Path, dest: Path) -> None:
+    """Fold configs and plain state_dicts (no resume states, logs or predictions)."""
+    for fold in fold_dirs(exp_dir):
+        (dest / fold.name).mkdir(parents=True, exist_ok=True)
+        for name in ("best.pt", "config.yaml"):
+            shutil.copy2(fold / name, dest / fold.name / name)
+    if (exp_dir / "summary.json").is_file():
+        shutil.copy2(exp_dir / "summary.json", dest / "summary.json")
+
+
+def package(out: Path, work_dir: Path, submission_dir: Path, user: str | None = None,
+            slug: str = DEFAULT_SLUG) -> dict:
+    """Write the weights dataset folder; returns its description (with size in bytes)."""
+    ensemble_path = Path(submission_dir) / "ensemble.json"
+    if not ensemble_path.is_file():
+        raise FileNotFoundError(f"{ensemble_path} not found: run the main job or `hms ensemble` first")
+    ensemble = json.loads(ensemble_path.read_text())
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "wheels").mkdir(parents=True)
+    for name in ensemble["experiments"]:
+        copy_experiment(Path(work_dir) / name, out / name)
+    shutil.copy2(ensemble_path, out / "ensemble.json")
+    build_hms_wheel(out / "wheels")
+    for dist in EXTRA_WHEELS:
+        repack_installed(dist, out / "wheels")
+    owner = kaggle_username(user)
+    atomic_write_json(out / "dataset-metadata.json", {
+        "title": "HMS weights and code", "id": f"{owner}/{slug}", "licenses": [{"name": "CC0-1.0"}]})
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    info = {"experiments": ensemble["experiments"], "id": f"{owner}/{slug}", "bytes": size}
+    atomic_write_json(out / PACKAGE_MARKER, info)
+    return info
+
+
+def upload(dataset_dir: Path, message: str = "new weights") -> str:
+    """`kaggle datasets create` the first time, `version` after; zip mode keeps subfolders;
+    private unless made public on Kaggle."""
+    meta = json.loads((Path(dataset_dir) / "dataset-metadata.json").read_text())
+    if run_kaggle(["datasets", "status", meta["id"]], check=False).returncode == 0:  # it exists
+        run_kaggle(["datasets", "version", "-p", str(dataset_dir), "-m", message, "--dir-mode", "zip"])
+        return "version"
+    run_kaggle(["datasets", "create", "-p", str(dataset_dir), "--dir-mode", "zip"])
+    return "create"
+
+
+def push(notebook_dir: Path) -> None:
+    run_kaggle(["kernels", "push", "-p", str(notebook_dir)])

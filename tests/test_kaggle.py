@@ -1,0 +1,142 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_config
+from hms.data import schema
+
+
+@pytest.fixture(scope="module")
+def packaged(tiny_synth, tmp_path_factory):
+    """A trained tiny experiment, its ensemble/submission, the dataset package and notebook."""
+    from hms.ensemble import write_submission
+    from hms.kaggle import notebook, package
+    from hms.pipeline import load_test
+    from hms.train import exp_dir, train_experiment
+
+    root = tmp_path_factory.mktemp("kaggle")
+    cfg = tiny_config(tiny_synth, root / "work")
+    train_experiment(cfg, progress=False)
+    write_submission([exp_dir(cfg)], load_test(cfg), root / "sub", cfg.labels.min_votes_high)
+    info = package.package(root / "dataset", root / "work", root / "sub", user="tester")
+    nb_path = notebook.write_notebook(root / "notebook", root / "dataset")
+    return {"root": root, "cfg": cfg, "info": info, "notebook": nb_path}
+
+
+def test_package_holds_weights_configs_wheels_and_metadata(packaged):
+    pkg = packaged["root"] / "dataset"
+    assert sorted(p.name for p in (pkg / "tiny").iterdir()) == ["fold0", "fold1", "summary.json"]
+    assert sorted(p.name for p in (pkg / "tiny" / "fold0").iterdir()) == ["best.pt", "config.yaml"]
+    wheels = sorted(p.name.split("-")[0] for p in (pkg / "wheels").glob("*.whl"))
+    assert wheels == ["hms_brain", "omegaconf"]
+    meta = json.loads((pkg / "dataset-metadata.json").read_text())
+    assert meta == {"title": "HMS weights and code", "id": "tester/hms-weights", "licenses": [{"name": "CC0-1.0"}]}
+    assert packaged["info"]["bytes"] == sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file()
+                                            and f.name != "hms-package.json")
+
+
+def test_kernel_metadata_fields(packaged):
+    meta = json.loads((packaged["notebook"].parent / "kernel-metadata.json").read_text())
+    assert meta["id"] == "tester/hms-inference" and meta["code_file"] == packaged["notebook"].name
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["dataset_sources"] == ["tester/hms-weights"]
+    assert meta["competition_sources"] == [schema.KAGGLE_SLUG]
+    assert meta["language"] == "python" and meta["kernel_type"] == "notebook" and meta["is_private"] is True
+
+
+def test_hms_wheel_installs_offline(packaged, tmp_path):
+    wheel = next((packaged["root"] / "dataset" / "wheels").glob("hms_brain-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target",
+                    str(tmp_path), str(wheel)], check=True)
+    out = subprocess.run([sys.executable, "-c", "import hms.kaggle.offline, hms; print(hms.__file__)"],
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().startswith(str(tmp_path))
+
+
+def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synth, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    from hms.ensemble import blend
+    from hms.infer import predict_experiment
+
+    input_root = tmp_path / "input"  # the newer Kaggle mounts
+    (input_root / "competitions").mkdir(parents=True)
+    (input_root / "competitions" / schema.KAGGLE_SLUG).symlink_to(tiny_synth, target_is_directory=True)
+    shutil.copytree(packaged["root"] / "dataset", input_root / "datasets" / "tester" / "hms-weights")
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.setenv("HMS_KAGGLE_INPUT", str(input_root))
+    monkeypatch.setenv("HMS_KAGGLE_WORKING", str(working))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    nb = nbformat.read(packaged["notebook"], as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    got = pd.read_csv(working / "submission.csv")
+
+    test = pd.read_csv(tiny_synth / schema.TEST_CSV)
+    assert list(got.eeg_id) == list(test.eeg_id)
+    weights = json.loads((packaged["root"] / "sub" / "ensemble.json").read_text())["weights"]
+    local = predict_experiment(packaged["root"] / "work" / "tiny", tiny_synth, tmp_path / "local", progress=False)
+    expected = blend(local[list(schema.VOTE_COLUMNS)].to_numpy()[None], np.asarray(weights))
+    np.testing.assert_allclose(got[list(schema.VOTE_COLUMNS)].to_numpy(), expected, atol=1e-6)
+    trained_sub = pd.read_csv(packaged["root"] / "sub" / "submission.csv")  # fold test preds from training
+    np.testing.assert_allclose(got[list(schema.VOTE_COLUMNS)].to_numpy(),
+                               trained_sub[list(schema.VOTE_COLUMNS)].to_numpy(), atol=1e-6)
+
+
+def test_unreadable_test_file_gets_the_prior_and_a_warning(packaged, tiny_synth, tmp_path):
+    from hms.infer import predict_experiment
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    test = pd.read_csv(data / schema.TEST_CSV)
+    victim = int(test.eeg_id.iloc[1])
+    (data / schema.TEST_EEG_DIR / f"{victim}.parquet").write_bytes(b"not a parquet")
+    with pytest.warns(UserWarning, match=str(victim)):
+        pred = predict_experiment(packaged["root"] / "work" / "tiny", data, tmp_path / "work", progress=False)
+    prior = json.loads((packaged["root"] / "work" / "tiny" / "summary.json").read_text())["prior"]
+    np.testing.assert_allclose(pred[list(schema.VOTE_COLUMNS)].to_numpy()[1], prior, atol=1e-9)
+    assert len(pred) == len(test) and np.isfinite(pred[list(schema.VOTE_COLUMNS)].to_numpy()).all()
+
+
+@pytest.fixture
+def fake_kaggle(tmp_path, monkeypatch):
+    """A stand-in `kaggle` on PATH: records each call; `datasets status` fails until a create."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log, state = tmp_path / "calls.txt", tmp_path / "created"
+    script = bin_dir / "kaggle"
+    script.write_text(
+        "#!/usr/bin/env python3\nimport sys, pathlib\n"
+        f"log, state = pathlib.Path({str(log)!r}), pathlib.Path({str(state)!r})\n"
+        "with log.open('a') as f: f.write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1:3] == ['datasets', 'status'] and not state.exists(): sys.exit(1)\n"
+        "if sys.argv[1:3] == ['datasets', 'create']: state.write_text('yes')\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    return log
+
+
+def test_upload_creates_then_versions_with_zip_dir_mode(packaged, fake_kaggle):
+    from hms.kaggle.package import push, upload
+
+    pkg = packaged["root"] / "dataset"
+    assert upload(pkg) == "create"
+    assert upload(pkg, "second") == "version"
+    push(packaged["notebook"].parent)
+    assert fake_kaggle.read_text().splitlines() == [
+        "datasets status tester/hms-weights",
+        f"datasets create -p {pkg} --dir-mode zip",
+        "datasets status tester/hms-weights",
+        f"datasets version -p {pkg} -m second --dir-mode zip",
+        f"kernels push -p {packaged['notebook'].parent}",
+    ]
