@@ -139,17 +139,19 @@ def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     test, *_ = test_inputs(fold_cfg)  # caches built here, outside the timing
     run = lambda: predict_experiment(Path(work) / exp, data_dir, work, device=device, progress=False)  # noqa: E731
     end_to_end = len(test) / _timed(run, repeats=1)
-    sample = {"signal": torch.randn(fold_cfg.train.batch_size, 16, int(
-        fold_cfg.input.signal_seconds * schema.SAMPLING_RATE) // int(fold_cfg.input.downsample), device=device),
-        "spec": torch.randn(fold_cfg.train.batch_size, 4, 100, 300, device=device)}
-    n_batches = -(-len(test) // fold_cfg.train.batch_size)
+    bs, n = int(fold_cfg.train.batch_size), len(test)
+    n_samples = int(fold_cfg.input.signal_seconds * schema.SAMPLING_RATE) // int(fold_cfg.input.downsample)
+    sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])  # the same rows as the real run
+    samples = [{"signal": torch.randn(k, 16, n_samples, device=device),
+                "spec": torch.randn(k, 4, 100, 300, device=device)} for k in sorted(set(sizes))]
+    by_size = {s["signal"].shape[0]: s for s in samples}
     tta = 2 if fold_cfg.infer.tta_lr_swap else 1
 
     @torch.no_grad()
     def bare():
-        for _ in range(n_batches * tta):
+        for k in sizes * tta:
             for net in nets:
-                net(sample)
+                net(by_size[k])
 
     bare_rows = len(test) / _timed(bare, repeats=1)
     return {"bench": "infer", "experiment": exp, "rows": len(test), "folds": len(nets), "tta": tta,

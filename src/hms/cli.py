@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slug", default="hms-weights", help="dataset slug")
     p.add_argument("--message", default="new weights", help="upload: version message")
 
+    from hms.report.commands import register as register_report
+
+    register_report(sub, _add_config_args)  # eda, evaluate, explain, app
+
     p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
     p.add_argument("what", choices=["spectrogram", "train", "infer"])
     _add_config_args(p)

@@ -1,0 +1,230 @@
+"""`hms explain`: why a trained fold predicts what it predicts for one eeg_id.
+
+2D models (timm2d on the ImageBuilder image, timm_mel on its own mel image): Grad-CAM on
+core.gradcam_target_layer(), upsampled to the input image. 1D models: occlusion by time
+(zero a window of every signal, measure KL(prediction || occluded prediction)). The input is
+built from the parquet files with the experiment's own signal settings (no cache is read or
+written), so a finished run directory can be explained without touching it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from hms.data import schema
+from hms.report import views
+
+
+@dataclass
+class Explanation:
+    kind: str                 # 'gradcam' or 'occlusion'
+    probs: np.ndarray         # (6,) prediction
+    target_class: int         # the class explained (the predicted one unless asked)
+    importance: np.ndarray    # gradcam: (H, W) in [0, 1]; occlusion: (n_windows,) KL increase
+    image: np.ndarray | None  # gradcam: (C, H, W) input image
+    signal: np.ndarray | None  # occlusion: (S, T) model input signals
+    times: np.ndarray | None  # occlusion: window centres, seconds in the 50 s window
+
+
+# ---------------------------------------------------------------- loading
+
+def fold_of(exp_dir: Path, eeg_id: int) -> int:
+    """The fold that held eeg_id out (its honest, out-of-fold model); fold 0 when unknown."""
+    oof = Path(exp_dir) / "oof.csv"
+    if oof.is_file():
+        folds = pd.read_csv(oof, usecols=["eeg_id", "fold"])
+        hit = folds.fold[folds.eeg_id == int(eeg_id)]
+        if len(hit):
+            return int(hit.iloc[0])
+    return 0
+
+
+def load_fold(exp_dir: Path, fold: int, paths: DictConfig | None = None):
+    """(resolved config, network in eval mode) of one trained fold. `paths` (the caller's
+    paths section) replaces the one saved at training time: the run may have moved."""
+    from hms.network import build_network
+
+    fold_dir = Path(exp_dir) / f"fold{fold}"
+    if not (fold_dir / "best.pt").is_file():
+        raise FileNotFoundError(f"{fold_dir}/best.pt: fold {fold} is not trained")
+    cfg = OmegaConf.load(fold_dir / "config.yaml")
+    if paths is not None:
+        cfg.paths = paths
+    net = build_network(cfg)
+    net.load_state_dict(torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True))
+    return cfg, net.eval()
+
+
+def window_row(cfg: DictConfig, eeg_id: int, split: str = "train") -> pd.Series:
+    """The row the evaluation dataset uses for eeg_id: its middle labelled sub-window
+    (train; the first vote vector's) or the test row (offsets 0)."""
+    from hms.data import io, labels
+    from hms.config import data_dir
+
+    if split == "test":
+        test = io.read_test_csv(data_dir(cfg) / schema.TEST_CSV)
+        rows = test[test.eeg_id == int(eeg_id)].assign(eeg_label_offset_seconds=0.0,
+                                                       spectrogram_label_offset_seconds=0.0)
+    else:
+        train = io.read_train_csv(data_dir(cfg) / schema.TRAIN_CSV)
+        rows = labels.dedup_per_eeg(labels.add_targets(train[train.eeg_id == int(eeg_id)]))
+    if rows.empty:
+        raise ValueError(f"eeg_id {eeg_id} is not in the {split} table")
+    return rows.iloc[0]
+
+
+def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
+    """A batch (B=1) for eeg_id built from the parquet files with the experiment's own cleaning,
+    crop and downsampling (as HMSDataset does from the caches, up to their float16 rounding):
+    no cache is needed or written, so any run directory can be explained read-only."""
+    from hms.config import data_dir
+    from hms.signal import filters
+
+    row = window_row(cfg, eeg_id, split)
+    raw = views.bipolar_window(data_dir(cfg), int(row.eeg_id), float(row.eeg_label_offset_seconds), split)
+    if cfg.signal.extras:
+        raise NotImplementedError("explain reads the 16 double-banana pairs; signal.extras is not supported")
+    clean, _ = filters.clean(raw, cfg.signal)
+    n = int(float(cfg.input.signal_seconds) * schema.SAMPLING_RATE)
+    lo = (clean.shape[-1] - n) // 2
+    signal = clean[:, lo: lo + n: int(cfg.input.downsample)]
+    spec = views.spectrogram_window(data_dir(cfg), int(row.spectrogram_id), float(row.spectrogram_label_offset_seconds),
+                                    split, tuple(cfg.kaggle_spec.log_clip))
+    batch = {"signal": torch.from_numpy(np.ascontiguousarray(signal))[None],
+             "spec": torch.from_numpy(spec)[None]}
+    if schema.VOTE_COLUMNS[0] in row:
+        batch["target"] = torch.tensor(row[list(schema.VOTE_COLUMNS)].to_numpy(np.float32))[None]
+    return batch
+
+
+# ---------------------------------------------------------------- Grad-CAM
+
+def image_and_head(net) -> tuple:
+    """For a 2D network: (batch -> image function, image -> logits module)."""
+    if net.input_kind == "image":
+        return net.builder, net.core
+    if hasattr(net.core, "signals_to_image"):  # timm_mel: the image is made inside the model
+        return (lambda batch: net.core.signals_to_image(batch["signal"])), net.core.net
+    return None, None
+
+
+def gradcam(head: torch.nn.Module, layer: torch.nn.Module, image: torch.Tensor,
+            target_class: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Grad-CAM of one image (1, C, H, W): ReLU(sum_c mean(dS/dA_c) * A_c) at `layer`,
+    bilinearly upsampled to (H, W) and scaled to [0, 1]. Returns (map, probs, class)."""
+    store = {}
+    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
+    try:
+        with torch.enable_grad():
+            logits = head(image)
+            probs = torch.softmax(logits.detach(), 1)[0]
+            k = int(probs.argmax()) if target_class is None else int(target_class)
+            act = store["act"]
+            grad, = torch.autograd.grad(logits[0, k], act)
+    finally:
+        hook.remove()
+    weights = grad.mean(dim=(2, 3), keepdim=True)  # importance of each feature channel
+    cam = (weights * act).sum(1, keepdim=True).detach()
+    if cam.max() <= 0:  # no channel votes for the class: show where it votes against, not a blank
+        cam = -cam
+    cam = F.interpolate(F.relu(cam), size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = cam - cam.min()
+    return (cam / (cam.max() + 1e-12)).numpy(), probs.numpy().astype(np.float64), k
+
+
+# ---------------------------------------------------------------- occlusion (1D)
+
+def occlusion(net, signal: torch.Tensor, window_seconds: float, fs: float,
+              batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero (the cleaned signals' mean) every channel over consecutive windows; importance =
+    KL(p || p_occluded), how much the prediction changes without that stretch.
+    signal (1, S, T) -> (probs (6,), importance (n_windows,), window centres in seconds)."""
+    n = signal.shape[-1]
+    win = max(1, int(round(window_seconds * fs)))
+    starts = np.arange(0, n, win)
+    with torch.no_grad():
+        p = torch.softmax(net.core(signal), 1)
+        masked = signal.repeat(len(starts), 1, 1)
+        for i, s in enumerate(starts):
+            masked[i, :, s: s + win] = 0
+        q = torch.cat([torch.softmax(net.core(masked[j: j + batch_size]), 1)
+                       for j in range(0, len(starts), batch_size)])
+    kl = (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(1)
+    centres = (starts + np.minimum(win, n - starts) / 2) / fs
+    return p[0].double().numpy(), kl.double().numpy(), centres
+
+
+# ---------------------------------------------------------------- entry points
+
+def explain_sample(cfg: DictConfig, net, batch: dict, target_class: int | None = None,
+                   window_seconds: float = 2.0) -> Explanation:
+    """Grad-CAM for 2D networks, occlusion for 1D ones, on one batched item."""
+    to_image, head = image_and_head(net)
+    if to_image is not None:
+        with torch.no_grad():
+            image = to_image(batch)
+        cam, probs, k = gradcam(head, net.core.gradcam_target_layer(), image, target_class)
+        return Explanation("gradcam", probs, k, cam, image[0].numpy(), None, None)
+    signal = batch["signal"]
+    # the model input is centre-cropped and downsampled: place it back in the 50 s window
+    fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
+    probs, importance, centres = occlusion(net, signal, window_seconds, fs)
+    offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
+    k = int(probs.argmax()) if target_class is None else int(target_class)
+    return Explanation("occlusion", probs, k, importance, None, signal[0].numpy(), centres + offset)
+
+
+def figure(exp: Explanation, title: str, fs: float | None = None, offset: float = 0.0):
+    """Grad-CAM: each image channel with the map overlaid; occlusion: the importance curve
+    above the model's input traces."""
+    if exp.kind == "gradcam":
+        n = exp.image.shape[0]
+        fig = views.new_figure(min(4 * n, 16), 3.2 if n > 1 else 5)
+        axes = np.atleast_1d(fig.subplots(1, n))
+        for c, ax in enumerate(axes):
+            ax.imshow(exp.image[c], cmap="gray", aspect="auto", origin="upper")
+            ax.imshow(exp.importance, cmap="jet", alpha=0.4, aspect="auto", origin="upper")
+            ax.set_title(f"channel {c}", fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+        fig.suptitle(title, fontsize=10)
+        return fig
+    fig = views.new_figure(11, 8)
+    ax_imp, ax_sig = fig.subplots(2, 1, sharex=True, height_ratios=[1, 4])
+    width = exp.times[1] - exp.times[0] if len(exp.times) > 1 else 1.0
+    ax_imp.bar(exp.times, exp.importance, width=width * 0.95, color="tab:red")
+    ax_imp.set(ylabel="KL change", title=title)
+    views.plot_bipolar(exp.signal[: len(schema.BIPOLAR_PAIRS)], fs=fs, window_start=offset, ax=ax_sig)
+    return fig
+
+
+def explain(exp_dir: Path, eeg_id: int, fold: int | None = None, paths: DictConfig | None = None,
+            target_class: int | None = None, out_dir: Path | None = None, split: str = "train") -> dict:
+    """Explain eeg_id with the fold that held it out; write PNG + JSON into out_dir
+    (default exp_dir/explain). Returns the JSON dict (with 'explanation' and 'figure' objects)."""
+    exp_dir = Path(exp_dir)
+    fold = fold_of(exp_dir, eeg_id) if fold is None else int(fold)
+    cfg, net = load_fold(exp_dir, fold, paths)
+    batch = sample_for(cfg, eeg_id, split)
+    exp = explain_sample(cfg, net, batch, target_class)
+    cls = schema.CLASSES[exp.target_class]
+    fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
+    offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
+    fig = figure(exp, f"{exp_dir.name} fold {fold}, eeg_id {eeg_id}: {exp.kind} for '{cls}' "
+                      f"(p={exp.probs[exp.target_class]:.2f})", fs, offset)
+    out_dir = Path(out_dir or exp_dir / "explain")
+    stem = f"{eeg_id}_fold{fold}_{exp.kind}"
+    views.save(fig, out_dir / f"{stem}.png", dpi=90)
+    info = {"experiment": exp_dir.name, "fold": fold, "eeg_id": int(eeg_id), "method": exp.kind,
+            "explained_class": cls, "prediction": dict(zip(schema.CLASSES, exp.probs.round(6).tolist())),
+            "target": dict(zip(schema.CLASSES, batch["target"][0].double().numpy().round(6).tolist()))
+            if "target" in batch else None, "png": str(out_dir / f"{stem}.png")}
+    if exp.kind == "occlusion":
+        info["occlusion"] = {"centres_s": exp.times.round(3).tolist(), "kl_change": exp.importance.tolist()}
+    (out_dir / f"{stem}.json").write_text(json.dumps(info, indent=2))
+    return {**info, "explanation": exp, "figure": fig}

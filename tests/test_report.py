@@ -1,0 +1,151 @@
+"""EDA report, OOF evaluation and explanations (Grad-CAM, occlusion) on the tiny simulated dataset."""
+import argparse
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+from conftest import tiny_config
+from hms.data import schema
+
+
+def trained_tiny_work(tiny_synth, tmp_path_factory):
+    """A work dir with one trained tiny conv1d experiment ('tiny') and an ensemble.json, shared
+    by this module and test_app.py (built once per session, in the session's base temp dir)."""
+    from hms.ensemble import write_submission
+    from hms.pipeline import load_test
+    from hms.train import train_experiment
+
+    work = tmp_path_factory.getbasetemp() / "report_work"
+    cfg = tiny_config(tiny_synth, work, f"paths.submission_dir={work / 'submissions'}",
+                      "train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]")  # one epoch: only the outputs matter
+    if not (work / "submissions" / "ensemble.json").is_file():
+        train_experiment(cfg, progress=False)
+        write_submission([work / "tiny"], load_test(cfg), work / "submissions", cfg.labels.min_votes_high)
+    return cfg, work
+
+
+@pytest.fixture(scope="module")
+def tiny_work(tiny_synth, tmp_path_factory):
+    return trained_tiny_work(tiny_synth, tmp_path_factory)
+
+
+def test_eda_report_has_every_section_and_its_figures(tiny_synth, tmp_path):
+    from hms.config import load_config
+    from hms.report.eda import SECTIONS, build_report
+
+    result = build_report(tiny_synth, tmp_path / "eda", load_config().mel, nan_sample=20)
+    page = (tmp_path / "eda" / "index.html").read_text()
+    for heading in SECTIONS:
+        assert f"<h2>{heading}</h2>" in page.replace("&amp;", "&"), heading
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(result["figures"]) >= 4 + 3 * 3  # summary plots + 3 views per example class
+    assert all((tmp_path / "eda" / s).is_file() and not s.startswith("/") for s in sources)
+    train = pd.read_csv(tiny_synth / schema.TRAIN_CSV)
+    assert result["counts"] == {"rows": len(train), "eeg_ids": train.eeg_id.nunique(),
+                                "spectrogram_ids": train.spectrogram_id.nunique(),
+                                "patients": train.patient_id.nunique()}
+
+
+def test_vote_buckets_cover_every_count():
+    from hms.report.views import vote_bucket
+
+    b = vote_bucket([1, 2, 3, 7, 8, 9, 10, 15, 16, 28])
+    assert list(b.astype(str)) == ["1-2", "1-2", "3-7", "3-7", "8-9", "8-9", "10-15", "10-15", "16+", "16+"]
+
+
+def test_evaluation_matches_a_direct_sklearn_computation(tiny_work, tiny_synth):
+    from hms.metric import kl_score
+    from hms.report.evaluate import evaluate_experiment
+
+    cfg, work = tiny_work
+    result = evaluate_experiment(work / "tiny", tiny_synth, 10)
+    oof = pd.read_csv(work / "tiny" / "oof.csv")
+    probs = oof[list(schema.VOTE_COLUMNS)].to_numpy()
+    target = oof[[f"{c}_target" for c in schema.CLASSES]].to_numpy()
+    y = target.argmax(1)
+    checked = 0
+    for k, cls in enumerate(schema.CLASSES):
+        if 0 < (y == k).sum() < len(y):
+            assert result["per_class"][cls]["roc_auc"] == pytest.approx(roc_auc_score(y == k, probs[:, k]))
+            assert result["per_class"][cls]["pr_auc"] == pytest.approx(average_precision_score(y == k, probs[:, k]))
+            checked += 1
+        else:
+            assert math.isnan(result["per_class"][cls]["roc_auc"])
+    assert checked >= 3
+    assert result["confusion"] == confusion_matrix(y, probs.argmax(1), labels=range(6)).tolist()
+    assert result["oof_kl"] == pytest.approx(kl_score(target, probs))
+    # bucket means weighted by their counts give back the overall KL: no row lost or doubled
+    buckets = [v for v in result["kl_by_votes"].values() if v["n"]]
+    assert sum(v["n"] for v in buckets) == len(oof)
+    assert sum(v["kl"] * v["n"] for v in buckets) / len(oof) == pytest.approx(result["oof_kl"])
+    rel = result["reliability"]["other"]
+    assert sum(r["n"] for r in rel) == len(oof) and all(0 <= r["pred"] <= 1 for r in rel)
+    test = result["test"]  # the simulator wrote answers: model vs oracle on test
+    assert test is not None and test["oracle_kl"] < test["prior_kl"]
+    saved = json.loads((work / "tiny" / "eval" / "evaluation.json").read_text())
+    assert saved["confusion"] == result["confusion"]
+    assert all((work / "tiny" / "eval" / f).is_file() for f in result["figures"])
+
+
+def _first_eeg(tiny_synth) -> int:
+    return int(pd.read_csv(tiny_synth / schema.TRAIN_CSV).eeg_id.iloc[0])
+
+
+@pytest.mark.parametrize("family", ["timm2d", "timm_mel"])
+def test_gradcam_map_has_the_image_shape_and_is_not_constant(family, tiny_synth, tmp_path):
+    import torch
+    from test_train import FAMILIES
+
+    from hms.network import build_network
+    from hms.report.explain import explain_sample, sample_for
+
+    cfg = tiny_config(tiny_synth, tmp_path, *FAMILIES[family])
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()  # untrained: Grad-CAM only needs gradients
+    exp = explain_sample(cfg, net, sample_for(cfg, _first_eeg(tiny_synth)))
+    assert exp.kind == "gradcam"
+    assert exp.importance.shape == exp.image.shape[-2:]
+    assert exp.importance.std() > 1e-3 and exp.importance.min() >= 0 and exp.importance.max() <= 1
+    assert exp.probs.sum() == pytest.approx(1, abs=1e-5)
+    explained = explain_sample(cfg, net, sample_for(cfg, _first_eeg(tiny_synth)), target_class=3)
+    assert explained.target_class == 3
+
+
+def test_occlusion_curve_of_a_trained_1d_model(tiny_work, tiny_synth):
+    from hms.report.explain import explain, fold_of
+
+    cfg, work = tiny_work
+    eeg_id = _first_eeg(tiny_synth)
+    info = explain(work / "tiny", eeg_id, paths=cfg.paths)
+    exp = info["explanation"]
+    assert info["method"] == "occlusion" and info["fold"] == fold_of(work / "tiny", eeg_id)
+    n = exp.signal.shape[-1]
+    fs = schema.SAMPLING_RATE / cfg.input.downsample
+    assert len(exp.importance) == len(exp.times) == math.ceil(n / (2.0 * fs))  # 2 s windows
+    assert np.all(exp.importance >= -1e-9) and exp.importance.max() > 0
+    saved = json.loads((work / "tiny" / "explain" / f"{eeg_id}_fold{info['fold']}_occlusion.json").read_text())
+    assert saved["prediction"] == pytest.approx(dict(zip(schema.CLASSES, exp.probs.round(6))))
+    assert (work / "tiny" / "explain" / f"{eeg_id}_fold{info['fold']}_occlusion.png").is_file()
+
+
+def test_registered_commands_run_from_the_cli_parser(tiny_work, tiny_synth, capsys):
+    from hms.cli import _add_config_args
+    from hms.report.commands import register
+
+    cfg, work = tiny_work
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True), _add_config_args)
+    paths = [f"paths.work_dir={work}", f"paths.data_dir={tiny_synth}"]
+    args = parser.parse_args(["evaluate", "--exp", "tiny", *paths])
+    assert args.func(args) == 0
+    assert "roc_auc" in capsys.readouterr().out
+    args = parser.parse_args(["explain", "--exp", "tiny", "--eeg-id", str(_first_eeg(tiny_synth)),
+                              "--class", "lpd", *paths])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["explained_class"] == "lpd"
+    assert parser.parse_args(["app", "--port", "9999"]).port == 9999
