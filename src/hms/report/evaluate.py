@@ -89,8 +89,12 @@ def test_vs_oracle(exp_dir: Path, data_dir: Path | None, target: np.ndarray, vot
     pred_path = Path(exp_dir) / "test_pred.csv"
     if answers is None or not pred_path.is_file():
         return None
-    high = votes >= min_votes
-    prior = target[high if high.any() else slice(None)].mean(0)  # the constant baseline
+    summary = Path(exp_dir) / "summary.json"
+    if summary.is_file() and "prior" in json.loads(summary.read_text()):
+        prior = np.asarray(json.loads(summary.read_text())["prior"])  # labels.prior, as the run's table
+    else:  # older experiments: the same definition on the OOF rows
+        high = votes >= min_votes
+        prior = target[high if high.any() else slice(None)].mean(0)
     return test_scores(pd.read_csv(pred_path), answers, prior / prior.sum())
 
 
