@@ -100,3 +100,21 @@ def test_panels_are_normalised_and_nan_safe():
     panels = kaggle_spec.to_panels(window)
     assert panels.shape == (4, 100, 300) and np.isfinite(panels).all()
     assert abs(panels[:, :, 50:].mean()) < 1e-4 and (panels[:, :, :50] == 0).all()
+
+
+def test_zoomed_centre_view_is_the_mel_of_the_central_seconds():
+    import torch.nn.functional as F
+
+    from hms.network import ImageBuilder
+    from hms.signal.spectrogram import centre_crop
+
+    mel = {**dict(load_config().mel), "center_seconds": 10, "n_mels": 32}
+    builder = ImageBuilder(sources=["eeg", "eeg_center"], layout="channels", panel_height=32, panel_width=64, mel=mel)
+    signal = torch.randn(2, 16, 10_000)
+    image = builder({"signal": signal, "spec": torch.zeros(2, 4, 1, 1)})
+    assert image.shape == (2, 8, 32, 64) and builder.in_chans == 8
+    centre = builder.eeg_panels(centre_crop(signal, 10))
+    torch.testing.assert_close(image[:, 4:], F.interpolate(centre, size=(32, 64), mode="bilinear", align_corners=False))
+    assert not torch.allclose(image[:, :4], image[:, 4:])
+    with pytest.raises(ValueError, match="center_seconds"):
+        ImageBuilder(sources=["eeg_center"], mel={**mel, "center_seconds": None})

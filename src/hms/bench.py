@@ -73,7 +73,19 @@ def _train_setup(cfg):
     return ds, build_network(cfg)
 
 
-def bench_train(cfg, batch: int | None = None, steps: int = 10) -> dict:
+def _alternating(a, b, repeats: int) -> tuple[float, float]:
+    """Median seconds of a and b timed in turn, so drifts in machine load hit both alike."""
+    a(), b()  # warm-up
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, times_a), (b, times_b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times_a)), float(np.median(times_b))
+
+
+def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5) -> dict:
     """Samples/s of the full training step (loader + augmentation + forward + backward + step)
     against the same network's step on random tensors of the same shapes."""
     from omegaconf import OmegaConf
@@ -111,11 +123,11 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10) -> dict:
             opt.step()
 
     n = cfg.train.batch_size * steps
-    full = n / _timed(lambda: pipeline_steps(steps), repeats=1)
-    bare = n / _timed(lambda: bare_steps(steps), repeats=1)
+    full, bare = _alternating(lambda: pipeline_steps(steps), lambda: bare_steps(steps), repeats)
+    full, bare = n / full, n / bare
     return {"bench": "train", "experiment": str(cfg.get("name")), "samples_per_s": round(full, 1),
             "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
-            "pipeline_overhead": round(1 - full / bare, 3), "batch": cfg.train.batch_size,
+            "pipeline_overhead": round(1 - full / bare, 3), "batch": cfg.train.batch_size, "repeats": repeats,
             "device": str(device)}
 
 

@@ -12,9 +12,9 @@ from hms.data import schema
 from hms.models.factory import build_model, model_input
 from hms.models.melspec import TorchMelSpectrogram
 from hms.signal.kaggle_spec import normalize_batch
-from hms.signal.spectrogram import chain_panels
+from hms.signal.spectrogram import centre_crop, chain_panels
 
-SOURCES = ("kaggle", "eeg")
+SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
 LAYOUTS = ("mosaic", "channels")
 
 
@@ -37,7 +37,12 @@ class ImageBuilder(nn.Module):
         self.spec_normalize = spec_normalize
         mel = dict(mel or {})
         self.mel_width = int(mel.pop("width", 256))
-        self.mel = TorchMelSpectrogram(**mel) if "eeg" in self.sources else None
+        self.center_seconds = mel.pop("center_seconds", None)
+        if "eeg_center" in self.sources and not self.center_seconds:
+            raise ValueError("image source eeg_center needs mel.center_seconds (e.g. 10)")
+        self.sr = float(mel.get("sr", schema.SAMPLING_RATE))
+        uses_mel = {"eeg", "eeg_center"} & set(self.sources)
+        self.mel = TorchMelSpectrogram(**mel) if uses_mel else None
 
     @property
     def in_chans(self) -> int:
@@ -53,6 +58,8 @@ class ImageBuilder(nn.Module):
             panels.append(normalize_batch(batch["spec"], self.spec_normalize).flip(-2))
         if "eeg" in self.sources:
             panels.append(self.eeg_panels(batch["signal"]))
+        if "eeg_center" in self.sources:  # the labelled central seconds, zoomed to a full panel
+            panels.append(self.eeg_panels(centre_crop(batch["signal"], self.center_seconds, self.sr)))
         panels = [F.interpolate(p, size=self.panel, mode="bilinear", align_corners=False) for p in panels]
         if self.layout == "channels":
             image = torch.cat(panels, dim=1)
@@ -100,6 +107,5 @@ def build_network(cfg) -> HMSNet:
         return OmegaConf.to_container(section, resolve=True) if section is not None else None
 
     mel = plain(cfg.mel)
-    mel.pop("center_seconds", None)
     image = {**plain(cfg.image), "spec_normalize": cfg.input.spec_normalize}
     return HMSNet(plain(cfg.model), image, mel)

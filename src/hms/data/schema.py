@@ -87,5 +87,3 @@ ANSWERS_DIR = "answers"
 TRAIN_ANSWERS_CSV = "train_pstar.csv"  # label_id + p* per class
 TEST_ANSWERS_CSV = "test_answers.csv"  # eeg_id + p* per class + test votes
 PSTAR_COLUMNS: tuple[str, ...] = tuple(f"{c}_pstar" for c in CLASSES)
-
-OOF_PROB_COLUMNS: tuple[str, ...] = VOTE_COLUMNS  # predictions use the submission names

@@ -25,9 +25,9 @@ def chain_panels(db: torch.Tensor, width: int) -> torch.Tensor:
     return (chains + 40.0) / 40.0  # linear, so after the mean: 4x less work
 
 
-def centre_crop(signal: torch.Tensor, seconds: float) -> torch.Tensor:
-    """The central `seconds` of (..., T) signals (the labelled 10 s for a zoomed view)."""
-    n = int(seconds * schema.SAMPLING_RATE)
+def centre_crop(signal: torch.Tensor, seconds: float, sr: float = schema.SAMPLING_RATE) -> torch.Tensor:
+    """The central `seconds` of (..., T) signals sampled at sr (the labelled 10 s, zoomed)."""
+    n = int(seconds * sr)
     start = (signal.shape[-1] - n) // 2
     return signal[..., start: start + n]
 
