@@ -101,11 +101,7 @@ def _eeg_item(path: Path, t0: float, n: int, signal_cfg: dict) -> tuple[np.ndarr
 
 
 def _spec_item(path: Path, t0: float, n: int, spec_cfg: dict) -> tuple[np.ndarray, float]:
-    df = io.read_spectrogram(path)
-    times = df[schema.SPEC_TIME_COLUMN].to_numpy()
-    start = kaggle_spec.window_start(times[0], t0)
-    frames = kaggle_spec.take_window(df[list(schema.SPEC_COLUMNS)].to_numpy(), start, n)
-    logp = kaggle_spec.log_power(frames, tuple(spec_cfg["log_clip"]))
+    logp = kaggle_spec.read_log_window(path, t0, n, tuple(spec_cfg["log_clip"]))
     return logp, float(np.isnan(logp).mean())
 
 

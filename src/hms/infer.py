@@ -96,19 +96,25 @@ def fold_dirs(exp_dir: Path) -> list[Path]:
     return dirs
 
 
-def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:
-    """Each fold's resolved config.yaml + best.pt; `overrides` (paths, device, tta) apply to all."""
+def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[DictConfig, torch.nn.Module]:
+    """(resolved config.yaml merged with `overrides`, network from best.pt in eval mode)."""
     from hms.network import build_network
 
-    cfg, nets = None, []
-    for d in fold_dirs(exp_dir):
-        cfg = OmegaConf.merge(OmegaConf.load(d / "config.yaml"), overrides)
-        if "pretrained" in cfg.model:
-            cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
-        net = build_network(cfg).to(device)
-        net.load_state_dict(torch.load(d / "best.pt", map_location=device, weights_only=True))
-        nets.append(net.eval())
-    return cfg, nets
+    fold_dir = Path(fold_dir)
+    if not (fold_dir / "best.pt").is_file():
+        raise FileNotFoundError(f"{fold_dir}/best.pt: this fold is not trained")
+    cfg = OmegaConf.merge(OmegaConf.load(fold_dir / "config.yaml"), overrides)
+    if "pretrained" in cfg.model:
+        cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
+    net = build_network(cfg).to(device)
+    net.load_state_dict(torch.load(fold_dir / "best.pt", map_location=device, weights_only=True))
+    return cfg, net.eval()
+
+
+def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:
+    """Each fold's config + network; `overrides` (paths, device, tta) apply to all."""
+    loaded = [load_fold_network(d, overrides, device) for d in fold_dirs(exp_dir)]
+    return loaded[-1][0], [net for _, net in loaded]
 
 
 def predict_experiment(exp_dir: Path, data_dir: Path, work_dir: Path, device: str | None = None,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from hms import config as C
-from hms.data import labels
 from hms.ensemble import write_submission
-from hms.pipeline import load_test, load_train, prepare
+from hms.pipeline import load_test, prepare
 from hms.summary import load_answers, summary_table, test_scores
 from hms.train import experiment_name, exp_dir, train_experiment
 
@@ -49,7 +49,7 @@ def table_rows(base, cfgs, summaries, report, dirs) -> list[dict]:
     import pandas as pd
 
     answers = load_answers(C.data_dir(base))
-    prior = labels.prior(load_train(base), base.labels.min_votes_high)
+    prior = np.asarray(summaries[0]["prior"])  # labels.prior, saved by collect_experiment
     rows = []
     preds = {cfg.name: pd.read_csv(d / "test_pred.csv") for cfg, d in zip(cfgs, dirs)}
     preds["ensemble"] = pd.read_csv(C.submission_dir(base) / "submission.csv")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hms.data import schema
 from hms.report import views
@@ -48,17 +48,9 @@ def fold_of(exp_dir: Path, eeg_id: int) -> int:
 def load_fold(exp_dir: Path, fold: int, paths: DictConfig | None = None):
     """(resolved config, network in eval mode) of one trained fold. `paths` (the caller's
     paths section) replaces the one saved at training time: the run may have moved."""
-    from hms.network import build_network
+    from hms.infer import load_fold_network
 
-    fold_dir = Path(exp_dir) / f"fold{fold}"
-    if not (fold_dir / "best.pt").is_file():
-        raise FileNotFoundError(f"{fold_dir}/best.pt: fold {fold} is not trained")
-    cfg = OmegaConf.load(fold_dir / "config.yaml")
-    if paths is not None:
-        cfg.paths = paths
-    net = build_network(cfg)
-    net.load_state_dict(torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True))
-    return cfg, net.eval()
+    return load_fold_network(Path(exp_dir) / f"fold{fold}", {"paths": paths} if paths is not None else {})
 
 
 def window_row(cfg: DictConfig, eeg_id: int, split: str = "train") -> pd.Series:

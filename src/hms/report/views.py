@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from hms.data import io, schema
 from hms.signal import filters, kaggle_spec, montage
@@ -44,22 +45,17 @@ def bipolar_window(data_dir, eeg_id: int, offset: float, split: str = "train") -
 def filtered(signals: np.ndarray, bandpass: tuple[float, float] | None = (0.5, 20.0),
              notch_hz: float | None = 60.0) -> np.ndarray:
     """NaN-filled (channel mean), band-passed and notched signals in µV, for display."""
-    x, _ = filters.fill_nan(np.asarray(signals, np.float32), "mean")
-    if bandpass:
-        x = filters.bandpass(x, *bandpass)
-    if notch_hz:
-        x = filters.notch(x, notch_hz)
-    return x
+    display = OmegaConf.create({"fill_nan": "mean", "bandpass": list(bandpass) if bandpass else None,
+                                "filter_order": 4, "notch_hz": notch_hz, "notch_q": 30.0,
+                                "denoise": {"enabled": False}, "clip_uv": None, "scale": 1.0})
+    return filters.clean(signals, display)[0]  # the training chain, without clipping or scaling
 
 
 def spectrogram_window(data_dir, spectrogram_id: int, offset: float, split: str = "train",
                        log_clip: tuple[float, float] = (-4.0, 8.0)) -> np.ndarray:
     """(4 chains, 100 freqs low->high, 300 frames) log power of the 10-min window, NaN kept."""
-    df = io.read_spectrogram(io.spectrogram_path(data_dir, split, spectrogram_id))
-    times = df[schema.SPEC_TIME_COLUMN].to_numpy()
-    frames = df[list(schema.SPEC_COLUMNS)].to_numpy()
-    window = kaggle_spec.take_window(frames, kaggle_spec.window_start(times[0], offset))
-    return kaggle_spec.raw_panels(kaggle_spec.log_power(window, log_clip))
+    path = io.spectrogram_path(data_dir, split, spectrogram_id)
+    return kaggle_spec.raw_panels(kaggle_spec.read_log_window(path, offset, schema.SPEC_WINDOW_FRAMES, log_clip))
 
 
 def mel_panels(signals: np.ndarray, mel_cfg, module=None) -> np.ndarray:

@@ -13,6 +13,15 @@ def log_power(power: np.ndarray, log_clip: tuple[float, float]) -> np.ndarray:
         return np.log(np.clip(power, np.exp(lo), np.exp(hi))).astype(np.float32)
 
 
+def read_log_window(path, offset: float, n_frames: int, log_clip: tuple[float, float]) -> np.ndarray:
+    """(n_frames, 400) log power of a spectrogram file from `offset` on (NaN past its ends)."""
+    from hms.data import io
+
+    df = io.read_spectrogram(path)
+    start = window_start(df[schema.SPEC_TIME_COLUMN].iloc[0], offset)
+    return log_power(take_window(df[list(schema.SPEC_COLUMNS)].to_numpy(), start, n_frames), log_clip)
+
+
 def window_start(first_time: float, offset: float) -> int:
     """Index of the first frame inside [offset, offset + 600), frames at first_time + 2k."""
     return int(np.ceil((offset - first_time) / schema.SPEC_STEP_SECONDS - 1e-6))
