@@ -299,12 +299,13 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
     """Train the requested folds (default: all), skipping finished ones unless forced, then
     write the experiment's oof.csv and test_pred.csv when every fold is done."""
     seed_everything(cfg.seed)
-    init_distributed()
-    if is_main_process():  # other ranks wait, then find the finished caches and folds.csv
-        prepare(cfg, progress=progress)
-        load_train(cfg)
-    barrier()
-    caches = prepare(cfg, progress=False)
+    _, world, _ = init_distributed()
+    if world > 1:  # rank 0 builds caches and folds.csv first; the others then just find them
+        if is_main_process():
+            prepare(cfg, progress=progress)
+            load_train(cfg)
+        barrier()
+    caches = prepare(cfg, progress=progress and world == 1)
     train = load_train(cfg)
     folds = list(range(cfg.folds.n_folds)) if folds is None else folds
     results = {}
