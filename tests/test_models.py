@@ -96,20 +96,51 @@ def test_gem_p1_is_average_pooling_and_p_learns():
     assert gem3.p.grad is not None and gem3.p.grad.abs().item() > 0
 
 
-def test_torch_mel_matches_librosa():
+MEL_PARAMETER_SETS = [
+    dict(n_fft=1024, win_length=128, n_mels=128, fmin=0.0, fmax=20.0),  # the starter recipe
+    dict(n_fft=1024, win_length=128, n_mels=64, fmin=0.5, fmax=30.0),  # 3rd place's variant
+    dict(n_fft=512, win_length=127, n_mels=32, fmin=0.0, fmax=40.0),  # odd window: no centre sample
+    dict(n_fft=256, win_length=256, n_mels=48, fmin=1.0, fmax=25.0),  # window fills n_fft
+]
+
+
+@pytest.mark.parametrize("params", MEL_PARAMETER_SETS, ids=lambda p: f"win{p['win_length']}-mels{p['n_mels']}")
+def test_torch_mel_matches_librosa(params):
     librosa = pytest.importorskip("librosa")
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(10_000) * 20).astype(np.float32)
     hop = 10_000 // 256
     ref = librosa.power_to_db(
-        librosa.feature.melspectrogram(y=x, sr=200, n_fft=1024, hop_length=hop, win_length=128,
-                                       n_mels=128, fmin=0, fmax=20),
-        ref=np.max, top_db=80,
-    )
-    out = TorchMelSpectrogram()(torch.from_numpy(x)).numpy()
-    assert out.shape == ref.shape == (128, 1 + 10_000 // hop)
+        librosa.feature.melspectrogram(y=x, sr=200, hop_length=hop, **params), ref=np.max, top_db=80)
+    out = TorchMelSpectrogram(**params)(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape == (params["n_mels"], 1 + 10_000 // hop)
     assert np.abs(out - ref).max() < 0.05
     assert ref.max() == 0 and ref.min() < -20  # the comparison spans a real dB range
+
+
+@pytest.mark.parametrize("params", MEL_PARAMETER_SETS, ids=lambda p: f"win{p['win_length']}-mels{p['n_mels']}")
+def test_banded_mel_filters_rebuild_the_dense_bank(params):
+    mel = TorchMelSpectrogram(**params)
+    rebuilt = torch.zeros_like(mel.mel_fb).scatter_add_(1, mel.band_bins, mel.band_weights)
+    torch.testing.assert_close(rebuilt, mel.mel_fb, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_fused_mean_db_equals_the_per_signal_autograd_path(group):
+    """Without gradients, group means come from one log of a product per group, a few
+    signals at a time; with gradients, from per-signal dB. Both must give the same numbers."""
+    mel = TorchMelSpectrogram()
+    x = torch.randn(2, 16, 10_000) * 20
+    x[0, 3] = 0.0  # a flat channel: every bin at the amin floor
+    fused = mel.mean_db(x, group)
+    differentiable = mel.mean_db(x.clone().requires_grad_(True), group)
+    assert fused.shape == (2, 16 // group, 128, 257) and differentiable.requires_grad
+    torch.testing.assert_close(fused, differentiable.detach(), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="groups of 3"):
+        mel.mean_db(x, 3)
+    x_grad = x.clone().requires_grad_(True)
+    mel.mean_db(x_grad, group)[..., 10:20, :].sum().backward()  # input saliency needs a differentiable path
+    assert torch.isfinite(x_grad.grad).all() and x_grad.grad.abs().sum() > 0
 
 
 def test_torch_mel_batches_independently():

@@ -49,8 +49,8 @@ class ImageBuilder(nn.Module):
         return 1 if self.layout == "mosaic" else 4 * len(self.sources)
 
     def eeg_panels(self, signal: torch.Tensor) -> torch.Tensor:
-        db = self.mel(signal[:, : len(schema.BIPOLAR_PAIRS)])
-        return chain_panels(db, self.mel_width).flip(-2)  # low frequencies at the bottom
+        pairs = signal[:, : len(schema.BIPOLAR_PAIRS)]
+        return chain_panels(pairs, self.mel, self.mel_width).flip(-2)  # low frequencies at the bottom
 
     def forward(self, batch: dict) -> torch.Tensor:
         panels = []

@@ -31,6 +31,7 @@ CHAINS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 CHAIN_NAMES: tuple[str, ...] = tuple(CHAINS)  # LL, RL, LP, RP (Kaggle spectrogram order)
 BIPOLAR_PAIRS: tuple[tuple[str, str], ...] = tuple(p for c in CHAIN_NAMES for p in CHAINS[c])
+PAIRS_PER_CHAIN = len(BIPOLAR_PAIRS) // len(CHAIN_NAMES)  # 4: chains are consecutive in BIPOLAR_PAIRS
 BIPOLAR_NAMES: tuple[str, ...] = tuple(f"{a}-{b}" for a, b in BIPOLAR_PAIRS)
 # Optional extras some top teams added to the 16 pairs.
 MIDLINE_PAIRS: tuple[tuple[str, str], ...] = (("Fz", "Cz"), ("Cz", "Pz"))
@@ -42,8 +43,8 @@ def mirrored_bipolar_order() -> list[int]:
     """Index permutation of BIPOLAR_PAIRS that swaps left and right chains."""
     order = []
     for chain in CHAIN_NAMES:
-        start = CHAIN_NAMES.index(CHAIN_MIRROR[chain]) * 4
-        order.extend(range(start, start + 4))
+        start = CHAIN_NAMES.index(CHAIN_MIRROR[chain]) * PAIRS_PER_CHAIN
+        order.extend(range(start, start + PAIRS_PER_CHAIN))
     return order
 
 

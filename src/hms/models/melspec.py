@@ -20,6 +20,11 @@ from torch import nn
 from hms.data.schema import SAMPLING_RATE
 
 AMIN = 1e-10  # librosa.power_to_db's default floor before log10
+# ~4k frames per CPU chunk: a chunk's DFT output (<1 MB) stays in a core's L2 cache
+# (2k-4k measured fastest for 50 s EEGs on a 2-core CPU; 64k, a whole EEG batch, 1.5x slower)
+CPU_CHUNK_FRAMES = 4096
+# filters wider than this many bins are applied as a dense matmul instead of a banded sum
+MAX_BAND = 8
 
 
 def mel_filter_bank(sr: float, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
@@ -34,13 +39,31 @@ def mel_filter_bank(sr: float, n_fft: int, n_mels: int, fmin: float, fmax: float
 
 def power_to_db(power: torch.Tensor, top_db: float | None = 80.0, inplace: bool = False) -> torch.Tensor:
     """librosa.power_to_db(ref=np.max) per spectrogram (max over the last two axes).
-    inplace=True reuses `power`'s memory (the mel path owns a fresh tensor)."""
-    db = power.clamp_min_(AMIN) if inplace else power.clamp(min=AMIN)
-    db = db.log10_().mul_(10.0)
-    db = db.sub_(db.amax(dim=(-2, -1), keepdim=True))  # ref=np.max: the loudest bin is 0 dB
-    if top_db is not None:
-        db = db.clamp_min_(-float(top_db))  # after max-referencing, max - top_db == -top_db
-    return db
+    inplace=True overwrites `power` (the mel path owns a fresh tensor); inplace=False
+    stays differentiable."""
+    if inplace:
+        db = power.clamp_min_(AMIN).log10_().mul_(10.0)
+        db = db.sub_(db.amax(dim=(-2, -1), keepdim=True))  # ref=np.max: the loudest bin is 0 dB
+        return db.clamp_min_(-float(top_db)) if top_db is not None else db
+    db = power.clamp(min=AMIN).log10() * 10.0
+    db = db - db.amax(dim=(-2, -1), keepdim=True)
+    return db.clamp(min=-float(top_db)) if top_db is not None else db
+
+
+def mel_band(fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_mels, width) bin indices and weights of each filter's consecutive nonzero bins.
+
+    Mel filters are triangles a few bins wide (at most 2 for the starter's 128 mels over
+    0-20 Hz), so a sum over those bins costs a fraction of the dense (n_mels x bins) matmul.
+    Filters narrower than the widest are padded with zero weights."""
+    nonzero = fb > 0
+    width = max(int(nonzero.sum(1).max()), 1)
+    first = nonzero.float().argmax(1)
+    offsets = first[:, None] + torch.arange(width)
+    inside = offsets < fb.shape[1]
+    bins = offsets.clamp(max=fb.shape[1] - 1)
+    weights = torch.gather(fb, 1, bins) * inside
+    return bins, weights.contiguous()
 
 
 class TorchMelSpectrogram(nn.Module):
@@ -78,18 +101,38 @@ class TorchMelSpectrogram(nn.Module):
         nonzero = torch.nonzero(fb.abs().sum(dim=0) > 0)
         self.n_bins = int(nonzero.max()) + 1 if len(nonzero) else fb.shape[1]
         self.register_buffer("mel_fb", fb[:, : self.n_bins].contiguous(), persistent=False)
-        self.register_buffer("dft", self._windowed_dft(), persistent=False)
+        dft_even, dft_odd = self._folded_dft()
+        # transposed once here so the DFT lands as (bins, frames), the layout the mel step wants
+        self.register_buffer("dft_even", dft_even.T.contiguous(), persistent=False)
+        self.register_buffer("dft_odd", dft_odd.T.contiguous(), persistent=False)
+        band_bins, band_weights = mel_band(self.mel_fb)
+        self.register_buffer("band_bins", band_bins, persistent=False)
+        self.register_buffer("band_weights", band_weights, persistent=False)
 
-    def _windowed_dft(self) -> torch.Tensor:
-        """(win_length, 2 * n_bins): Hann-windowed cos/sin rows of the n_fft-point DFT for the
-        bins the mel bank uses. The window is zero outside its win_length samples centred in
-        n_fft, so this band-limited DFT equals the STFT's kept bins (up to a phase that power
-        ignores) at a fraction of the cost of a zero-padded n_fft FFT."""
-        n = torch.arange(self.win_length, dtype=torch.float64) + (self.n_fft - self.win_length) // 2
+    def _folded_dft(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hann-windowed cos and sin tables, (win_length - first, n_bins) each, of the n_fft-point
+        DFT for the bins the mel bank uses, folded about the window's centre.
+
+        Why band-limited: the window is zero outside its win_length samples centred in n_fft,
+        so a DFT over those samples equals the STFT's kept bins (up to a phase that power
+        ignores) at a fraction of a zero-padded n_fft FFT's cost.
+        Why folded: the periodic Hann window is symmetric (w[n] == w[N - n], w[0] == 0), so
+        with phases measured from the centre N/2, sample pairs (n, N - n) share one cosine
+        and opposite sines. Adding and subtracting the pairs first halves the multiply-adds."""
+        n_win = self.win_length
+        n = torch.arange(self.first_folded, n_win, dtype=torch.float64)
         k = torch.arange(self.n_bins, dtype=torch.float64)
-        phase = 2 * torch.pi * n[:, None] * k[None, :] / self.n_fft
-        w = self.window.double()[:, None]
-        return torch.cat([w * torch.cos(phase), w * torch.sin(phase)], dim=1).float()
+        phase = 2 * torch.pi * (n[:, None] - n_win / 2) * k[None, :] / self.n_fft
+        w = self.window.double()[self.first_folded:, None]
+        cos, sin = w * torch.cos(phase), w * torch.sin(phase)
+        if n_win % 2 == 0:
+            cos[0] /= 2  # the centre sample pairs with itself: it appears twice in the sum
+        return cos.float(), sin.float()
+
+    @property
+    def first_folded(self) -> int:
+        """First window index of the folded half: the centre for even lengths."""
+        return (self.win_length + 1) // 2
 
     def hop_for(self, n_samples: int) -> int:
         hop = self.hop_length or n_samples // self.hop_divisor
@@ -100,25 +143,68 @@ class TorchMelSpectrogram(nn.Module):
         return hop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, n_samples = x.shape[:-1], x.shape[-1]
+        """(..., T) signals -> (..., n_mels, frames) dB."""
+        return self.mean_db(x.unsqueeze(-2), group=1).squeeze(-3)
+
+    def mean_db(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        """(..., S, T) -> (..., S // group, n_mels, frames): the mean dB of each run of `group`
+        consecutive signals (the starter averages the 4 pairs of a chain)."""
+        *lead, n_signals, n_samples = x.shape
+        if n_signals % group:
+            raise ValueError(f"{n_signals} signals do not split into groups of {group}")
         hop = self.hop_for(n_samples)
         # STFT in fp32 even under autocast: fp16 FFTs lose the quiet mel bins
         with torch.autocast(device_type=x.device.type, enabled=False):
-            mel = self._mel_power(x.reshape(-1, n_samples).float(), hop)  # (N, mels, frames)
-            out = power_to_db(mel, self.top_db, inplace=True) if self.to_db else mel
-        return out.reshape(*lead, *out.shape[-2:])
+            flat = x.reshape(-1, n_samples).float()
+            if x.requires_grad or not self.to_db or self.top_db is None:
+                db = self._log_mel(flat, hop)
+                out = db.unflatten(0, (-1, group)).mean(1)
+            else:
+                out = self._fused_mean_db(flat, hop, group)
+        return out.reshape(*lead, n_signals // group, *out.shape[-2:])
+
+    def _log_mel(self, x: torch.Tensor, hop: int) -> torch.Tensor:
+        mel = self._mel_power(x, hop)
+        return power_to_db(mel, self.top_db, inplace=not x.requires_grad) if self.to_db else mel
+
+    def _fused_mean_db(self, x: torch.Tensor, hop: int, group: int) -> torch.Tensor:
+        """Mean dB of signal groups without a log per signal.
+
+        With max-referencing and the top_db floor, a signal's dB is 10 * log10(q) with
+        q = max(max(p, amin) / max(p_max, amin), 10 ** (-top_db / 10)) in [1e-8, 1], so the mean
+        over a group is 10 / group * log10(product of q): one log per group. On a CPU a few
+        groups go at a time so frames, DFT and mel power stay in cache (a whole batch would
+        be hundreds of MB of memory traffic); a GPU takes the batch at once."""
+        n_groups, n_frames = x.shape[0] // group, 1 + x.shape[-1] // hop
+        out = x.new_empty(n_groups, self.mel_fb.shape[0], n_frames)
+        step = max(1, CPU_CHUNK_FRAMES // (n_frames * group)) if x.device.type == "cpu" else n_groups
+        floor = 10.0 ** (-float(self.top_db) / 10.0)
+        for g in range(0, n_groups, step):
+            q = self._mel_power(x[g * group: (g + step) * group], hop).clamp_min_(AMIN)
+            q = q.div_(q.amax(dim=(-2, -1), keepdim=True)).clamp_min_(floor)
+            torch.log10(q.unflatten(0, (-1, group)).prod(1), out=out[g: g + step]).mul_(10.0 / group)
+        return out
 
     def _mel_power(self, x: torch.Tensor, hop: int) -> torch.Tensor:
         """(N, T) -> (N, n_mels, 1 + T // hop frames) mel power. Frames follow librosa's
-        center=True STFT: frame j's window covers samples j*hop - win_length//2 onwards
+        center=True STFT: frame j's window covers samples j*hop - lead onwards
         (zeros past the ends)."""
-        half = self.win_length // 2
-        padded = torch.nn.functional.pad(x, (half, half + self.win_length))
+        n_win, first = self.win_length, self.first_folded
+        lead = self.n_fft // 2 - (self.n_fft - n_win) // 2  # librosa: pad n_fft//2, window centred
+        padded = torch.nn.functional.pad(x, (lead, lead + n_win))
         n_frames = 1 + x.shape[-1] // hop
-        frames = padded.unfold(-1, self.win_length, hop)[:, :n_frames]  # (N, frames, win)
-        spec = (frames @ self.dft).square_()  # (N, frames, 2 * n_bins): re^2, im^2
-        power = spec[..., : self.n_bins].add_(spec[..., self.n_bins:])
-        return torch.matmul(self.mel_fb, power.transpose(1, 2))  # strided view: no copy
+        frames = padded.unfold(-1, n_win, hop)[:, :n_frames]  # (N, frames, win): a view
+        upper = frames[..., first:]  # samples N/2 + m ...
+        lower = frames[..., 1: n_win - first + 1].flip(-1)  # ... and their mirrors N/2 - m
+        real = torch.matmul(self.dft_even, (upper + lower).transpose(1, 2))
+        imag = torch.matmul(self.dft_odd, (upper - lower).transpose(1, 2))
+        power = real.square() + imag.square()  # (N, n_bins, frames)
+        if self.band_bins.shape[1] > MAX_BAND:
+            return torch.matmul(self.mel_fb, power)
+        mel = power.index_select(1, self.band_bins[:, 0]) * self.band_weights[:, 0, None]
+        for j in range(1, self.band_bins.shape[1]):
+            mel = torch.addcmul(mel, power.index_select(1, self.band_bins[:, j]), self.band_weights[:, j, None])
+        return mel
 
     def extra_repr(self) -> str:
         hop = self.hop_length or f"T//{self.hop_divisor}"

@@ -17,12 +17,15 @@ def mel_module(mel_cfg) -> TorchMelSpectrogram:
     return TorchMelSpectrogram(**{k: mel_cfg[k] for k in MEL_KEYS})
 
 
-def chain_panels(db: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, 16, mels, frames) dB -> (B, 4 chains, mels, width): the starter's scaling and
-    per-chain mean, low frequencies in row 0."""
-    db = db[..., :width]
-    chains = db.reshape(db.shape[0], len(schema.CHAIN_NAMES), 4, *db.shape[-2:]).mean(2)
-    return (chains + 40.0) / 40.0  # linear, so after the mean: 4x less work
+def chain_panels(signals: torch.Tensor, module: TorchMelSpectrogram, width: int) -> torch.Tensor:
+    """(B, 16, T) bipolar signals -> (B, 4 chains, mels, width): each chain's mean dB over its
+    pairs, scaled as the starter did, low frequencies in row 0."""
+    return scale_panels(module.mean_db(signals, schema.PAIRS_PER_CHAIN), width)
+
+
+def scale_panels(chain_db: torch.Tensor, width: int) -> torch.Tensor:
+    """The starter's (dB + 40) / 40 on the first `width` frames of per-chain mean dB."""
+    return chain_db[..., :width].add(40.0).div_(40.0)
 
 
 def centre_crop(signal: torch.Tensor, seconds: float, sr: float = schema.SAMPLING_RATE) -> torch.Tensor:
@@ -38,7 +41,7 @@ def eeg_panels(signals: np.ndarray | torch.Tensor, mel_cfg, device: str = "cpu",
     """(B, >=16, T) bipolar signals -> (B, 4, n_mels, width) panels on `device`."""
     x = torch.as_tensor(signals, dtype=torch.float32, device=device)[:, : len(schema.BIPOLAR_PAIRS)]
     module = (module or mel_module(mel_cfg)).to(device)
-    return chain_panels(module(x), int(mel_cfg["width"]))
+    return chain_panels(x, module, int(mel_cfg["width"]))
 
 
 def librosa_reference(signals: np.ndarray, mel_cfg) -> np.ndarray:
@@ -54,5 +57,5 @@ def librosa_reference(signals: np.ndarray, mel_cfg) -> np.ndarray:
             win_length=int(mel_cfg["win_length"]), n_mels=int(mel_cfg["n_mels"]),
             fmin=float(mel_cfg["fmin"]), fmax=float(mel_cfg["fmax"]), pad_mode="constant")
         out.append(librosa.power_to_db(mel, ref=np.max, top_db=float(mel_cfg["top_db"])))
-    db = torch.from_numpy(np.stack(out).reshape(b, len(schema.BIPOLAR_PAIRS), *out[0].shape))
-    return chain_panels(db, int(mel_cfg["width"])).numpy()
+    db = np.stack(out).reshape(b, len(schema.CHAIN_NAMES), schema.PAIRS_PER_CHAIN, *out[0].shape)
+    return scale_panels(torch.from_numpy(db.mean(2)), int(mel_cfg["width"])).numpy()
