@@ -60,6 +60,35 @@ def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
     assert losses[-1] < 0.6 * losses[0], f"{family}: {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
+def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path):
+    from hms.augment import MIRROR_PANELS, MIRROR_SIGNALS
+    from hms.cache import open_cache
+    from hms.dataset import HMSDataset
+    from hms.infer import to_device
+    from hms.pipeline import load_train, prepare
+
+    cfg = tiny_config(tiny_synth, tmp_path, "image.sources=[kaggle, eeg]")
+    caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
+    args = (load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input)
+    items = {}
+    for p in (0.0, 1.0):
+        torch.manual_seed(3)  # the same sub-window: it is drawn before the mirror coin
+        items[p] = HMSDataset(*args, train=True, lr_swap=p)[5]
+    plain, mirrored = items[0.0], items[1.0]
+    assert plain["signal"].dtype == plain["spec"].dtype == torch.float16
+    n = len(MIRROR_SIGNALS)
+    assert torch.equal(mirrored["signal"][:n], plain["signal"][MIRROR_SIGNALS])
+    assert torch.equal(mirrored["signal"][n:], plain["signal"][n:])  # midline and EKG stay
+    torch.testing.assert_close(mirrored["spec"], plain["spec"][MIRROR_PANELS], equal_nan=True, atol=0, rtol=0)
+    assert not torch.equal(mirrored["signal"], plain["signal"])
+    on_device = to_device({k: v[None] for k, v in plain.items()}, "cpu")
+    assert on_device["signal"].dtype == on_device["spec"].dtype == torch.float32
+    assert on_device["index"].dtype == torch.int64
+    torch.manual_seed(3)
+    assert torch.equal(HMSDataset(*args, train=False, lr_swap=1.0)[5]["signal"],
+                       HMSDataset(*args, train=False)[5]["signal"])  # never in evaluation
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_synth, tmp_path_factory):
     from hms.train import train_experiment

@@ -1,9 +1,10 @@
 """Augmentations, all configured by the experiment's `augment` section.
 
-Per-sample, on CPU in the dataset: albumentations XY masking of the Kaggle spectrogram panels.
-Per-batch, on the device in the training step: left/right hemisphere swap, time shift,
-channel dropout and sign flip (signals), SpecAugment time/frequency masking and time warp
-(images), and mixup of inputs and targets.
+Per-sample, on CPU in the dataset: left/right hemisphere swap (`HMSDataset(lr_swap=...)`) and
+albumentations XY masking of the Kaggle spectrogram panels.
+Per-batch, on the device in the training step: time shift, channel dropout and sign flip
+(signals), SpecAugment time/frequency masking and time warp (images), and mixup of inputs
+and targets.
 """
 from __future__ import annotations
 
@@ -28,26 +29,14 @@ def spec_panel_transform(cfg):
                        mask_y_length=(3, 15), fill=float("nan"), p=float(cfg.spec_xymask))
 
     def apply(panels: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(mask(image=panels.transpose(1, 2, 0))["image"].transpose(2, 0, 1))
+        image = panels.astype(np.float32).transpose(1, 2, 0)  # albumentations wants float32 HWC
+        return np.ascontiguousarray(mask(image=image)["image"].transpose(2, 0, 1), dtype=panels.dtype)
 
     return apply
 
 
 def _coin(n: int, p: float, device) -> torch.Tensor:
     return torch.rand(n, device=device) < p
-
-
-def hemisphere_swap(batch: dict, p: float) -> None:
-    """Mirror left and right chains for a random subset: labels are unchanged by symmetry."""
-    flip = _coin(batch["spec"].shape[0], p, batch["spec"].device)
-    if not flip.any():
-        return
-    sig = batch["signal"]
-    n_pairs = len(MIRROR_SIGNALS)
-    mirrored = sig.clone()
-    mirrored[:, :n_pairs] = sig[:, MIRROR_SIGNALS]
-    batch["signal"] = torch.where(flip[:, None, None], mirrored, sig)
-    batch["spec"] = torch.where(flip[:, None, None, None], batch["spec"][:, MIRROR_PANELS], batch["spec"])
 
 
 def time_shift(signal: torch.Tensor, max_fraction: float) -> torch.Tensor:
@@ -111,12 +100,12 @@ def mixup(batch: dict, alpha: float, p: float) -> None:
     lam = float(np.random.beta(alpha, alpha))
     perm = torch.randperm(batch["target"].shape[0], device=batch["target"].device)
     for key in ("signal", "spec", "target", "weight"):
-        batch[key] = lam * batch[key] + (1 - lam) * batch[key][perm]
+        batch[key] = batch[key][perm].lerp_(batch[key], lam)  # lam * x + (1 - lam) * x[perm]
 
 
 def augment_batch(batch: dict, cfg) -> None:
-    """Signal/panel-level batch augmentations, in place."""
-    hemisphere_swap(batch, cfg.lr_swap)
+    """Signal/panel-level batch augmentations, in place (the hemisphere swap is per item, in
+    the dataset)."""
     batch["signal"] = sign_flip(channel_dropout(time_shift(batch["signal"], cfg.time_shift), cfg.channel_dropout),
                                 cfg.sign_flip)
     mixup(batch, cfg.mixup_alpha, cfg.mixup_p)

@@ -63,16 +63,13 @@ def print_json(result: dict) -> None:
 
 def _train_setup(cfg):
     from hms.cache import open_cache
-    from hms.dataset import HMSDataset
-    from hms.network import build_network, uses_kaggle_spec
+    from hms.dataset import training_set
+    from hms.network import build_network
     from hms.pipeline import load_train, prepare
-    from hms.augment import spec_panel_transform
 
     caches = prepare(cfg, ("train",), progress=False)["train"]
-    train = load_train(cfg)
-    ds = HMSDataset(train, open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=True,
-                    weighting=(cfg.labels.min_votes_high, cfg.labels.low_vote_weight),
-                    spec_transform=spec_panel_transform(cfg.augment), use_spec=uses_kaggle_spec(cfg))
+    ds = training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
+                      (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
     return ds, build_network(cfg)
 
 
@@ -117,13 +114,9 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     random_batch["target"] = torch.softmax(random_batch["target"], 1)
     random_batch["weight"] = torch.ones_like(random_batch["weight"])
 
-    def bare_steps(n):
+    def bare_steps(n):  # the same step, optimiser and clipping included, minus loader and augmentations
         for _ in range(n):
-            b = {k: v.to(device) for k, v in random_batch.items()}
-            loss = torch.nn.functional.kl_div(torch.log_softmax(net(b), 1), b["target"], reduction="batchmean")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(net, dict(random_batch), opt, sched, scaler, cfg, device, augment=False)
 
     n = cfg.train.batch_size * steps
     full, bare = _alternating(lambda: pipeline_steps(steps), lambda: bare_steps(steps), repeats)

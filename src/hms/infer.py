@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 from hms import config as C
 from hms.augment import MIRROR_PANELS, MIRROR_SIGNALS
 from hms.data import schema
+from hms.dataset import widened
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Moves a loader batch to the device, widening its float16 inputs to float32 there."""
+    return widened({k: v.to(device, non_blocking=True) for k, v in batch.items()})
 
 
 def mirrored(batch: dict) -> dict:

@@ -9,6 +9,7 @@ from torch import nn
 
 from hms.augment import augment_image
 from hms.data import schema
+from hms.dataset import widened
 from hms.models.factory import build_model, model_input
 from hms.models.melspec import TorchMelSpectrogram
 from hms.signal.kaggle_spec import normalize_batch
@@ -91,7 +92,7 @@ class HMSNet(nn.Module):
         return augment_image(image, augment_cfg) if augment_cfg is not None else image
 
     def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
-        return self.core(self.inputs(batch, augment_cfg))
+        return self.core(self.inputs(widened(batch), augment_cfg))  # a raw loader batch works too
 
 
 def uses_kaggle_spec(cfg) -> bool:

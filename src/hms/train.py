@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from hms import config as C
-from hms.augment import augment_batch, spec_panel_transform
+from hms.augment import augment_batch
 from hms.cache import open_cache
 from hms.data import labels, schema
-from hms.dataset import HMSDataset, make_loader
+from hms.dataset import HMSDataset, make_loader, training_set
 from hms.infer import predict_probs, predict_test, to_device
 from hms.losses import kl_loss
 from hms.metric import kl_score
@@ -118,11 +118,13 @@ class EMA:
                 s.copy_(p)
 
 
-def train_step(net, batch, opt, sched, scaler, cfg, device) -> float:
+def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True) -> float:
+    """One optimiser step; augment=False is the bare step `hms bench train` compares with."""
     batch = to_device(batch, device)
-    augment_batch(batch, cfg.augment)
+    if augment:
+        augment_batch(batch, cfg.augment)
     with torch.autocast(device_type=device.type, enabled=scaler.is_enabled()):
-        logits = net(batch, cfg.augment)
+        logits = net(batch, cfg.augment if augment else None)
     loss = kl_loss(logits, batch["target"], batch["weight"])
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -167,8 +169,7 @@ class FoldRun:
     def stage_loader(self, stage) -> DataLoader:
         rows = stage_rows(self.train_rows, stage, self.min_votes)
         weighting = (self.min_votes, float(stage.get("low_vote_weight", self.cfg.labels.low_vote_weight)))
-        ds = HMSDataset(rows, *self.caches, self.cfg.input, train=True, weighting=weighting,
-                        spec_transform=spec_panel_transform(self.cfg.augment), use_spec=uses_kaggle_spec(self.cfg))
+        ds = training_set(rows, *self.caches, self.cfg, weighting)
         sampler = (DistributedSampler(ds, num_replicas=self.world, rank=self.rank, seed=self.cfg.seed)
                    if self.world > 1 else None)
         return make_loader(ds, self.cfg, shuffle=True, sampler=sampler)

@@ -27,18 +27,24 @@ def window_start(first_time: float, offset: float) -> int:
     return int(np.ceil((offset - first_time) / schema.SPEC_STEP_SECONDS - 1e-6))
 
 
-def take_window(frames: np.ndarray, start: int, n: int = schema.SPEC_WINDOW_FRAMES) -> np.ndarray:
+def take_window(frames: np.ndarray, start: int, n: int = schema.SPEC_WINDOW_FRAMES,
+                dtype=np.float32) -> np.ndarray:
     """frames[start:start+n] with NaN rows where the window runs past either end."""
-    out = np.full((n, frames.shape[1]), np.nan, dtype=np.float32)
+    out = np.empty((n, frames.shape[1]), dtype=dtype)  # only the edges need the NaN fill
     lo, hi = max(start, 0), min(start + n, len(frames))
-    if hi > lo:
-        out[lo - start: hi - start] = frames[lo:hi]
+    if hi <= lo:
+        out[:] = np.nan
+        return out
+    out[: lo - start] = np.nan
+    out[lo - start: hi - start] = frames[lo:hi]
+    out[hi - start:] = np.nan
     return out
 
 
-def raw_panels(window: np.ndarray) -> np.ndarray:
-    """(frames, 400) -> (4 chains, 100 freqs low->high, frames) float32, NaN kept."""
-    return window.T.reshape(len(schema.CHAIN_NAMES), schema.SPEC_N_FREQS, -1).astype(np.float32)
+def raw_panels(window: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """(frames, 400) -> (4 chains, 100 freqs low->high, frames), NaN kept."""
+    panels = np.ascontiguousarray(window.T, dtype=dtype)
+    return panels.reshape(len(schema.CHAIN_NAMES), schema.SPEC_N_FREQS, -1)
 
 
 def normalize_batch(panels, normalize: str = "panel"):
