@@ -118,6 +118,18 @@ def test_torch_mel_matches_librosa(params):
     assert ref.max() == 0 and ref.min() < -20  # the comparison spans a real dB range
 
 
+@pytest.mark.parametrize("sr, n_fft, n_mels, fmin, fmax", [
+    (200, 1024, 128, 0.0, 20.0), (50, 256, 32, 0.0, 20.0), (200, 1024, 64, 0.5, 30.0),
+    (22050, 2048, 128, 0.0, 11025.0),  # audio rates reach the log part of Slaney's scale
+])
+def test_mel_filter_bank_equals_librosa(sr, n_fft, n_mels, fmin, fmax):
+    librosa = pytest.importorskip("librosa")
+    from hms.signal.melspec import mel_filter_bank
+
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_allclose(mel_filter_bank(sr, n_fft, n_mels, fmin, fmax).numpy(), ref, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("params", MEL_PARAMETER_SETS, ids=lambda p: f"win{p['win_length']}-mels{p['n_mels']}")
 def test_banded_mel_filters_rebuild_the_dense_bank(params):
     mel = TorchMelSpectrogram(**params)

@@ -165,3 +165,30 @@ def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     return {"bench": "infer", "experiment": exp, "rows": len(test), "folds": len(nets), "tta": tta,
             "rows_per_s": round(end_to_end, 1), "bare_model_rows_per_s": round(bare_rows, 1),
             "ratio": round(end_to_end / bare_rows, 3), "device": device}
+
+
+def bench_app(cfg) -> dict:
+    """Seconds until `hms app`'s view appears in headless Chromium, on the configured dataset
+    and work dir: "first" = title, votes chart and EEG traces on screen; "complete" = the
+    spectrogram images drawn too. Three loads against one server, opened once it is warm (as
+    `hms app` announces): a fresh browser (it also fetches and parses Streamlit's frontend),
+    a reload (frontend cached), and another eeg_id (a new script run on warm caches)."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    from hms.app.browser import render_in_chromium
+    from hms.config import data_dir
+    from hms.report.commands import app_env
+
+    other = pd.read_csv(data_dir(cfg) / schema.TRAIN_CSV, usecols=["eeg_id"]).eeg_id.unique()[-1]
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
+        state = render_in_chromium(app_env(cfg), Path(tmp), queries=("", "", f"?eeg_id={other}"),
+                                   after_warm_up=True)
+    if not state.get("ready") or state.get("exception"):
+        raise RuntimeError(f"the app did not render its view: {state}")
+    out = {"bench": "app", "server_start_s": state["server_start_s"], "server_warm_s": state["server_warm_s"]}
+    for name, load in zip(("fresh_browser", "reload", "other_eeg"), state["loads"]):
+        out[f"{name}_first_view_s"], out[f"{name}_complete_view_s"] = load["first_view_s"], load["complete_view_s"]
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()} | {"browser": "headless chromium"}

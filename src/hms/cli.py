@@ -130,6 +130,8 @@ def cmd_bench(args) -> int:
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
     elif args.what == "train":
         bench.print_json(bench.bench_train(cfg, batch=args.batch, steps=args.steps))
+    elif args.what == "app":
+        bench.print_json(bench.bench_app(cfg))
     else:
         bench.print_json(bench.bench_infer(cfg, batch=args.batch, exp=args.exp))
     return 0
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_report(sub, _add_config_args)  # eda, evaluate, explain, app
 
     p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
-    p.add_argument("what", choices=["spectrogram", "train", "infer"])
+    p.add_argument("what", choices=["spectrogram", "train", "infer", "app"])
     _add_config_args(p)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)

@@ -11,7 +11,7 @@ from hms.augment import augment_image
 from hms.data import schema
 from hms.dataset import widened
 from hms.models.factory import build_model, model_input
-from hms.models.melspec import TorchMelSpectrogram
+from hms.signal.melspec import TorchMelSpectrogram
 from hms.signal.kaggle_spec import normalize_batch
 from hms.signal.spectrogram import centre_crop, chain_panels
 

@@ -3,7 +3,7 @@ device from raw signals), 1D networks on raw bipolar signals, and a factory keye
 the config's `model.kind`. Every model maps its input to (B, 6) logits."""
 from hms.models.conv1d import CNNGRU, ParallelConv1DNet, WaveNet1D
 from hms.models.factory import MODEL_CLASSES, MODEL_INPUT, build_model, model_input, model_kwargs
-from hms.models.melspec import TorchMelSpectrogram
+from hms.signal.melspec import TorchMelSpectrogram
 from hms.models.pooling import GeM
 from hms.models.timm2d import OnTheFlyMelNet, TimmSpectrogramNet, load_backbone_checkpoint
 

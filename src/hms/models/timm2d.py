@@ -13,7 +13,7 @@ from torch import nn
 
 from hms.data.schema import N_CLASSES, SAMPLING_RATE
 from hms.models.conv1d import signal_groups
-from hms.models.melspec import TorchMelSpectrogram
+from hms.signal.melspec import TorchMelSpectrogram
 from hms.models.pooling import GeM
 
 log = logging.getLogger(__name__)

@@ -52,24 +52,30 @@ def cmd_explain(args) -> int:
 
 
 def app_command(port: int, address: str = "127.0.0.1") -> list[str]:
-    """The streamlit command line (the current interpreter, so the same env and package)."""
-    return [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), "--server.headless", "true",
+    """Streamlit's command line in the current interpreter (so the same env and package),
+    through hms.app.serve, which warms the heavy imports while the server starts."""
+    return [sys.executable, "-m", "hms.app.serve", "run", str(APP_SCRIPT), "--server.headless", "true",
             "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false"]
 
 
-def cmd_app(args) -> int:
+def app_env(cfg) -> dict[str, str]:
+    """HMS_* variables carrying the config's paths: config files and overrides reach the app
+    (a separate Streamlit process) through them."""
     from hms.config import ENV_PATHS
 
-    cfg = _cfg(args)
-    env = dict(os.environ)
-    for var, key in ENV_PATHS.items():  # config files / overrides reach the app through HMS_*
+    env = {}
+    for var, key in ENV_PATHS.items():
         value = cfg
         for part in key.split("."):
             value = value[part]
         if value is not None:
             env[var] = str(value)
+    return env
+
+
+def cmd_app(args) -> int:
     print(f"HMS viewer on http://{args.address}:{args.port} (Ctrl-C stops it)")
-    return subprocess.call(app_command(args.port, args.address), env=env)
+    return subprocess.call(app_command(args.port, args.address), env={**os.environ, **app_env(_cfg(args))})
 
 
 def register(sub, add_config_args) -> None:

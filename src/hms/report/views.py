@@ -69,11 +69,11 @@ def mel_panels(signals: np.ndarray, mel_cfg, module=None) -> np.ndarray:
 
 # ---------------------------------------------------------------- figures
 
-def new_figure(width: float, height: float):
+def new_figure(width: float, height: float, layout: str | None = "constrained"):
     """A figure that never touches pyplot's global state (safe in Streamlit's threads)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def plot_bipolar(signals: np.ndarray, title: str = "", t_start: float = 0.0, t_end: float | None = None,
@@ -111,16 +111,20 @@ def plot_bipolar(signals: np.ndarray, title: str = "", t_start: float = 0.0, t_e
 
 
 def plot_panels(panels: np.ndarray, title: str, extent_x: tuple[float, float], xlabel: str,
-                freq_range: tuple[float, float], cmap: str = "magma", overlay: np.ndarray | None = None,
-                fig_size=(11, 5)):
-    """A 2x2 grid of per-chain heatmaps (LL, RL / LP, RP), low frequencies at the bottom."""
-    fig = new_figure(*fig_size)
+                freq_range: tuple[float, float], cmap: str = "magma", fig_size=(11, 5)):
+    """A 2x2 grid of per-chain heatmaps (LL, RL / LP, RP), low frequencies at the bottom, on one
+    colour scale so hemispheres compare at a glance. Fixed margins instead of the constrained
+    layout solver: 0.16 s instead of 0.43 s per figure, which the viewer's first view waits for."""
+    fig = new_figure(*fig_size, layout=None)
+    fig.subplots_adjust(left=0.06, right=0.9, bottom=0.1, top=0.88, hspace=0.3, wspace=0.06)
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
-    extent = (*extent_x, *freq_range)
+    finite = panels[np.isfinite(panels)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     for ax, chain, panel in zip(axes.flat, schema.CHAIN_NAMES, panels):
-        im = ax.imshow(panel, origin="lower", aspect="auto", extent=extent, cmap=cmap)
+        image = ax.imshow(panel, origin="lower", aspect="auto", extent=(*extent_x, *freq_range), cmap=cmap,
+                          vmin=vmin, vmax=vmax)
         ax.set_title(chain, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.colorbar(image, cax=fig.add_axes((0.92, 0.1, 0.015, 0.78)))
     for ax in axes[1]:
         ax.set_xlabel(xlabel)
     for ax in axes[:, 0]:

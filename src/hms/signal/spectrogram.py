@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from hms.data import schema
-from hms.models.melspec import TorchMelSpectrogram
+from hms.signal.melspec import TorchMelSpectrogram
 
 MEL_KEYS = ("sr", "n_fft", "win_length", "hop_divisor", "n_mels", "fmin", "fmax", "top_db")
 

@@ -1,0 +1,154 @@
+"""Drive `hms app` in a real headless Chromium: start the server and the browser, load the
+page, wait until Streamlit has drawn the first view, time it, optionally screenshot it.
+
+Used by the browser test and by `hms bench app`. Chromium is Debian's package
+(/usr/bin/chromium, `apt-get install -y chromium`); nothing here touches the network
+beyond 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+POLL_S = 0.1
+
+# What the page shows, polled over the DevTools protocol. "first": the title, the votes
+# chart and the EEG traces are on screen; "ready": all three view images are drawn and
+# Streamlit's running indicator is gone.
+STATE_JS = """(() => {
+  const images = document.querySelectorAll('[data-testid="stImage"]').length;
+  const charts = document.querySelectorAll('[data-testid="stVegaLiteChart"]').length;
+  const running = !!document.querySelector('[data-testid="stStatusWidget"]');
+  const titled = document.title === 'HMS viewer';
+  return {title: document.title, images, charts, running,
+          first: titled && charts >= 1 && images >= 1,
+          ready: titled && images >= 3 && !running,
+          exception: !!document.querySelector('[data-testid="stException"]')};
+})()"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_url(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """Poll url until it answers 200; fail early, with the process's output, if it exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            output = proc.stdout.read()[-2000:] if proc.stdout else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before {url} answered: {output}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} did not answer on {url} within {timeout} s")
+
+
+async def _devtools(debug_port: int):
+    """(call, close) for the first page target of a running Chromium."""
+    from tornado.websocket import websocket_connect  # a Streamlit dependency
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json") as r:
+        page = next(t for t in json.load(r) if t["type"] == "page")
+    ws = await websocket_connect(page["webSocketDebuggerUrl"], max_message_size=64 << 20)
+    counter = iter(range(1, 10**9))
+
+    async def call(method, **params):
+        i = next(counter)
+        ws.write_message(json.dumps({"id": i, "method": method, "params": params}))
+        while True:
+            msg = json.loads(await ws.read_message())
+            if msg.get("id") == i:
+                return msg.get("result", {})
+
+    return call, ws.close
+
+
+async def _load(debug_port: int, url: str, screenshot: Path | None, timeout: float) -> dict:
+    """Navigate, poll STATE_JS (Streamlit draws over a websocket, so the HTML alone is an empty
+    shell) and note when the first view and the complete view appeared."""
+    call, close = await _devtools(debug_port)
+    state, times = {}, {}
+    t0 = time.perf_counter()
+    await call("Page.navigate", url=url)
+    while time.perf_counter() - t0 < timeout and not state.get("ready"):
+        await asyncio.sleep(POLL_S)
+        result = await call("Runtime.evaluate", expression=STATE_JS, returnByValue=True)
+        state = result["result"].get("value") or {}
+        for key in ("first", "ready"):
+            if state.get(key) and key not in times:
+                times[key] = time.perf_counter() - t0
+    if screenshot:
+        await asyncio.sleep(0.5)  # let the last image paint
+        shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+    close()
+    return {**state, "first_view_s": times.get("first"), "complete_view_s": times.get("ready")}
+
+
+def start_chromium(debug_port: int, profile_dir: Path, height: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile_dir}", f"--window-size=1400,{height}",
+         f"--remote-debugging-port={debug_port}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def render_in_chromium(env: dict, profile_dir: Path, screenshot: Path | None = None, timeout: float = 60,
+                       queries: tuple[str, ...] = ("",), height: int = 1000, after_warm_up: bool = False) -> dict:
+    """Start `hms app`'s server (in the current directory, as `hms app` runs, with env added)
+    and headless Chromium (its profile in profile_dir), then load the page once per query
+    string (the first load in a fresh browser, later ones with its cache). after_warm_up
+    waits for the server's warm-up before the first load, as a user opening the URL after
+    `hms app` says it is warm would. Returns what STATE_JS saw on the last load, with the
+    timings of every load; both processes are always killed."""
+    from hms.app.serve import READY_FILE_ENV
+    from hms.report.commands import app_command
+
+    if not CHROMIUM.exists():
+        raise FileNotFoundError(f"{CHROMIUM} not found: apt-get install -y chromium")
+    port, debug_port = free_port(), free_port()
+    ready_file = Path(profile_dir) / "server-ready"
+    t_start = time.perf_counter()
+    server = subprocess.Popen(app_command(port), env={**os.environ, **env, READY_FILE_ENV: str(ready_file)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    browser = None
+    try:
+        wait_url(f"http://127.0.0.1:{port}/_stcore/health", server, 60, "streamlit")
+        timings = {"server_start_s": time.perf_counter() - t_start}
+        browser = start_chromium(debug_port, Path(profile_dir) / "chrome", height)
+        wait_url(f"http://127.0.0.1:{debug_port}/json/version", browser, 30, "chromium")
+        if after_warm_up:
+            _wait_file(ready_file, server, timeout)
+            timings["server_warm_s"] = time.perf_counter() - t_start
+        runs = [asyncio.run(_load(debug_port, f"http://127.0.0.1:{port}/{query}",
+                                  screenshot if i == len(queries) - 1 else None, timeout))
+                for i, query in enumerate(queries)]
+        return {**runs[-1], **timings,
+                "loads": [{k: r[k] for k in ("first_view_s", "complete_view_s")} for r in runs]}
+    finally:
+        for proc in (browser, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the app server did not finish its warm-up ({path} never appeared)")
+        time.sleep(0.05)
