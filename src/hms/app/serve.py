@@ -17,19 +17,18 @@ READY_FILE_ENV = "HMS_APP_READY_FILE"  # written once the warm-up is done (bench
 def warm_up() -> None:
     """Import, in the order the first view needs them, and run each heavy part once on tiny
     inputs (font cache, PNG encoder, filter design, torch's first kernels)."""
-    import io
-
     import numpy as np
 
     from hms.report import views
 
-    views.plot_bipolar(np.zeros((16, 400), np.float32), fig_size=(2, 2)).savefig(io.BytesIO(), format="png", dpi=20)
+    views.png_bytes(views.plot_bipolar(np.zeros((16, 400), np.float32), fig_size=(2, 2)), dpi=20)
     views.filtered(np.zeros((16, 400), np.float32))
     from hms.signal.spectrogram import eeg_panels
 
     eeg_panels(np.zeros((1, 16, 2000), np.float32), {"sr": 200, "n_fft": 256, "win_length": 64, "hop_divisor": 64,
                                                      "n_mels": 16, "fmin": 0.0, "fmax": 20.0, "top_db": 80.0,
                                                      "width": 32})
+    import hms.report.explain  # noqa: F401  (the explanation section's module, torch-based)
 
 
 def _warm_up_and_announce() -> None:

@@ -22,11 +22,7 @@ DPI = 80  # st.pyplot renders at 200 dpi: 6x the pixels and most of a view's tim
 
 
 def show(fig, where=st) -> None:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    where.image(buf.getvalue(), width="stretch")
+    where.image(views.png_bytes(fig, DPI), width="stretch")
 
 
 @st.cache_resource

@@ -147,6 +147,16 @@ def plot_mel(panels: np.ndarray, mel_cfg, title: str = ""):
                        cmap="viridis")
 
 
+def png_bytes(fig, dpi: int) -> bytes:
+    """The figure as PNG for the viewer: zlib level 1 instead of 6 makes it a bit larger
+    (served locally) and saves ~70 ms per figure."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+    return buf.getvalue()
+
+
 def save(fig, path: Path, dpi: int = 72) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
