@@ -184,12 +184,17 @@ class TorchMelSpectrogram(nn.Module):
         # STFT in fp32 even under autocast: fp16 FFTs lose the quiet mel bins
         with torch.autocast(device_type=x.device.type, enabled=False):
             flat = x.reshape(-1, n_samples).float()
-            if x.requires_grad or not self.to_db or self.top_db is None:
+            if x.requires_grad or not self._fusable(group):
                 db = self._log_mel(flat, hop)
                 out = db.unflatten(0, (-1, group)).mean(1)
             else:
                 out = self._fused_mean_db(flat, hop, group)
         return out.reshape(*lead, n_signals // group, *out.shape[-2:])
+
+    def _fusable(self, group: int) -> bool:
+        """Whether a product of `group` floored relative powers stays a normal float32 (each is
+        >= 10 ** (-top_db / 10); float32 normals reach 1.2e-38)."""
+        return self.to_db and self.top_db is not None and group * float(self.top_db) / 10.0 < 37
 
     def _log_mel(self, x: torch.Tensor, hop: int) -> torch.Tensor:
         mel = self._mel_power(x, hop)
