@@ -81,6 +81,10 @@ def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path
     assert torch.equal(mirrored["signal"][n:], plain["signal"][n:])  # midline and EKG stay
     torch.testing.assert_close(mirrored["spec"], plain["spec"][MIRROR_PANELS], equal_nan=True, atol=0, rtol=0)
     assert not torch.equal(mirrored["signal"], plain["signal"])
+    from hms.infer import mirrored as mirrored_batch  # test-time augmentation: the same swap, batched
+    tta = mirrored_batch({k: plain[k][None] for k in ("signal", "spec")})
+    assert torch.equal(tta["signal"][0], mirrored["signal"])
+    torch.testing.assert_close(tta["spec"][0], mirrored["spec"], equal_nan=True, atol=0, rtol=0)
     on_device = to_device({k: v[None] for k, v in plain.items()}, "cpu")
     assert on_device["signal"].dtype == on_device["spec"].dtype == torch.float32
     assert on_device["index"].dtype == torch.int64

@@ -8,6 +8,8 @@ and targets.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,13 @@ from hms.data import schema
 
 MIRROR_SIGNALS = schema.mirrored_bipolar_order()
 MIRROR_PANELS = [schema.CHAIN_NAMES.index(schema.CHAIN_MIRROR[c]) for c in schema.CHAIN_NAMES]
+
+
+@functools.cache
+def mirror_order(n_signals: int) -> list[int]:
+    """Index order of n_signals signals with left and right swapped: the bipolar pairs
+    mirrored, any extras (midline, EKG) in place."""
+    return MIRROR_SIGNALS + list(range(len(MIRROR_SIGNALS), n_signals))
 
 
 def spec_panel_transform(cfg):

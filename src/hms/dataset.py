@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hms.cache import Cache
-from hms.augment import MIRROR_PANELS, MIRROR_SIGNALS
+from hms.augment import MIRROR_PANELS, mirror_order
 from hms.config import resolve_device
 from hms.data import labels, schema
 from hms.signal import kaggle_spec
@@ -87,7 +87,7 @@ class HMSDataset(Dataset):
         lo = centre - self.n_samples // 2
         channels = self.eeg.data[lo: lo + self.n_samples: int(self.cfg.downsample)].T  # a view
         if mirror:  # fancy indexing makes the one contiguous copy, mirrored
-            return channels[MIRROR_SIGNALS + list(range(len(MIRROR_SIGNALS), len(channels)))]
+            return channels[mirror_order(len(channels))]
         return np.ascontiguousarray(channels)
 
     def _spec(self, spectrogram_id: int, offset: float, mirror: bool) -> np.ndarray:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hms import config as C
-from hms.augment import MIRROR_PANELS, MIRROR_SIGNALS
+from hms.augment import MIRROR_PANELS, mirror_order
 from hms.data import schema
 from hms.dataset import widened
 
@@ -27,9 +27,8 @@ def to_device(batch: dict, device) -> dict:
 def mirrored(batch: dict) -> dict:
     """The left/right-swapped copy of a batch (test-time augmentation)."""
     out = dict(batch)
-    signal = batch["signal"].clone()
-    signal[:, : len(MIRROR_SIGNALS)] = batch["signal"][:, MIRROR_SIGNALS]
-    out["signal"], out["spec"] = signal, batch["spec"][:, MIRROR_PANELS]
+    out["signal"] = batch["signal"][:, mirror_order(batch["signal"].shape[1])]
+    out["spec"] = batch["spec"][:, MIRROR_PANELS]
     return out
 
 

@@ -23,11 +23,10 @@ def warm_up() -> None:
 
     views.png_bytes(views.plot_bipolar(np.zeros((16, 400), np.float32), fig_size=(2, 2)), dpi=20)
     views.filtered(np.zeros((16, 400), np.float32))
+    from hms.config import load_config
     from hms.signal.spectrogram import eeg_panels
 
-    eeg_panels(np.zeros((1, 16, 2000), np.float32), {"sr": 200, "n_fft": 256, "win_length": 64, "hop_divisor": 64,
-                                                     "n_mels": 16, "fmin": 0.0, "fmax": 20.0, "top_db": 80.0,
-                                                     "width": 32})
+    eeg_panels(np.zeros((1, 16, 2000), np.float32), load_config().mel)
     import hms.report.explain  # noqa: F401  (the explanation section's module, torch-based)
 
 
