@@ -40,20 +40,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_url(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    """Poll url until it answers 200; fail early, with the process's output, if it exits."""
+def wait_until(ready, proc: subprocess.Popen, timeout: float, what: str, log: Path | None = None) -> None:
+    """Poll ready() until it is true; fail early, with the end of the process's log, if the
+    process exits first."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while not ready():
         if proc.poll() is not None:
-            output = proc.stdout.read()[-2000:] if proc.stdout else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode} before {url} answered: {output}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{what} did not answer on {url} within {timeout} s")
+            output = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode} first. {output}")
+        if time.time() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 async def _devtools(debug_port: int):
@@ -121,18 +126,21 @@ def render_in_chromium(env: dict, profile_dir: Path, screenshot: Path | None = N
     if not CHROMIUM.exists():
         raise FileNotFoundError(f"{CHROMIUM} not found: apt-get install -y chromium")
     port, debug_port = free_port(), free_port()
-    ready_file = Path(profile_dir) / "server-ready"
+    ready_file, log = Path(profile_dir) / "server-ready", Path(profile_dir) / "server.log"
     t_start = time.perf_counter()
-    server = subprocess.Popen(app_command(port), env={**os.environ, **env, READY_FILE_ENV: str(ready_file)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as out:  # a file, not a pipe nobody reads: a full pipe would stall the server
+        server = subprocess.Popen(app_command(port), env={**os.environ, **env, READY_FILE_ENV: str(ready_file)},
+                                  stdout=out, stderr=subprocess.STDOUT, text=True)
     browser = None
     try:
-        wait_url(f"http://127.0.0.1:{port}/_stcore/health", server, 60, "streamlit")
+        health = f"http://127.0.0.1:{port}/_stcore/health"
+        wait_until(lambda: answers(health), server, 60, f"streamlit answering {health}", log)
         timings = {"server_start_s": time.perf_counter() - t_start}
         browser = start_chromium(debug_port, Path(profile_dir) / "chrome", height)
-        wait_url(f"http://127.0.0.1:{debug_port}/json/version", browser, 30, "chromium")
+        version = f"http://127.0.0.1:{debug_port}/json/version"
+        wait_until(lambda: answers(version), browser, 30, f"chromium answering {version}")
         if after_warm_up:
-            _wait_file(ready_file, server, timeout)
+            wait_until(ready_file.exists, server, timeout, f"the app server's warm-up ({ready_file})", log)
             timings["server_warm_s"] = time.perf_counter() - t_start
         runs = [asyncio.run(_load(debug_port, f"http://127.0.0.1:{port}/{query}",
                                   screenshot if i == len(queries) - 1 else None, timeout))
@@ -144,11 +152,3 @@ def render_in_chromium(env: dict, profile_dir: Path, screenshot: Path | None = N
             if proc is not None:
                 proc.kill()
                 proc.wait(timeout=10)
-
-
-def _wait_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"the app server did not finish its warm-up ({path} never appeared)")
-        time.sleep(0.05)
