@@ -201,10 +201,11 @@ class OnTheFlyMelNet(nn.Module):
         """(B, S, T) -> (B, C, H, W) normalised image; public for plots and Grad-CAM overlays."""
         if x.shape[1] != sum(self.group_sizes):
             raise ValueError(f"expected {sum(self.group_sizes)} signals, got {x.shape[1]}")
-        db = self._fix_width(self.mel(x))  # (B, S, n_mels, W)
-        img = (db + self.db_offset) / self.db_scale
-        if self.layout.startswith("chain_avg"):
-            img = torch.stack([g.mean(dim=1) for g in torch.split(img, self.group_sizes, dim=1)], 1)
+        if self.layout.startswith("chain_avg"):  # each group's mean dB (one log per group)
+            db = torch.cat([self.mel.mean_db(g, g.shape[1]) for g in torch.split(x, self.group_sizes, dim=1)], 1)
+        else:
+            db = self.mel(x)  # (B, S, n_mels, frames)
+        img = (self._fix_width(db) + self.db_offset) / self.db_scale
         if self.layout.endswith("_stack"):
             img = img.flatten(1, 2).unsqueeze(1)  # panels top to bottom in chain order
         if self.image_size:
