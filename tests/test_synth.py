@@ -1,6 +1,9 @@
 """The embedded simulator: Kaggle layout, dtypes, windows, answers, determinism, labels."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -10,6 +13,7 @@ from hms.data import schema
 from hms.data import synthetic as synth
 
 N_EEGS, N_TEST, SEED = 12, 4, 7
+REAL = json.loads((Path(__file__).parent / "fixtures" / "real_files.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +73,17 @@ def test_eeg_parquet_format(data, tables):
     train, test, _ = tables
     for split, ids in (("train", train["eeg_id"].unique()[:4]), ("test", test["eeg_id"])):
         for eeg_id in ids:
+            path = out / (schema.TRAIN_EEG_DIR if split == "train" else schema.TEST_EEG_DIR) / f"{eeg_id}.parquet"
+            arrow = pq.read_schema(path)
+            assert arrow.names == REAL["eeg_columns"]  # no index column
+            assert all(str(t) == "float" for t in arrow.types)  # float32
             df = _eeg(out, split, eeg_id)
-            assert tuple(df.columns) == schema.EEG_CHANNELS
-            assert all(t == np.float32 for t in df.dtypes)
-            assert len(df) % schema.SAMPLING_RATE == 0 and len(df) >= schema.EEG_WINDOW_SAMPLES
+            assert len(df) % 200 == 0 and len(df) >= REAL["eeg_rows_test"]
             if split == "test":
-                assert len(df) == schema.EEG_WINDOW_SAMPLES
+                assert len(df) == REAL["eeg_rows_test"]
+            values = df.to_numpy(np.float64)
+            finite = values[np.isfinite(values)]
+            assert np.allclose(finite * 100, np.round(finite * 100), atol=1e-2)  # multiples of 0.01 uV
 
 
 def test_spectrogram_parquet_format(data, tables):
@@ -82,16 +91,45 @@ def test_spectrogram_parquet_format(data, tables):
     train, test, _ = tables
     for split, ids in (("train", train["spectrogram_id"].unique()[:3]), ("test", test["spectrogram_id"])):
         for spec_id in ids:
+            path = out / (schema.TRAIN_SPEC_DIR if split == "train" else schema.TEST_SPEC_DIR) / f"{spec_id}.parquet"
+            arrow = pq.read_schema(path)
+            assert arrow.names == ["time", *REAL["spectrogram_columns"]]
+            assert str(arrow.field("time").type) == REAL["spectrogram_time_dtype"][split]
+            assert all(str(t) == "float" for t in arrow.types[1:])
             df = _spec(out, split, spec_id)
-            assert tuple(df.columns) == (schema.SPEC_TIME_COLUMN, *schema.SPEC_COLUMNS)
-            assert all(t == np.float32 for t in df.dtypes)
             assert np.array_equal(df["time"].to_numpy(), np.arange(1, 2 * len(df), 2))
             if split == "test":
-                assert len(df) == schema.SPEC_WINDOW_FRAMES
-            power = df[list(schema.SPEC_COLUMNS)].to_numpy()
+                assert len(df) == REAL["spectrogram_rows_test"]
+                assert df["time"].iloc[[0, -1]].tolist() == REAL["spectrogram_time_first_last_test"]
+            power = df[REAL["spectrogram_columns"]].to_numpy(np.float64)
+            finite = power[np.isfinite(power)]
+            assert np.allclose(finite * 100, np.round(finite * 100), atol=1e-2)  # multiples of 0.01
             # raw power in uV^2/Hz: the starter's log-clip range exp(-4)..exp(8) must be relevant
             med = np.nanmedian(np.log(power[power > 0]))
             assert -4 < med < 8
+
+
+def test_train_spectrograms_have_whole_nan_rows_only(data, tables):
+    """As in the real train spectrogram: runs of rows NaN in every column, no partly-NaN row."""
+    out, _ = data
+    train, _, _ = tables
+    whole_nan_runs = 0
+    for spec_id in train["spectrogram_id"].unique():
+        nan = _spec(out, "train", spec_id)[REAL["spectrogram_columns"]].isna().to_numpy()
+        assert (nan.all(1) == nan.any(1)).all(), spec_id
+        whole_nan_runs += int(nan.all(1).any())
+    assert whole_nan_runs >= 1
+
+
+def test_ids_and_shared_spectrograms_as_in_real_train_csv(tables):
+    train, _, _ = tables
+    assert train["label_id"].max() > 2**31  # int64, as the real label_ids
+    shared = train.groupby("spectrogram_id").eeg_id.nunique()
+    spec_id = shared[shared > 1].index[0]  # one spectrogram serving several eeg_ids, like 1219001
+    rows = train[train.spectrogram_id == spec_id]
+    assert rows.spectrogram_sub_id.tolist() == list(range(len(rows)))  # continues across its EEGs
+    assert rows.spectrogram_label_offset_seconds.is_monotonic_increasing
+    assert (rows.groupby("eeg_id").eeg_sub_id.min() == 0).all()  # each EEG's own ids restart
 
 
 def test_every_window_inside_its_files_and_centres_shared(data, tables):

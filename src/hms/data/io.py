@@ -27,21 +27,61 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise HMSDataError(f"{path}: cannot read parquet ({type(exc).__name__}: {exc})") from exc
 
 
-def _conform_columns(df: pd.DataFrame, expected: tuple[str, ...], path: Path) -> pd.DataFrame:
-    """Exact columns in the expected order; reorders by name when only the order differs."""
-    cols = [str(c) for c in df.columns]
-    missing = [c for c in expected if c not in cols]
-    extra = [c for c in cols if c not in expected]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing columns {missing[:8]}{'...' if len(missing) > 8 else ''}")
-        if extra:
-            parts.append(f"unexpected columns {extra[:8]}{'...' if len(extra) > 8 else ''}")
-        raise HMSDataError(f"{path}: " + "; ".join(parts))
-    if cols != list(expected):
-        df = df[list(expected)]  # same names, other order: safe to reorder by name
-    return df
+def _is_index_column(name: str) -> bool:
+    """Index columns some writers add (pyarrow without pandas metadata, CSV round trips)."""
+    return name.startswith("__index_level_") or name.startswith("Unnamed: ")
+
+
+def _problem_list(label: str, names: list[str]) -> str:
+    return f"{label} {names[:8]}{'...' if len(names) > 8 else ''}"
+
+
+def _column_errors(missing: list[str], extra: list[str]) -> list[str]:
+    return ([_problem_list("missing columns", missing)] if missing else []) + \
+           ([_problem_list("unexpected columns", extra)] if extra else [])
+
+
+def eeg_column_map(names) -> tuple[dict[str, str], list[str]]:
+    """({file column: channel name}, problems). Channels match case-insensitively (FP1, fp1);
+    writer index columns are ignored."""
+    canonical = {c.lower(): c for c in schema.EEG_CHANNELS}
+    mapping, extra = {}, []
+    for name in map(str, names):
+        channel = canonical.get(name.strip().lower())
+        if channel is not None and channel not in mapping.values():
+            mapping[name] = channel
+        elif not _is_index_column(name):
+            extra.append(name)
+    missing = [c for c in schema.EEG_CHANNELS if c not in mapping.values()]
+    return mapping, _column_errors(missing, extra)
+
+
+def spectrogram_column_map(names) -> tuple[dict[str, str], list[str]]:
+    """({file column: canonical name}, problems). Columns match by chain prefix and parsed
+    frequency (LL_3.12, LL_3.13 and ll_3.125 are one bin), `time` case-insensitively."""
+    mapping, extra, taken = {}, [], set()
+    for name in map(str, names):
+        if name.strip().lower() == schema.SPEC_TIME_COLUMN and schema.SPEC_TIME_COLUMN not in taken:
+            mapping[name] = schema.SPEC_TIME_COLUMN
+            taken.add(schema.SPEC_TIME_COLUMN)
+            continue
+        slot = schema.spec_column_slot(name)
+        canonical = schema.SPEC_COLUMNS[slot] if slot is not None else None
+        if canonical is not None and canonical not in taken:
+            mapping[name] = canonical
+            taken.add(canonical)
+        elif not _is_index_column(name):
+            extra.append(name)
+    missing = [c for c in (schema.SPEC_TIME_COLUMN, *schema.SPEC_COLUMNS) if c not in taken]
+    return mapping, _column_errors(missing, extra)
+
+
+def _conform(df: pd.DataFrame, column_map, expected: tuple[str, ...], path: Path) -> pd.DataFrame:
+    """Canonical names in the expected order, or an error naming the file and the columns."""
+    mapping, problems = column_map(df.columns)
+    if problems:
+        raise HMSDataError(f"{path}: " + "; ".join(problems))
+    return df[list(mapping)].rename(columns=mapping)[list(expected)]
 
 
 def _numeric_float32(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -54,7 +94,7 @@ def _numeric_float32(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 def read_eeg(path: str | Path, min_seconds: float = schema.EEG_WINDOW_SECONDS) -> pd.DataFrame:
     """An EEG parquet: the 20 channels in schema order, float32 microvolts, >= min_seconds."""
     path = Path(path)
-    df = _conform_columns(_read_parquet(path), schema.EEG_CHANNELS, path)
+    df = _conform(_read_parquet(path), eeg_column_map, schema.EEG_CHANNELS, path)
     df = _numeric_float32(df, path)
     min_rows = int(round(min_seconds * schema.SAMPLING_RATE))
     if len(df) < min_rows:
@@ -73,10 +113,12 @@ def read_eeg_array(path: str | Path, min_seconds: float = schema.EEG_WINDOW_SECO
 
 
 def read_spectrogram(path: str | Path, min_seconds: float = schema.SPEC_WINDOW_SECONDS) -> pd.DataFrame:
-    """A Kaggle spectrogram parquet: `time` then the 400 region_freq columns, float32."""
+    """A Kaggle spectrogram parquet: `time` (any integer or float dtype) then the 400 chain_freq
+    columns under their canonical (real) names, float32. Rows that are NaN throughout are valid
+    (the real train files have them); zero power is valid (take logs with a floor)."""
     path = Path(path)
     expected = (schema.SPEC_TIME_COLUMN, *schema.SPEC_COLUMNS)
-    df = _numeric_float32(_conform_columns(_read_parquet(path), expected, path), path)
+    df = _numeric_float32(_conform(_read_parquet(path), spectrogram_column_map, expected, path), path)
     min_rows = int(min_seconds // schema.SPEC_STEP_SECONDS)
     if len(df) < min_rows:
         raise HMSDataError(f"{path}: {len(df)} time steps, need at least {min_rows} ({min_seconds} s)")

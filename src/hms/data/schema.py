@@ -5,6 +5,9 @@ Everything else in the package imports these names instead of spelling them out.
 """
 from __future__ import annotations
 
+import re
+from decimal import ROUND_HALF_UP, Decimal
+
 import numpy as np
 
 SAMPLING_RATE = 200  # Hz, every EEG parquet
@@ -66,13 +69,40 @@ INT_COLUMNS: tuple[str, ...] = (
 )
 FLOAT_COLUMNS: tuple[str, ...] = ("eeg_label_offset_seconds", "spectrogram_label_offset_seconds")
 
-# Kaggle spectrogram: 100 frequency bins per chain, 0.59..19.92 Hz in steps of 200/1024 Hz.
+# Kaggle spectrogram: 100 frequency bins per chain, k * 200/1024 Hz for k = 3..102 (0.59..19.92 Hz).
 SPEC_N_FREQS = 100
-SPEC_FREQS: np.ndarray = np.round(np.arange(3, 3 + SPEC_N_FREQS) * SAMPLING_RATE / 1024, 2)
+SPEC_FIRST_BIN = 3
+SPEC_BIN_HZ = SAMPLING_RATE / 1024
+SPEC_FREQS: np.ndarray = np.arange(SPEC_FIRST_BIN, SPEC_FIRST_BIN + SPEC_N_FREQS) * SPEC_BIN_HZ  # exact
 SPEC_TIME_COLUMN = "time"
+SPEC_FREQ_TOLERANCE_HZ = 0.006  # a column's parsed frequency must lie this close to its bin
+
+
+def spec_column_name(chain: str, freq_hz: float) -> str:
+    """The real files' spelling: the frequency rounded half-up to 2 decimals, shortest form
+    (LL_3.13 for 3.125 Hz, LL_4.1 for 4.1016 Hz), not f"{f:.2f}"."""
+    rounded = Decimal(repr(float(freq_hz))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"{chain}_{format(rounded.normalize(), 'f')}"
+
+
 SPEC_COLUMNS: tuple[str, ...] = tuple(
-    f"{chain}_{freq:.2f}" for chain in CHAIN_NAMES for freq in SPEC_FREQS
+    spec_column_name(chain, freq) for chain in CHAIN_NAMES for freq in SPEC_FREQS
 )
+_SPEC_NAME = re.compile(r"^\s*([A-Za-z]{2})\s*[_\- ]?\s*([0-9]+(?:\.[0-9]*)?)\s*(?:hz)?\s*$", re.IGNORECASE)
+
+
+def spec_column_slot(name: str) -> int | None:
+    """Position of a spectrogram column in SPEC_COLUMNS from its chain prefix and frequency,
+    whatever the spelling (LL_3.12, ll_3.125, RP 19.9219 Hz); None for anything else."""
+    match = _SPEC_NAME.match(str(name))
+    if not match or match.group(1).upper() not in CHAIN_NAMES:
+        return None
+    freq = float(match.group(2))
+    k = int(round(freq / SPEC_BIN_HZ)) - SPEC_FIRST_BIN
+    if not 0 <= k < SPEC_N_FREQS or abs(freq - SPEC_FREQS[k]) > SPEC_FREQ_TOLERANCE_HZ:
+        return None
+    return CHAIN_NAMES.index(match.group(1).upper()) * SPEC_N_FREQS + k
+
 
 # Dataset layout (Kaggle's), relative to a dataset directory.
 KAGGLE_SLUG = "hms-harmful-brain-activity-classification"

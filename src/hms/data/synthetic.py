@@ -200,6 +200,12 @@ def _unique_ids(rng, n, low, high) -> np.ndarray:
     return rng.permutation(ids)[:n].astype(np.int64)
 
 
+def _ekg_amplitude(rng) -> float:
+    """R-wave amplitude (uV): mostly 200-1000, but one patient in ten reaches the thousands,
+    as the real train EEG's EKG does (+-4,960 uV)."""
+    return float(rng.uniform(2000, 5000) if rng.random() < 0.1 else rng.uniform(200, 1000))
+
+
 def _sample_patient(rng, patient_id) -> Patient:
     ekg_leak = rng.uniform(0.005, 0.03) * np.exp(rng.normal(0, 0.3, N_EL)) * (1.3 - 0.3 * XY[:, 0])
     has_alpha = rng.random() < 0.35
@@ -209,7 +215,7 @@ def _sample_patient(rng, patient_id) -> Patient:
         gain=np.exp(rng.normal(0, 0.15, N_EL)), jitter=np.exp(rng.normal(0, 0.3, N_EL)),
         alpha_f=rng.uniform(6, 11) if has_alpha else 0.0, alpha_amp=rng.uniform(0.5, 1.2),
         blink_rate=rng.choice([0.0, rng.uniform(0.02, 0.3)]), muscle_rate=rng.uniform(0, 0.05),
-        pop_rate=rng.uniform(0, 0.02), hr=rng.uniform(60, 110), ekg_amp=rng.uniform(200, 1000),
+        pop_rate=rng.uniform(0, 0.02), hr=rng.uniform(60, 110), ekg_amp=_ekg_amplitude(rng),
         ekg_leak=ekg_leak, line_amp=rng.uniform(1, 10) if rng.random() < 0.3 else 0.0,
         side_pref=int(rng.choice([-1, 1])),
     )
@@ -294,7 +300,7 @@ def _add_defects(rng, recs, share_nan_eeg=0.05, share_nan_spec=0.05, share_flat=
     n_spec = max(1, int(round(share_nan_spec * len(train))))
     for i in rng.choice(len(train), size=min(n_spec, len(train)), replace=False):
         frames = train[i].dur // S.SPEC_STEP_SECONDS
-        n = int(rng.integers(2, 20))
+        n = int(rng.integers(2, 30))  # the real train spectrogram has a run of 26 NaN rows
         train[i].spec_nan = (int(rng.integers(0, frames - n)), n)
     for r in recs:
         if rng.random() < share_flat:
@@ -486,7 +492,9 @@ def _pops(rng, p: Patient, n, fs) -> np.ndarray:
     for _ in range(rng.poisson(p.pop_rate * n / fs)):
         i0, ch = int(rng.integers(0, n)), int(rng.integers(N_EL))
         tail = np.arange(n - i0) / fs
-        out[i0:, ch] += rng.choice([-1, 1]) * rng.uniform(100, 400) * np.exp(-tail / rng.uniform(0.1, 0.4))
+        # most pops are a few hundred uV; some electrodes jump by thousands, as in real files
+        amp = rng.uniform(1000, 3000) if rng.random() < 0.15 else rng.uniform(100, 400)
+        out[i0:, ch] += rng.choice([-1, 1]) * amp * np.exp(-tail / rng.uniform(0.1, 0.4))
     return out
 
 
@@ -570,16 +578,21 @@ def kaggle_spectrogram(electrodes: np.ndarray, fs: int = FS) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_parquet(path: Path, names, data: np.ndarray, dictionary: bool = True) -> int:
-    """float32 columns; no pandas metadata, fixed codec: identical input, identical bytes.
-    Dictionary encoding pays for the 0.1 uV EEG samples (few distinct values per channel),
-    not for the 400 spectrogram columns."""
+def _write_parquet(path: Path, names, data: np.ndarray, time: np.ndarray | None = None) -> int:
+    """float32 columns (after an optional integer `time` column, as in the real spectrograms,
+    with min/max statistics as pyarrow writes them); no pandas metadata, fixed codec:
+    identical input, identical bytes."""
     data = np.asfortranarray(data, dtype=np.float32)
-    table = pa.Table.from_arrays([pa.array(data[:, i]) for i in range(data.shape[1])], names=list(names))
+    columns = ([pa.array(time)] if time is not None else []) + [pa.array(data[:, i]) for i in range(data.shape[1])]
+    table = pa.Table.from_arrays(columns, names=list(names))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary,
-                       use_byte_stream_split=not dictionary, write_statistics=False)
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=False,
+                       use_byte_stream_split=True, write_statistics=[names[0]] if time is not None else False)
     return path.stat().st_size
+
+
+# the real files' `time` dtypes: int64 in train spectrograms, int16 in the test one
+SPEC_TIME_DTYPES = {"train": np.int64, "test": np.int16}
 
 
 def _render_recording(args) -> int:
@@ -595,15 +608,14 @@ def _render_recording(args) -> int:
         low_bands.append(resample_poly(x[:, el_cols], CTX_FS, FS, axis=0))
         if e.nan is not None:  # samples lost in the export: the spectrogram still saw them
             x[int(e.nan[0] * FS):int((e.nan[0] + e.nan[1]) * FS)] = np.nan
-        x = np.round(x, 1)  # 0.1 uV amplifier resolution; lets parquet dictionary-encode
+        x = np.round(x, 2)  # the real files hold microvolts rounded to 0.01
         written += _write_parquet(eeg_dir / f"{e.eeg_id}.parquet", S.EEG_CHANNELS, x)
     spec = np.round(kaggle_spectrogram(_render_context(rng, rec, low_bands), CTX_FS), 2)
     if rec.spec_nan is not None:
         spec[rec.spec_nan[0]:rec.spec_nan[0] + rec.spec_nan[1]] = np.nan
-    times = (1 + S.SPEC_STEP_SECONDS * np.arange(len(spec)))[:, None]
+    times = (1 + S.SPEC_STEP_SECONDS * np.arange(len(spec))).astype(SPEC_TIME_DTYPES[rec.split])
     names = (S.SPEC_TIME_COLUMN, *S.SPEC_COLUMNS)
-    spec_path = spec_dir / f"{rec.spectrogram_id}.parquet"
-    written += _write_parquet(spec_path, names, np.hstack([times, spec]), dictionary=False)
+    written += _write_parquet(spec_dir / f"{rec.spectrogram_id}.parquet", names, spec, time=times)
     return written
 
 
