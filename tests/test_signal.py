@@ -118,3 +118,74 @@ def test_zoomed_centre_view_is_the_mel_of_the_central_seconds():
     assert not torch.allclose(image[:, :4], image[:, 4:])
     with pytest.raises(ValueError, match="center_seconds"):
         ImageBuilder(sources=["eeg_center"], mel={**mel, "center_seconds": None})
+
+
+# ---------------------------------------------------------------- per-window cleaning
+
+def test_device_cleaner_matches_scipy_filtfilt_away_from_the_edges():
+    import torch
+
+    from hms.config import load_config
+    from hms.signal.cleaner import WindowCleaner
+
+    cfg = load_config([], [])
+    rng = np.random.default_rng(0)
+    raw = (np.cumsum(rng.normal(size=(2, 16, 10_000)), -1) * 3 + 300).astype(np.float32)  # drift + DC
+    reference, _ = filters.clean(raw, cfg.signal)  # scipy sosfiltfilt + filtfilt, clip, scale
+    got = WindowCleaner(dict(cfg.signal))(torch.from_numpy(raw)).numpy()
+    interior = np.s_[..., 1000:-1000]  # 5 s in: only the edge rule differs (odd extension vs zi)
+    rms = reference[interior].std()
+    assert np.abs(got[interior] - reference[interior]).max() < 0.01 * rms
+    assert np.sqrt(np.mean((got - reference) ** 2)) < 0.1 * rms
+
+
+def test_cleaner_crops_the_centre_and_decimates():
+    import torch
+
+    from hms.signal.cleaner import WindowCleaner
+
+    ramp = torch.arange(10_000, dtype=torch.float32).repeat(1, 2, 1)
+    out = WindowCleaner({"scale": 2.0}, signal_seconds=10, downsample=4)(ramp)
+    assert out.shape == (1, 2, 500)
+    assert out[0, 0, 0] == 4000 / 2 and out[0, 0, 1] == 4004 / 2  # samples 4000, 4004, ... of the 50 s
+
+
+def test_a_train_window_and_the_same_50_s_as_a_test_file_give_the_same_model_input(tmp_path):
+    """The model input of a 50 s window must not depend on where the window came from: a long
+    train EEG (cached as one span, with NaN outside the window) or a 50 s test file."""
+    import pandas as pd
+    import torch
+
+    from conftest import eeg_frame, tiny_config
+    from hms.cache import build_cache, open_cache
+    from hms.dataset import HMSDataset
+    from hms.network import build_network
+
+    long = eeg_frame(seconds=120, seed=3) + 150.0  # a DC offset, as raw referential EEG has
+    long.loc[5 * 200: 9 * 200, "Fp1"] = np.nan  # outside the window: must not change its fill
+    long.loc[40 * 200: 41 * 200, "T3"] = np.nan  # inside the window
+    data = tmp_path / "data"
+    for d in (schema.TRAIN_EEG_DIR, schema.TEST_EEG_DIR):
+        (data / d).mkdir(parents=True)
+    long.to_parquet(data / schema.TRAIN_EEG_DIR / "7.parquet", index=False)
+    long.iloc[30 * 200: 80 * 200].to_parquet(data / schema.TEST_EEG_DIR / "8.parquet", index=False)
+    votes = [[3, 0, 0, 0, 0, 0], [0, 3, 0, 0, 0, 0], [0, 0, 3, 0, 0, 0]]  # one item per offset
+    train = pd.DataFrame([{"eeg_id": 7, "eeg_sub_id": i, "eeg_label_offset_seconds": off, "spectrogram_id": 1,
+                           "spectrogram_sub_id": i, "spectrogram_label_offset_seconds": off, "label_id": i,
+                           "patient_id": 1, "expert_consensus": "x", **dict(zip(schema.VOTE_COLUMNS, v))}
+                          for i, (off, v) in enumerate(zip((0.0, 30.0, 70.0), votes))])
+    test = pd.DataFrame({"spectrogram_id": [2], "eeg_id": [8], "patient_id": [2]})
+    cfg = tiny_config(data, tmp_path / "work", "input.downsample=1")
+    caches = {split: open_cache(build_cache(cfg, data, split, "eeg", table, workers=1, progress=False))
+              for split, table in (("train", train), ("test", test))}
+    from_train = HMSDataset(train, caches["train"], None, cfg.input, train=False, use_spec=False,
+                            signal_cfg=cfg.signal)
+    from_test = HMSDataset(test, caches["test"], None, cfg.input, train=False, use_spec=False,
+                           signal_cfg=cfg.signal)
+    item = int(np.flatnonzero(from_train.items.eeg_label_offset_seconds.to_numpy() == 30.0)[0])
+    net = build_network(cfg)
+    with torch.no_grad():
+        a = net.model_signal(from_train[item]["signal"][None])
+        b = net.model_signal(from_test[0]["signal"][None])
+    assert a.shape == b.shape == (1, 16, 10_000)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

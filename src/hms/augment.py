@@ -2,9 +2,10 @@
 
 Per-sample, on CPU in the dataset: left/right hemisphere swap (`HMSDataset(lr_swap=...)`) and
 albumentations XY masking of the Kaggle spectrogram panels.
-Per-batch, on the device in the training step: time shift, channel dropout and sign flip
-(signals), SpecAugment time/frequency masking and time warp (images), and mixup of inputs
-and targets.
+Per-batch, on the device: mixup of inputs and targets in the training step (on the raw
+windows: the model's filters are linear, so mixing before cleaning equals mixing after); inside
+the network, after the window is cleaned: time shift, channel dropout and sign flip (signals),
+then SpecAugment time/frequency masking and time warp (images).
 """
 from __future__ import annotations
 
@@ -113,11 +114,14 @@ def mixup(batch: dict, alpha: float, p: float) -> None:
 
 
 def augment_batch(batch: dict, cfg) -> None:
-    """Signal/panel-level batch augmentations, in place (the hemisphere swap is per item, in
-    the dataset)."""
-    batch["signal"] = sign_flip(channel_dropout(time_shift(batch["signal"], cfg.time_shift), cfg.channel_dropout),
-                                cfg.sign_flip)
+    """Batch-level augmentations of the raw inputs, in place (the hemisphere swap is per item,
+    in the dataset; signal augmentations run inside the network, after cleaning)."""
     mixup(batch, cfg.mixup_alpha, cfg.mixup_p)
+
+
+def augment_signal(signal: torch.Tensor, cfg) -> torch.Tensor:
+    """Augmentations of the cleaned signals (the model's input), in training."""
+    return sign_flip(channel_dropout(time_shift(signal, cfg.time_shift), cfg.channel_dropout), cfg.sign_flip)
 
 
 def augment_image(image: torch.Tensor, cfg) -> torch.Tensor:

@@ -148,9 +148,8 @@ def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     run = lambda: predict_experiment(Path(work) / exp, data_dir, work, device=device, progress=False)  # noqa: E731
     end_to_end = len(test) / _timed(run, repeats=1)
     bs, n = int(fold_cfg.train.batch_size), len(test)
-    n_samples = int(fold_cfg.input.signal_seconds * schema.SAMPLING_RATE) // int(fold_cfg.input.downsample)
     sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])  # the same rows as the real run
-    samples = [{"signal": torch.randn(k, 16, n_samples, device=device),
+    samples = [{"signal": torch.randn(k, 16, schema.EEG_WINDOW_SAMPLES, device=device),
                 "spec": torch.randn(k, 4, 100, 300, device=device)} for k in sorted(set(sizes))]
     by_size = {s["signal"].shape[0]: s for s in samples}
     tta = 2 if fold_cfg.infer.tta_lr_swap else 1

@@ -1,8 +1,10 @@
 """`hms prepare`: the caches training and inference read, under $HMS_WORK_DIR/cache/.
 
 Two kinds per split, each one flat memory-mapped npy plus an index:
-  eeg  : cleaned bipolar signals, float16 (n_samples_total, n_signals); one span per eeg_id
-         covering all its labelled 50 s windows (train) or the whole file (test);
+  eeg  : raw bipolar signals in µV, NaN kept, float16 (n_samples_total, n_signals); one span per
+         eeg_id covering all its labelled 50 s windows (train) or the whole file (test). The
+         cleaning happens per 50 s window at training/inference time (dataset + model), so a
+         train window and a test file are cleaned alike and filter settings need no new cache;
   spec : log-clipped Kaggle spectrogram frames, float16 (n_frames_total, 400); one span per
          spectrogram_id covering all its 10-minute windows.
 A cache directory's name holds a hash of its inputs (file names, sizes, mtimes) and of the
@@ -28,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from hms.data import io, schema
-from hms.signal import filters, kaggle_spec, montage
+from hms.signal import kaggle_spec, montage
 from hms.utils import atomic_to_csv, atomic_write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: eeg caches hold raw bipolar signals
 INDEX_COLUMNS = ("id", "start", "length", "t0", "nan_share")
 
 
@@ -52,6 +54,11 @@ class Cache:
     def bad_ids(self) -> set[int]:
         """Ids whose file was missing or unreadable (built with skip_bad)."""
         return set(int(i) for i in self.index.index[self.index.nan_share.to_numpy() == BAD_ITEM])
+
+    def bad_reasons(self) -> dict[int, str]:
+        """id -> the error that made it a bad item (what the build warned)."""
+        path = self.root / BAD_REASONS_JSON
+        return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
 
     def row(self, item_id: int) -> "Span":
         try:
@@ -87,6 +94,9 @@ def spans(table: pd.DataFrame, split: str, kind: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- per-file work (in workers)
 
+FLOAT16_LIMIT = 65_000.0  # raw µV beyond float16's range (65,504) would become inf
+
+
 def _eeg_item(path: Path, t0: float, n: int, signal_cfg: dict) -> tuple[np.ndarray, float]:
     eeg = io.read_eeg_array(path)
     start = int(round(t0 * schema.SAMPLING_RATE))
@@ -94,10 +104,9 @@ def _eeg_item(path: Path, t0: float, n: int, signal_cfg: dict) -> tuple[np.ndarr
         raise io.HMSDataError(
             f"{path}: {len(eeg)} samples, but its labelled windows need samples {start}..{start + n}"
         )
-    raw = montage.bipolar(eeg[start:start + n], signal_cfg["extras"])
-    cfg = OmegaConf.create(signal_cfg)
-    clean, mask = filters.clean(raw, cfg)
-    return clean.T, float(mask.mean())
+    raw = montage.bipolar(eeg[start:start + n], signal_cfg["extras"]).T
+    with np.errstate(invalid="ignore"):
+        return np.clip(raw, -FLOAT16_LIMIT, FLOAT16_LIMIT), float(np.isnan(raw).mean())
 
 
 def _spec_item(path: Path, t0: float, n: int, spec_cfg: dict) -> tuple[np.ndarray, float]:
@@ -106,9 +115,10 @@ def _spec_item(path: Path, t0: float, n: int, spec_cfg: dict) -> tuple[np.ndarra
 
 
 BAD_ITEM = -1.0  # nan_share of an item whose file was missing or unreadable (skip_bad mode)
+BAD_REASONS_JSON = "bad_items.json"
 
 
-def _work(job: tuple) -> tuple[int, float]:
+def _work(job: tuple) -> tuple[int, float, str | None]:
     """Process one file and write it straight into the shared partial memmap."""
     kind, i, path, t0, start, n, params, data_path, skip_bad = job
     item = _eeg_item if kind == "eeg" else _spec_item
@@ -118,19 +128,21 @@ def _work(job: tuple) -> tuple[int, float]:
         if not skip_bad:
             raise
         print(f"[hms] warning: {exc}", flush=True)
-        return i, BAD_ITEM
+        return i, BAD_ITEM, str(exc)
     data = np.load(data_path, mmap_mode="r+")
     data[start:start + n] = values.astype(np.float16)
     data.flush()
     del data
-    return i, nan_share
+    return i, nan_share, None
 
 
 # ---------------------------------------------------------------- building
 
 def _params(cfg: DictConfig, kind: str) -> dict:
-    section = cfg.signal if kind == "eeg" else cfg.kaggle_spec
-    return OmegaConf.to_container(section, resolve=True)
+    """What a cache's content depends on: the montage (eeg), the log clip and more (spec)."""
+    if kind == "eeg":
+        return {"extras": list(cfg.signal.extras)}
+    return OmegaConf.to_container(cfg.kaggle_spec, resolve=True)
 
 
 def _cache_dir(cfg: DictConfig, data_dir: Path, kind: str, split: str, paths: list[Path],
@@ -177,7 +189,9 @@ def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: p
     params = _params(cfg, kind)
     jobs = [(kind, int(i), str(paths[i]), float(items.t0.iat[i]), int(items.start.iat[i]),
              int(items.length.iat[i]), params, str(partial), skip_bad) for i in todo]
-    _run_jobs(jobs, nan_share, done_path, workers, progress, f"prepare {kind} {split}")
+    reasons = _run_jobs(jobs, nan_share, done_path, workers, progress, f"prepare {kind} {split}")
+    if reasons:
+        atomic_write_json(root / BAD_REASONS_JSON, {str(int(items.id.iat[i])): r for i, r in reasons.items()})
     index = items.assign(nan_share=nan_share)[list(INDEX_COLUMNS)]
     atomic_to_csv(index, root / "index.csv")
     os.replace(partial, root / "data.npy")
@@ -187,18 +201,23 @@ def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: p
     return root
 
 
-def _run_jobs(jobs, nan_share, done_path, workers, progress, desc) -> None:
+def _run_jobs(jobs, nan_share, done_path, workers, progress, desc) -> dict[int, str]:
+    """Runs the jobs, recording each item's NaN share; returns {item: error} of bad items."""
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="file")
     checkpoint_every = max(1, len(jobs) // 20)
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
-        for k, (i, share) in enumerate(pool.map(_work, jobs, chunksize=4), start=1):
+        reasons = {}
+        for k, (i, share, reason) in enumerate(pool.map(_work, jobs, chunksize=4), start=1):
             nan_share[i] = share
+            if reason is not None:
+                reasons[i] = reason
             bar.update()
             if k % checkpoint_every == 0:
                 np.save(done_path, nan_share)  # progress survives an interruption
     np.save(done_path, nan_share)
     bar.close()
+    return reasons
 
 
 class _Serial:

@@ -3,7 +3,8 @@
 Items are one row per (eeg_id, vote vector), as top teams validated; in training mode each
 item draws one of its labelled sub-windows at random (a free, label-preserving augmentation),
 in evaluation mode it takes the middle one. An item yields a dict:
-  signal (n_signals, T) float16   cleaned bipolar window (centre-cropped, downsampled by config)
+  signal (n_signals, 10_000) float16  raw bipolar 50 s window in µV, NaN filled from this window
+                                   alone (the model cleans, crops and decimates it on its device)
   spec   (4, 100, 300) float16    log Kaggle spectrogram panels LL, RL, LP, RP (NaN kept; the
                                    model normalises them per sample, batched, on its device)
   target (6,) float32, weight () float32, index () int64
@@ -17,14 +18,16 @@ import os
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from hms.cache import Cache
 from hms.augment import MIRROR_PANELS, mirror_order
 from hms.config import resolve_device
 from hms.data import labels, schema
-from hms.signal import kaggle_spec
+from hms.signal import filters, kaggle_spec
 
+DEFAULT_SIGNAL = OmegaConf.create({"fill_nan": "mean", "denoise": {"enabled": False}})
 EMPTY_SPEC = np.zeros((len(schema.CHAIN_NAMES), 1, 1), np.float16)  # placeholder when unused
 
 
@@ -54,7 +57,7 @@ def group_items(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
 class HMSDataset(Dataset):
     def __init__(self, rows: pd.DataFrame, eeg: Cache, spec: Cache, input_cfg, train: bool,
                  weighting: tuple[int, float] | None = None, spec_transform=None, use_spec: bool = True,
-                 lr_swap: float = 0.0):
+                 lr_swap: float = 0.0, signal_cfg=None):
         """weighting = (min_votes, low_vote_weight): items under min_votes get that weight.
         lr_swap: in training, the probability of mirroring an item's hemispheres (labels are
         symmetric); done here because reordering rows inside the copy each read makes anyway
@@ -67,7 +70,7 @@ class HMSDataset(Dataset):
                         else np.ones(len(self.items), np.float32))
         self.spec_transform, self.lr_swap = spec_transform, float(lr_swap) if train else 0.0
         self.use_spec = use_spec  # 1D and on-the-fly mel models never read the Kaggle panels
-        self.n_samples = int(input_cfg.signal_seconds * schema.SAMPLING_RATE)
+        self.signal_cfg = signal_cfg if signal_cfg is not None else DEFAULT_SIGNAL
         self.row_columns, self.item_columns = window_columns(self.rows), window_columns(self.items)
 
     def __len__(self) -> int:
@@ -83,12 +86,11 @@ class HMSDataset(Dataset):
 
     def _signal(self, eeg_id: int, offset: float, mirror: bool) -> np.ndarray:
         entry = self.eeg.row(eeg_id)
-        centre = entry.start + int(round((offset - entry.t0) * schema.SAMPLING_RATE)) + schema.EEG_WINDOW_SAMPLES // 2
-        lo = centre - self.n_samples // 2
-        channels = self.eeg.data[lo: lo + self.n_samples: int(self.cfg.downsample)].T  # a view
-        if mirror:  # fancy indexing makes the one contiguous copy, mirrored
-            return channels[mirror_order(len(channels))]
-        return np.ascontiguousarray(channels)
+        lo = entry.start + int(round((offset - entry.t0) * schema.SAMPLING_RATE))
+        channels = self.eeg.data[lo: lo + schema.EEG_WINDOW_SAMPLES].T  # a view
+        # fancy indexing makes the one contiguous copy (mirrored when asked)
+        window = channels[mirror_order(len(channels))] if mirror else np.ascontiguousarray(channels)
+        return filters.prepare_window(window, self.signal_cfg)
 
     def _spec(self, spectrogram_id: int, offset: float, mirror: bool) -> np.ndarray:
         entry = self.spec.row(spectrogram_id)
@@ -123,7 +125,7 @@ def training_set(rows: pd.DataFrame, eeg: Cache, spec: Cache, cfg, weighting: tu
 
     return HMSDataset(rows, eeg, spec, cfg.input, train=True, weighting=weighting,
                       spec_transform=spec_panel_transform(cfg.augment), use_spec=uses_kaggle_spec(cfg),
-                      lr_swap=float(cfg.augment.lr_swap))
+                      lr_swap=float(cfg.augment.lr_swap), signal_cfg=cfg.signal)
 
 
 def make_loader(dataset, cfg, shuffle: bool, sampler=None) -> DataLoader:

@@ -67,20 +67,41 @@ def test_inputs(cfg, progress: bool = False):
     return test, eeg, spec, ~bad.to_numpy()
 
 
+MAX_FALLBACK_SHARE = 0.05  # more test rows than this without readable files is a format bug
+
+
+def check_fallback(test: pd.DataFrame, ok: np.ndarray, caches: list) -> None:
+    """Stop when every row, or more than MAX_FALLBACK_SHARE of them, would get the prior: a
+    submission of priors looks valid and wastes a day's submission."""
+    from hms.data.io import HMSDataError
+
+    n_bad = int((~ok).sum())
+    if n_bad and (n_bad == len(ok) or n_bad > MAX_FALLBACK_SHARE * len(ok)):
+        reasons = {}
+        for cache in caches:
+            reasons.update(cache.bad_reasons())
+        examples = list(dict.fromkeys(reasons.values()))[:3]
+        raise HMSDataError(
+            f"{n_bad} of {len(ok)} test rows have missing or unreadable files (more than "
+            f"{MAX_FALLBACK_SHARE:.0%}: a data format problem, not bad luck); causes: {examples}")
+
+
 def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progress: bool = False) -> pd.DataFrame:
     """Mean probabilities of `nets` (folds sharing one input config) for every test.csv row, in
     its order; rows whose files are missing or unreadable get `prior` (uniform if None) and a
-    warning naming them."""
+    warning naming them, up to MAX_FALLBACK_SHARE of the rows (beyond that: an error)."""
     from hms.dataset import HMSDataset, make_loader
     from hms.network import uses_kaggle_spec
 
     test, eeg, spec, ok = test_inputs(cfg, progress)
+    check_fallback(test, ok, [eeg, spec] if uses_kaggle_spec(cfg) else [eeg])
     probs = np.tile(np.asarray(prior if prior is not None else np.full(6, 1 / 6), dtype=np.float64), (len(test), 1))
     if (~ok).any():
         warnings.warn(f"{(~ok).sum()} test rows have missing or unreadable files and get the prior: "
                       f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=2)
     if ok.any():
-        ds = HMSDataset(test[ok], eeg, spec, cfg.input, train=False, use_spec=uses_kaggle_spec(cfg))
+        ds = HMSDataset(test[ok], eeg, spec, cfg.input, train=False, use_spec=uses_kaggle_spec(cfg),
+                        signal_cfg=cfg.signal)
         loader = make_loader(ds, cfg, shuffle=False)
         probs[ok] = np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
                                            progress=progress, desc=f"predict {cfg.name}") for net in nets], axis=0)

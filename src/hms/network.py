@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms.augment import augment_image
+from hms.augment import augment_image, augment_signal
 from hms.data import schema
 from hms.dataset import widened
 from hms.models.factory import build_model, model_input
+from hms.signal.cleaner import WindowCleaner
 from hms.signal.melspec import TorchMelSpectrogram
 from hms.signal.kaggle_spec import normalize_batch
 from hms.signal.spectrogram import centre_crop, chain_panels
@@ -72,10 +73,14 @@ class ImageBuilder(nn.Module):
 
 
 class HMSNet(nn.Module):
-    """Batch dict -> logits (B, 6), for every model kind."""
+    """Batch dict -> logits (B, 6), for every model kind. The batch's signals are raw 50 s
+    windows; `cleaner` turns them into the model's input (see hms.signal.cleaner)."""
 
-    def __init__(self, model_cfg, image_cfg=None, mel_cfg=None):
+    def __init__(self, model_cfg, image_cfg=None, mel_cfg=None, signal_cfg=None, input_cfg=None):
         super().__init__()
+        input_cfg = dict(input_cfg or {})
+        self.cleaner = WindowCleaner(dict(signal_cfg or {}), float(input_cfg.get("signal_seconds", 50)),
+                                     int(input_cfg.get("downsample", 1)))
         model_cfg = dict(model_cfg)
         self.input_kind = model_input(model_cfg)
         self.builder = None
@@ -85,10 +90,16 @@ class HMSNet(nn.Module):
             model_cfg.setdefault("in_chans", self.builder.in_chans)
         self.core = build_model(model_cfg)
 
+    def model_signal(self, signal: torch.Tensor, augment_cfg=None) -> torch.Tensor:
+        """Raw windows -> the cleaned, cropped, decimated signals the model reads."""
+        signal = self.cleaner(signal)
+        return augment_signal(signal, augment_cfg) if augment_cfg is not None else signal
+
     def inputs(self, batch: dict, augment_cfg=None) -> torch.Tensor:
+        signal = self.model_signal(batch["signal"], augment_cfg)
         if self.builder is None:
-            return batch["signal"]
-        image = self.builder(batch)
+            return signal
+        image = self.builder({**batch, "signal": signal})
         return augment_image(image, augment_cfg) if augment_cfg is not None else image
 
     def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
@@ -109,4 +120,4 @@ def build_network(cfg) -> HMSNet:
 
     mel = plain(cfg.mel)
     image = {**plain(cfg.image), "spec_normalize": cfg.input.spec_normalize}
-    return HMSNet(plain(cfg.model), image, mel)
+    return HMSNet(plain(cfg.model), image, mel, plain(cfg.signal), plain(cfg.input))

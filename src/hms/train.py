@@ -156,7 +156,7 @@ class FoldRun:
         eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
         self.caches = (eeg, spec)
         self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, cfg.input, train=False,
-                                  use_spec=uses_kaggle_spec(cfg))
+                                  use_spec=uses_kaggle_spec(cfg), signal_cfg=cfg.signal)
         self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
         self.val_high = val_mask_high(self.val_set.items, self.min_votes)
         self.net = build_network(cfg).to(self.device)

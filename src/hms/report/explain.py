@@ -72,9 +72,9 @@ def window_row(cfg: DictConfig, eeg_id: int, split: str = "train") -> pd.Series:
 
 
 def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
-    """A batch (B=1) for eeg_id built from the parquet files with the experiment's own cleaning,
-    crop and downsampling (as HMSDataset does from the caches, up to their float16 rounding):
-    no cache is needed or written, so any run directory can be explained read-only."""
+    """A batch (B=1) for eeg_id built from the parquet files as HMSDataset builds it from the
+    caches (the raw 50 s window, NaN filled; up to the caches' float16 rounding): no cache is
+    needed or written, so any run directory can be explained read-only."""
     from hms.config import data_dir
     from hms.signal import filters
 
@@ -82,10 +82,7 @@ def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
     raw = views.bipolar_window(data_dir(cfg), int(row.eeg_id), float(row.eeg_label_offset_seconds), split)
     if cfg.signal.extras:
         raise NotImplementedError("explain reads the 16 double-banana pairs; signal.extras is not supported")
-    clean, _ = filters.clean(raw, cfg.signal)
-    n = int(float(cfg.input.signal_seconds) * schema.SAMPLING_RATE)
-    lo = (clean.shape[-1] - n) // 2
-    signal = clean[:, lo: lo + n: int(cfg.input.downsample)]
+    signal = filters.prepare_window(raw, cfg.signal)
     spec = views.spectrogram_window(data_dir(cfg), int(row.spectrogram_id), float(row.spectrogram_label_offset_seconds),
                                     split, tuple(cfg.kaggle_spec.log_clip))
     batch = {"signal": torch.from_numpy(np.ascontiguousarray(signal))[None],
@@ -163,7 +160,8 @@ def explain_sample(cfg: DictConfig, net, batch: dict, target_class: int | None =
             image = to_image(batch)
         cam, probs, k = gradcam(head, net.core.gradcam_target_layer(), image, target_class)
         return Explanation("gradcam", probs, k, cam, image[0].numpy(), None, None)
-    signal = batch["signal"]
+    with torch.no_grad():
+        signal = net.model_signal(batch["signal"])
     # the model input is centre-cropped and downsampled: place it back in the 50 s window
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
     probs, importance, centres = occlusion(net, signal, window_seconds, fs)

@@ -52,9 +52,24 @@ def notch(x: np.ndarray, freq: float = 60.0, q: float = 30.0) -> np.ndarray:
     return sps.filtfilt(b, a, x, axis=-1).astype(np.float32)
 
 
+def prepare_window(x: np.ndarray, cfg) -> np.ndarray:
+    """What the dataset does to one raw 50 s window (..., n_signals, n_samples) before the
+    model's device-side cleaning (hms.signal.cleaner): NaN filled from this window alone, then
+    the optional wavelet denoising. Same dtype out as in."""
+    from hms.signal.denoise import wavelet_denoise
+
+    if not cfg.denoise.enabled and not np.isnan(x).any():
+        return x
+    out, _ = fill_nan(np.asarray(x, dtype=np.float32), cfg.fill_nan)
+    if cfg.denoise.enabled:
+        out = wavelet_denoise(out, cfg.denoise.wavelet, cfg.denoise.level, cfg.denoise.threshold, cfg.denoise.mode)
+    return out.astype(x.dtype)
+
+
 def clean(x: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """The configured chain on (..., n_signals, n_samples): fill NaN, band-pass, notch,
-    wavelet denoise, clip, scale. Returns (clean float32, NaN mask)."""
+    """The configured chain on (..., n_signals, n_samples) with scipy's filters: fill NaN,
+    band-pass, notch, wavelet denoise, clip, scale. Returns (clean float32, NaN mask). The
+    viewer's traces and the tests' reference; models clean with hms.signal.cleaner."""
     from hms.signal.denoise import wavelet_denoise
 
     x, mask = fill_nan(np.asarray(x, dtype=np.float32), cfg.fill_nan)
