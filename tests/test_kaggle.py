@@ -91,7 +91,10 @@ def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synt
                                trained_sub[list(schema.VOTE_COLUMNS)].to_numpy(), atol=1e-6)
 
 
-def test_unreadable_test_file_gets_the_prior_and_a_warning(packaged, tiny_synth, tmp_path):
+def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(packaged, tiny_synth, tmp_path,
+                                                                                 monkeypatch):
+    import hms.infer
+    from hms.data.io import HMSDataError
     from hms.infer import predict_experiment
 
     data = tmp_path / "data"
@@ -99,11 +102,28 @@ def test_unreadable_test_file_gets_the_prior_and_a_warning(packaged, tiny_synth,
     test = pd.read_csv(data / schema.TEST_CSV)
     victim = int(test.eeg_id.iloc[1])
     (data / schema.TEST_EEG_DIR / f"{victim}.parquet").write_bytes(b"not a parquet")
+    exp = packaged["root"] / "work" / "tiny"
+    with pytest.raises(HMSDataError, match=rf"1 of {len(test)} test rows .*cannot read parquet"):  # 1 of 6 > 5%
+        predict_experiment(exp, data, tmp_path / "work", progress=False)
+    monkeypatch.setattr(hms.infer, "MAX_FALLBACK_SHARE", 0.2)  # as if the test set were larger
     with pytest.warns(UserWarning, match=str(victim)):
-        pred = predict_experiment(packaged["root"] / "work" / "tiny", data, tmp_path / "work", progress=False)
-    prior = json.loads((packaged["root"] / "work" / "tiny" / "summary.json").read_text())["prior"]
+        pred = predict_experiment(exp, data, tmp_path / "work", progress=False)
+    prior = json.loads((exp / "summary.json").read_text())["prior"]
     np.testing.assert_allclose(pred[list(schema.VOTE_COLUMNS)].to_numpy()[1], prior, atol=1e-9)
     assert len(pred) == len(test) and np.isfinite(pred[list(schema.VOTE_COLUMNS)].to_numpy()).all()
+
+
+def test_fallback_limit_is_five_percent_of_the_rows():
+    from hms.data.io import HMSDataError
+    from hms.infer import check_fallback
+
+    test = pd.DataFrame({"eeg_id": range(100)})
+    ok = np.ones(100, bool)
+    ok[:5] = False
+    check_fallback(test, ok, [])  # 5%: per-row priors, with a warning later
+    ok[5] = False
+    with pytest.raises(HMSDataError, match="6 of 100 test rows"):
+        check_fallback(test, ok, [])
 
 
 @pytest.fixture

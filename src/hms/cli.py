@@ -108,6 +108,7 @@ def cmd_prepare(args) -> int:
     from hms.pipeline import prepare
 
     cfg = _config(args)
+    cfg.validate.skip_bad = bool(cfg.validate.skip_bad or args.skip_bad)
     t = time.perf_counter()
     dirs = prepare(cfg, tuple(args.splits), workers=args.workers)
     keep = [d for kinds in dirs.values() for d in kinds.values()]
@@ -119,6 +120,16 @@ def cmd_prepare(args) -> int:
         for d in clear_stale(cfg, keep):
             print(f"removed stale cache {d}")
     print(f"prepared in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from hms import config as C
+    from hms.data.validate import preflight
+    from hms.pipeline import ensure_dataset
+
+    cfg = _config(args)
+    preflight(ensure_dataset(cfg), C.work_dir(cfg), skip_bad=args.skip_bad or bool(cfg.validate.skip_bad))
     return 0
 
 
@@ -209,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--clean", action="store_true", help="delete caches built with other parameters")
+    p.add_argument("--skip-bad", action="store_true", help="leave bad train files and their rows out "
+                   "(listed in the work dir) instead of stopping")
+
+    p = _register(sub, "validate", cmd_validate, "pre-flight over the whole dataset in seconds (tables and "
+                  "parquet footers): every missing file, wrong schema, short EEG, window past the end, "
+                  "duplicated label_id", config=True)
+    p.add_argument("--skip-bad", action="store_true", help="list bad train files in the work dir so that "
+                   "training leaves their rows out, instead of failing")
 
     p = _register(sub, "train", cmd_train, "train every fold of each experiment config", config=True)
     p.add_argument("--fold", type=int, action="append", default=None, help="only this fold (repeatable)")

@@ -27,15 +27,20 @@ def folds_path(cfg: DictConfig) -> Path:
     return C.work_dir(cfg) / "folds.csv"
 
 
+def train_table(cfg: DictConfig) -> pd.DataFrame:
+    """train.csv, less the rows whose files `validate.skip_bad` left out."""
+    from hms.data.validate import drop_excluded_rows
+
+    return drop_excluded_rows(io.read_train_csv(ensure_dataset(cfg) / schema.TRAIN_CSV), C.work_dir(cfg))
+
+
 def ensure_folds(cfg: DictConfig) -> pd.DataFrame:
-    train = io.read_train_csv(ensure_dataset(cfg) / schema.TRAIN_CSV)
-    return load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
+    return load_or_make_folds(train_table(cfg), folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
 
 
 def load_train(cfg: DictConfig) -> pd.DataFrame:
     """train.csv with targets (normalised votes, total_votes) and the shared folds."""
-    data_dir = ensure_dataset(cfg)
-    train = io.read_train_csv(data_dir / schema.TRAIN_CSV)
+    train = train_table(cfg)
     folds = load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
     return attach_folds(labels.add_targets(train), folds)
 
@@ -46,13 +51,16 @@ def load_test(cfg: DictConfig) -> pd.DataFrame:
 
 def prepare(cfg: DictConfig, splits: tuple[str, ...] = ("train", "test"), workers: int | None = None,
             progress: bool = True) -> dict[str, dict[str, Path]]:
-    """Build or reuse every cache the models read: {split: {'eeg': dir, 'spec': dir}}."""
+    """Validate the dataset (`hms validate`; stops on bad train files unless validate.skip_bad),
+    then build or reuse every cache the models read: {split: {'eeg': dir, 'spec': dir}}."""
     from hms.cache import build_cache
+    from hms.data.validate import preflight
 
     data_dir = ensure_dataset(cfg)
+    preflight(data_dir, C.work_dir(cfg), skip_bad=bool(cfg.validate.skip_bad), quiet=not progress)
     out: dict[str, dict[str, Path]] = {}
     for split in splits:
-        table = io.read_train_csv(data_dir / schema.TRAIN_CSV) if split == "train" else load_test(cfg)
+        table = train_table(cfg) if split == "train" else load_test(cfg)
         out[split] = {kind: build_cache(cfg, data_dir, split, kind, table, workers, progress)
                       for kind in ("eeg", "spec")}
     return out
