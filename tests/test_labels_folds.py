@@ -36,12 +36,33 @@ def test_folds_never_share_a_patient_and_cover_every_eeg(tmp_path):
     assert set(f["fold"]) == set(range(5))
 
 
-def test_folds_are_saved_and_reused(tmp_path):
+def test_folds_are_saved_and_reused_until_the_seed_changes(tmp_path, capsys):
     train = train_frame(n_patients=20)
     path = tmp_path / "folds.csv"
     first = folds.load_or_make_folds(train, path, 4, seed=0)
-    again = folds.load_or_make_folds(train, path, 4, seed=123)  # another seed must not reshuffle
+    again = folds.load_or_make_folds(train, path, 4, seed=0)
     pd.testing.assert_frame_equal(first.reset_index(drop=True), again.reset_index(drop=True))
+    other = folds.load_or_make_folds(train, path, 4, seed=123)  # a new folds.seed must take effect
+    assert "rebuilt" in capsys.readouterr().out and path.with_suffix(".stale.csv").is_file()
+    pd.testing.assert_frame_equal(other.reset_index(drop=True), folds.make_folds(train, 4, 123))
+    assert not first.set_index("eeg_id").fold.sort_index().equals(other.set_index("eeg_id").fold.sort_index())
+
+
+def test_an_eeg_id_with_two_patients_is_caught_on_the_raw_rows():
+    train = train_frame(n_patients=10)
+    eeg = train.eeg_id.value_counts().index[0]  # an eeg_id with several sub-window rows
+    train.loc[train.index[train.eeg_id == eeg][-1], "patient_id"] = 99_999
+    with pytest.raises(ValueError, match=f"eeg_id {eeg} belongs to 2 patient_ids"):
+        folds.make_folds(train, n_folds=5, seed=0)
+
+
+def test_prior_is_a_mean_over_items_not_rows():
+    """A long EEG with many sub-windows must count once, as it does in validation and scoring."""
+    rows = [{"eeg_id": 1, "eeg_sub_id": k, "seizure_vote": 12, "other_vote": 0} for k in range(9)]
+    rows += [{"eeg_id": 2, "eeg_sub_id": 0, "seizure_vote": 0, "other_vote": 12}]
+    df = pd.DataFrame(rows).assign(**{c: 0 for c in schema.VOTE_COLUMNS[1:5]})
+    p = labels.prior(labels.add_targets(df), min_votes=10)
+    np.testing.assert_allclose(p[[0, 5]], [0.5, 0.5])  # rows would say 0.9 / 0.1
 
 
 def test_too_few_patients_is_a_clear_error():

@@ -26,7 +26,9 @@ def load_oofs(exp_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
         frames.append(pd.read_csv(path).sort_values(KEY, kind="stable").reset_index(drop=True))
     base = frames[0]
     for d, f in zip(exp_dirs[1:], frames[1:]):
-        if len(f) != len(base) or not np.allclose(f[KEY].to_numpy(), base[KEY].to_numpy()):
+        # ids compared exactly (np.allclose called eeg_ids near 1e9 that differ by 1000 equal)
+        same_ids = len(f) == len(base) and np.array_equal(f["eeg_id"].to_numpy(np.int64), base["eeg_id"].to_numpy(np.int64))
+        if not same_ids or not np.allclose(f[TARGET_COLUMNS].to_numpy(), base[TARGET_COLUMNS].to_numpy()):
             raise ValueError(f"{d}/oof.csv covers other rows than {exp_dirs[0]}/oof.csv (different folds or data?)")
     preds = np.stack([f[list(schema.VOTE_COLUMNS)].to_numpy() for f in frames])
     return base[[*KEY, "fold", labels.TOTAL_VOTES]], preds

@@ -47,9 +47,12 @@ def sample_weights(df: pd.DataFrame, min_votes: int, low_vote_weight: float) -> 
 
 
 def prior(df: pd.DataFrame, min_votes: int) -> np.ndarray:
-    """Mean target of the high-vote rows (or all rows when none): the constant baseline."""
-    mask = high_vote_mask(df, min_votes)
-    rows = df[mask] if mask.any() else df
+    """Mean target of the high-vote items (one per eeg_id and vote vector, as validated and
+    scored; rows would let long EEGs with many sub-windows dominate), or of all items when
+    none has min_votes: the constant baseline."""
+    items = dedup_per_eeg(df) if "eeg_sub_id" in df else df
+    mask = high_vote_mask(items, min_votes)
+    rows = items[mask] if mask.any() else items
     p = target_array(rows).astype(np.float64).mean(axis=0)
     return p / p.sum()
 
