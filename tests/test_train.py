@@ -186,11 +186,16 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_synth, tmp_path):
 
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "HMS_DATA_DIR": str(tiny_synth), "HMS_WORK_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    assert not any(tmp_path.iterdir())  # no caches, no folds: rank 0 builds them while rank 1 waits
+    # lr 0: the weights never change, so epoch 1 cannot improve and patience 1 stops the stage
     cmd = [str(torchrun), "--nproc_per_node=2", "-m", "hms", "train", "configs/demo/conv1d.yaml",
-           "folds.n_folds=2", "train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]"]
+           "folds.n_folds=2", "train.patience=1", "train.stages=[{rows: all, epochs: 4, lr: 0.0}]"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DDP: 2 processes, gloo, collective timeout 120 min" in proc.stdout
     oof = pd.read_csv(tmp_path / "conv1d" / "oof.csv")
     train = io.read_train_csv(tiny_synth / schema.TRAIN_CSV)
     assert set(oof.eeg_id) == set(train.eeg_id)
-    assert len(pd.read_csv(tmp_path / "conv1d" / "fold0" / "log.csv")) == 1  # one writer, one row
+    for fold in (0, 1):  # early stopping fired on both ranks alike (a disagreement would hang)
+        log = pd.read_csv(tmp_path / "conv1d" / f"fold{fold}" / "log.csv")
+        assert list(log.epoch) == [0, 1] and list(log.best) == [True, False]

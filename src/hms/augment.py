@@ -28,21 +28,28 @@ def mirror_order(n_signals: int) -> list[int]:
     return MIRROR_SIGNALS + list(range(len(MIRROR_SIGNALS), n_signals))
 
 
-def spec_panel_transform(cfg):
-    """albumentations XY masking on (4, 100, 300) panels, or None when disabled."""
-    if not cfg.get("spec_xymask", 0):
-        return None
-    import albumentations as A
+class PanelMasking:
+    """albumentations XY masking on (4, 100, 300) panels. The transform keeps its own random
+    generators: `reseed` (called per loader worker) gives each worker and epoch its own masks."""
 
-    # NaN fill: the panels are normalised later and NaN becomes the mean there
-    mask = A.XYMasking(num_masks_x=(1, 2), num_masks_y=(1, 2), mask_x_length=(5, 30),
-                       mask_y_length=(3, 15), fill=float("nan"), p=float(cfg.spec_xymask))
+    def __init__(self, p: float):
+        import albumentations as A
 
-    def apply(panels: np.ndarray) -> np.ndarray:
+        # NaN fill: the panels are normalised later and NaN becomes the mean there
+        self.mask = A.XYMasking(num_masks_x=(1, 2), num_masks_y=(1, 2), mask_x_length=(5, 30),
+                                mask_y_length=(3, 15), fill=float("nan"), p=float(p))
+
+    def reseed(self, seed: int) -> None:
+        self.mask.set_random_seed(int(seed))
+
+    def __call__(self, panels: np.ndarray) -> np.ndarray:
         image = panels.astype(np.float32).transpose(1, 2, 0)  # albumentations wants float32 HWC
-        return np.ascontiguousarray(mask(image=image)["image"].transpose(2, 0, 1), dtype=panels.dtype)
+        return np.ascontiguousarray(self.mask(image=image)["image"].transpose(2, 0, 1), dtype=panels.dtype)
 
-    return apply
+
+def spec_panel_transform(cfg):
+    """PanelMasking of the Kaggle panels, or None when disabled."""
+    return PanelMasking(cfg.spec_xymask) if cfg.get("spec_xymask", 0) else None
 
 
 def _coin(n: int, p: float, device) -> torch.Tensor:

@@ -129,7 +129,10 @@ def cmd_validate(args) -> int:
     from hms.pipeline import ensure_dataset
 
     cfg = _config(args)
-    preflight(ensure_dataset(cfg), C.work_dir(cfg), skip_bad=args.skip_bad or bool(cfg.validate.skip_bad))
+    report = preflight(ensure_dataset(cfg), C.work_dir(cfg), skip_bad=args.skip_bad or bool(cfg.validate.skip_bad),
+                       quiet=True)
+    if not report.problems:  # with problems, preflight has printed the report (or raised)
+        print(f"[hms validate] {report.text()}")
     return 0
 
 

@@ -14,6 +14,7 @@ float32 conversion alone cost ~0.2 ms per item): `widened` makes them float32 on
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import pandas as pd
@@ -71,10 +72,17 @@ class HMSDataset(Dataset):
         self.spec_transform, self.lr_swap = spec_transform, float(lr_swap) if train else 0.0
         self.use_spec = use_spec  # 1D and on-the-fly mel models never read the Kaggle panels
         self.signal_cfg = signal_cfg if signal_cfg is not None else DEFAULT_SIGNAL
+        # spans the cache found NaN in: only their windows need the per-window NaN fill
+        self.eeg_with_nan = set() if eeg is None else set(eeg.index.index[eeg.index.nan_share.to_numpy() != 0])
         self.row_columns, self.item_columns = window_columns(self.rows), window_columns(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the item transforms' own generators (a loader worker's seed)."""
+        if hasattr(self.spec_transform, "reseed"):
+            self.spec_transform.reseed(seed)
 
     def _window(self, i: int) -> dict:
         """Item i's window: a random labelled sub-window in training, else the middle one."""
@@ -90,7 +98,9 @@ class HMSDataset(Dataset):
         channels = self.eeg.data[lo: lo + schema.EEG_WINDOW_SAMPLES].T  # a view
         # fancy indexing makes the one contiguous copy (mirrored when asked)
         window = channels[mirror_order(len(channels))] if mirror else np.ascontiguousarray(channels)
-        return filters.prepare_window(window, self.signal_cfg)
+        if eeg_id in self.eeg_with_nan or self.signal_cfg.denoise.enabled:
+            return filters.prepare_window(window, self.signal_cfg)
+        return window
 
     def _spec(self, spectrogram_id: int, offset: float, mirror: bool) -> np.ndarray:
         entry = self.spec.row(spectrogram_id)
@@ -128,10 +138,25 @@ def training_set(rows: pd.DataFrame, eeg: Cache, spec: Cache, cfg, weighting: tu
                       lr_swap=float(cfg.augment.lr_swap), signal_cfg=cfg.signal)
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one seed for numpy, python's random and the dataset's
+    albumentations transforms, taken from torch's, which differs per worker and per epoch (the
+    loader draws a new base seed each epoch). Without it every worker repeats the parent's
+    random state: the same masks in each worker, and each epoch the last one's."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    dataset = torch.utils.data.get_worker_info().dataset
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
+
+
 def make_loader(dataset, cfg, shuffle: bool, sampler=None) -> DataLoader:
     workers = cfg.train.num_workers
+    device = torch.device(resolve_device(cfg))
     if workers == "auto":
-        workers = 0 if resolve_device(cfg) == "cpu" else min(8, os.cpu_count() or 1)
+        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=int(workers), drop_last=False,
-                      pin_memory=resolve_device(cfg) == "cuda", persistent_workers=False)
+                      pin_memory=device.type == "cuda", persistent_workers=int(workers) > 0,
+                      worker_init_fn=seed_worker if int(workers) > 0 else None)

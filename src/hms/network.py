@@ -54,7 +54,10 @@ class ImageBuilder(nn.Module):
         pairs = signal[:, : len(schema.BIPOLAR_PAIRS)]
         return chain_panels(pairs, self.mel, self.mel_width).flip(-2)  # low frequencies at the bottom
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
+        """augment_cfg (training): time warp and SpecAugment masks per source, before tiling, so
+        a warp never bends the 10-minute Kaggle panels and the 50 s EEG panels together and a
+        frequency stripe covers the same band in all four chains."""
         panels = []
         if "kaggle" in self.sources:
             panels.append(normalize_batch(batch["spec"], self.spec_normalize).flip(-2))
@@ -63,6 +66,8 @@ class ImageBuilder(nn.Module):
         if "eeg_center" in self.sources:  # the labelled central seconds, zoomed to a full panel
             panels.append(self.eeg_panels(centre_crop(batch["signal"], self.center_seconds, self.sr)))
         panels = [F.interpolate(p, size=self.panel, mode="bilinear", align_corners=False) for p in panels]
+        if augment_cfg is not None:  # after resizing: the same cost as on the final image
+            panels = [augment_image(p, augment_cfg) for p in panels]
         if self.layout == "channels":
             image = torch.cat(panels, dim=1)
         else:  # chains stacked vertically per source, sources side by side
@@ -99,8 +104,7 @@ class HMSNet(nn.Module):
         signal = self.model_signal(batch["signal"], augment_cfg)
         if self.builder is None:
             return signal
-        image = self.builder({**batch, "signal": signal})
-        return augment_image(image, augment_cfg) if augment_cfg is not None else image
+        return self.builder({**batch, "signal": signal}, augment_cfg)
 
     def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
         return self.core(self.inputs(widened(batch), augment_cfg))  # a raw loader batch works too

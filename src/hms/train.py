@@ -7,10 +7,10 @@ exactly one fold) and test_pred.csv (mean over folds, in test.csv order).
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +54,29 @@ def is_complete(fold_dir: Path) -> bool:
 
 # ---------------------------------------------------------------- distributed (torchrun)
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+def init_distributed(timeout_minutes: float = 120.0) -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when launched by torchrun.
+    The timeout covers rank 0 building the caches while the others wait in a barrier (a first
+    real `hms prepare` takes longer than NCCL's default 10 minutes)."""
+    world, local_rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)  # before any collective: each rank on its own GPU
+        dist.init_process_group(backend, timeout=timedelta(minutes=float(timeout_minutes)))
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"[hms] DDP: {world} processes, {backend}, collective timeout {timeout_minutes:g} min", flush=True)
+    return int(os.environ.get("RANK", 0)), world, local_rank
+
+
+def broadcast_from_main(obj):
+    """Rank 0's value on every rank: decisions (scores, early stopping, best epoch) are taken
+    once, so ranks can never disagree and hang or desync."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:
@@ -87,8 +104,19 @@ def val_mask_high(items: pd.DataFrame, min_votes: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- optimisation
 
-def make_optimizer(net, stage, cfg):
-    opt = torch.optim.AdamW(net.parameters(), lr=stage.lr, weight_decay=cfg.train.weight_decay)
+LR_SCALING = {"none": lambda world: 1.0, "sqrt": math.sqrt, "linear": float}
+
+
+def scaled_lr(lr: float, world: int, rule: str) -> float:
+    """The stage's lr for a global batch `world` times the configured one (train.ddp_lr_scale)."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"train.ddp_lr_scale must be one of {list(LR_SCALING)}, got {rule!r}")
+    return float(lr) * LR_SCALING[rule](world)
+
+
+def make_optimizer(net, stage, cfg, world: int = 1):
+    lr = scaled_lr(stage.lr, world, cfg.train.get("ddp_lr_scale", "none"))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.train.weight_decay)
     total = max(1, stage.epochs * stage.steps_per_epoch)
     warmup = int(cfg.train.warmup_fraction * total)
 
@@ -101,26 +129,20 @@ def make_optimizer(net, stage, cfg):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-class EMA:
-    """Exponential moving average of the weights (evaluated and saved when enabled)."""
+def make_ema(net, decay: float):
+    """timm's ModelEmaV3 with warm-up: the decay ramps as 1 - (1 + step)^(-2/3) up to `decay`
+    (0.80 after 10 steps, 0.95 after 100, 0.995 after 2,500), so early in a stage the average follows the model
+    instead of holding on to the weights the stage started from. One EMA per stage, started
+    from the stage's initial weights (stage 2: the best stage-1 model); updated with batched
+    (foreach) ops."""
+    from timm.utils import ModelEmaV3
 
-    def __init__(self, net, decay: float):
-        self.decay, self.shadow = decay, copy.deepcopy(net).eval()
-        for p in self.shadow.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, net) -> None:
-        for s, p in zip(self.shadow.state_dict().values(), net.state_dict().values()):
-            if s.dtype.is_floating_point:
-                s.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
-            else:
-                s.copy_(p)
+    return ModelEmaV3(net, decay=float(decay), use_warmup=True)
 
 
-def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True) -> float:
-    """One optimiser step; augment=False is the bare step `hms bench train` compares with."""
-    batch = to_device(batch, device)
+def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True) -> torch.Tensor:
+    """One optimiser step; returns the loss as a device tensor (reading it would sync every step)."""
+    batch = to_device(batch, device)  # augment=False: the bare step `hms bench train` compares with
     if augment:
         augment_batch(batch, cfg.augment)
     with torch.autocast(device_type=device.type, enabled=scaler.is_enabled()):
@@ -134,7 +156,7 @@ def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True
     scaler.step(opt)
     scaler.update()
     sched.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 # ---------------------------------------------------------------- one fold
@@ -143,13 +165,16 @@ class FoldRun:
     """Trains one fold through its stages, resumable from last.pt after every epoch."""
 
     def __init__(self, cfg: DictConfig, fold: int, train: pd.DataFrame, caches: dict, progress: bool):
-        self.rank, self.world, local_rank = init_distributed()
+        self.rank, self.world, local_rank = init_distributed(cfg.train.ddp_timeout_minutes)
         self.is_main = self.rank == 0
         self.cfg, self.fold, self.progress = cfg, fold, progress and self.is_main
         self.device = torch.device(C.resolve_device(cfg))
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
+        if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned kernels pay off
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.dir = exp_dir(cfg) / f"fold{fold}"
         self.train_rows = train[train.fold != fold]
         self.min_votes = cfg.labels.min_votes_high
@@ -160,10 +185,12 @@ class FoldRun:
         self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
         self.val_high = val_mask_high(self.val_set.items, self.min_votes)
         self.net = build_network(cfg).to(self.device)
-        self.train_net = self.net  # what the optimiser steps through: DDP-wrapped under torchrun
-        if self.world > 1:
+        if self.device.type == "cuda" and self.net.input_kind == "image":
+            self.net = self.net.to(memory_format=torch.channels_last)  # faster convolutions with AMP
+        self.train_net = torch.compile(self.net) if cfg.train.compile else self.net
+        if self.world > 1:  # what the optimiser steps through: DDP-wrapped under torchrun
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_net = DistributedDataParallel(self.net, device_ids=ids)
+            self.train_net = DistributedDataParallel(self.train_net, device_ids=ids)
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
 
     def stage_loader(self, stage) -> DataLoader:
@@ -174,8 +201,8 @@ class FoldRun:
                    if self.world > 1 else None)
         return make_loader(ds, self.cfg, shuffle=True, sampler=sampler)
 
-    def validate(self, net) -> dict:
-        probs = predict_probs(net, self.val_loader, self.device, amp=self.amp)
+    def validate(self, net, tta: bool = False) -> dict:
+        probs = predict_probs(net, self.val_loader, self.device, tta_lr_swap=tta, amp=self.amp)
         target = self.val_set.targets
         high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
         return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
@@ -203,40 +230,43 @@ class FoldRun:
     def run_stage(self, s_idx: int, stage, state: dict) -> None:
         loader = self.stage_loader(stage)
         stage = OmegaConf.merge(stage, {"steps_per_epoch": len(loader)})
-        opt, sched = make_optimizer(self.net, stage, self.cfg)
+        opt, sched = make_optimizer(self.net, stage, self.cfg, self.world)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        ema = EMA(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         start = 0
         if state["stage"] == s_idx and state["epoch"] >= 0:  # resume inside this stage
             self.net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-            if ema and "ema" in state:
-                ema.shadow.load_state_dict(state["ema"])
             torch.set_rng_state(state["rng"])
             start = state["epoch"] + 1
         elif s_idx > 0 and (self.dir / "best.pt").is_file():  # the next stage starts from the best so far
             self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
             state["bad_epochs"] = 0
+        ema = make_ema(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
+        if ema and start > 0 and "ema" in state:
+            ema.module.load_state_dict(state["ema"])
         for epoch in range(start, stage.epochs):
             if state["bad_epochs"] >= self.cfg.train.patience:
                 break
             t0 = time.perf_counter()
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch + 1000 * s_idx)
-            losses = []
+            loss_sum, steps = torch.zeros((), device=self.device), 0
             for batch in tqdm(loader, desc=f"{self.cfg.name} f{self.fold} s{s_idx} e{epoch}",
                               disable=not self.progress, leave=False):
-                losses.append(train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device))
+                loss_sum += train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device)
+                steps += 1
                 if ema:
-                    ema.update(self.net)
-            scores, _ = self.validate(ema.shadow if ema else self.net)
-            self.record(state, s_idx, epoch, float(np.mean(losses)), scores, time.perf_counter() - t0,
-                        ema.shadow if ema else self.net)
+                    ema.update(self.net, step=epoch * len(loader) + steps)
+            evaluated = ema.module if ema else self.net
+            # rank 0 validates (the whole fold) and decides; the other ranks take its numbers
+            scores = broadcast_from_main(self.validate(evaluated)[0] if self.is_main else None)
+            self.record(state, s_idx, epoch, float(loss_sum) / max(1, steps), scores, time.perf_counter() - t0,
+                        evaluated)
             self.save_state(state, s_idx, epoch, opt, sched, ema)
 
     def record(self, state, s_idx, epoch, train_loss, scores, seconds, net) -> None:
-        # every rank validated the same rows, so every rank takes the same decisions here
+        # scores are rank 0's (broadcast), so every rank takes the same decisions here
         improved = scores["val_kl_high"] < state["best"] - 1e-6
         if improved:
             state["best"] = scores["val_kl_high"]
@@ -261,7 +291,7 @@ class FoldRun:
         state.update(stage=s_idx, epoch=epoch, model=self.net.state_dict(), optimizer=opt.state_dict(),
                      scheduler=sched.state_dict(), rng=torch.get_rng_state())
         if ema:
-            state["ema"] = ema.shadow.state_dict()
+            state["ema"] = ema.module.state_dict()
         if epoch == self.cfg.train.stages[s_idx].epochs - 1 or state["bad_epochs"] >= self.cfg.train.patience:
             state.update(stage=s_idx + 1, epoch=-1)  # the stage is over: resume at the next one
         if self.is_main:
@@ -274,7 +304,8 @@ class FoldRun:
             barrier()
             return None
         self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
-        scores, probs = self.validate(self.net)
+        # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
+        scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
         items = self.val_set.items
         val = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
         val.insert(0, "eeg_id", items["eeg_id"].to_numpy())
@@ -300,7 +331,7 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
     """Train the requested folds (default: all), skipping finished ones unless forced, then
     write the experiment's oof.csv and test_pred.csv when every fold is done."""
     seed_everything(cfg.seed)
-    _, world, _ = init_distributed()
+    _, world, _ = init_distributed(cfg.train.ddp_timeout_minutes)
     if world > 1:  # rank 0 builds caches and folds.csv first; the others then just find them
         if is_main_process():
             prepare(cfg, progress=progress)

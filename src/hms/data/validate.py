@@ -228,10 +228,11 @@ def preflight(data_dir: Path, work_dir: Path, skip_bad: bool = False, quiet: boo
         if old.get("signature") == signature(data_dir) and old.get("data_dir") == str(data_dir):
             report = Report(old["data_dir"], old["files_checked"], old["seconds"], old["signature"],
                             [Problem(**p) for p in old["problems"]])
-    if report is None:
+    fresh = report is None
+    if fresh:
         report = validate_dataset(data_dir)
         atomic_write_json(saved, report.to_json())
-    if not quiet or report.problems:
+    if (fresh and not quiet) or report.problems:  # an unchanged clean dataset needs no second word
         print(f"[hms validate] {report.text()}", flush=True)
     train_problems = report.of("train")
     fatal = [p for p in train_problems if p.kind in ("bad_table", "duplicate_label_id")]

@@ -41,11 +41,12 @@ def zero_phase_gain(n_fft: int, bandpass=None, order: int = 4, notch_hz=None, no
     return gain
 
 
-def edge_padding(n_samples: int, bandpass=None, fs: float = schema.SAMPLING_RATE) -> int:
+def edge_padding(n_samples: int, bandpass=None, fs: float = schema.SAMPLING_RATE, multiple: int = 1) -> int:
     """Samples of odd extension on each side: two periods of the band's lower edge (4 s at
-    0.5 Hz), at least 1 s, never more than the window allows."""
+    0.5 Hz), at least 1 s, a multiple of `multiple`, never more than the window allows."""
     low = float(bandpass[0]) if bandpass else 1.0
-    return int(min(n_samples - 1, max(fs, round(2 * fs / low))))
+    pad = -(-int(max(fs, round(2 * fs / low))) // multiple) * multiple
+    return int(min(n_samples - 1, pad))
 
 
 def odd_extension(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -76,20 +77,26 @@ class WindowCleaner(nn.Module):
             self._gains[key] = torch.as_tensor(g, dtype=torch.float32, device=device)
         return self._gains[key]
 
-    def filtered(self, x: torch.Tensor) -> torch.Tensor:
+    def filtered_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Filter, then keep every `downsample`-th sample of the centred crop. Decimation happens
+        in the frequency domain (a shorter inverse FFT over the low bins: cheaper, and nothing
+        above the new Nyquist frequency aliases back) when the crop's start allows it."""
+        n, d = x.shape[-1], self.downsample
+        lo = (n - self.crop) // 2
         if not self.bandpass and not self.notch_hz:
-            return x
-        n = x.shape[-1]
-        pad = edge_padding(n, self.bandpass, self.fs)
-        n_fft = sp_fft.next_fast_len(n + 2 * pad, real=True)
-        spectrum = torch.fft.rfft(odd_extension(x, pad), n=n_fft)
-        return torch.fft.irfft(spectrum * self.gain(n_fft, x.device), n=n_fft)[..., pad:pad + n]
+            return x[..., lo: lo + self.crop: d]
+        pad = edge_padding(n, self.bandpass, self.fs, multiple=d)
+        n_fft = d * sp_fft.next_fast_len(-(-(n + 2 * pad) // d), real=True)
+        spectrum = torch.fft.rfft(odd_extension(x, pad), n=n_fft) * self.gain(n_fft, x.device)
+        if (pad + lo) % d == 0:
+            low = spectrum[..., : n_fft // (2 * d) + 1]
+            start = (pad + lo) // d
+            return torch.fft.irfft(low, n=n_fft // d)[..., start: start + -(-self.crop // d)] / d
+        return torch.fft.irfft(spectrum, n=n_fft)[..., pad + lo: pad + lo + self.crop: d]
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=signal.device.type, enabled=False):  # FFTs in float32
-            x = self.filtered(signal.float())
+            x = self.filtered_crop(signal.float())
             if self.clip_uv:
                 x = x.clamp(-float(self.clip_uv), float(self.clip_uv))
-            x = x / self.scale
-        lo = (x.shape[-1] - self.crop) // 2
-        return x[..., lo: lo + self.crop: self.downsample].contiguous()
+            return (x / self.scale).contiguous()

@@ -1,0 +1,141 @@
+"""Defects of the GPU/multi-GPU training path that a CPU run does not show by itself: EMA
+warm-up, augmentation seeding per worker and epoch, per-panel mosaic augmentations, the DDP
+learning-rate rule, loader settings for any CUDA device, OOF with the test's TTA."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config, train_frame
+
+
+def test_ema_follows_the_model_early_in_a_stage():
+    """With decay 0.999 and no warm-up, after 20 steps the average was still ~98% the initial
+    weights (a random head validated and saved as best.pt)."""
+    from hms.train import make_ema
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(8, 6)
+    start = net.weight.detach().clone()
+    ema = make_ema(net, 0.999)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    x, y = torch.randn(64, 8), torch.randn(64, 6)
+    for step in range(1, 21):
+        loss = ((net(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update(net, step=step)
+    travelled = (net.weight - start).norm()
+    assert (ema.module.weight - net.weight).norm() < 0.35 * travelled
+    decays = [ema.get_decay(s) for s in (10, 100, 2_500, 10**6)]
+    assert decays == sorted(decays) and decays[-1] == pytest.approx(0.999)  # ramps up to the configured decay
+
+
+def test_ddp_learning_rate_rule():
+    from hms.train import scaled_lr
+
+    assert scaled_lr(1e-3, 4, "sqrt") == pytest.approx(2e-3)
+    assert scaled_lr(1e-3, 4, "linear") == pytest.approx(4e-3)
+    assert scaled_lr(1e-3, 4, "none") == pytest.approx(1e-3) == scaled_lr(1e-3, 1, "sqrt")
+    with pytest.raises(ValueError, match="ddp_lr_scale"):
+        scaled_lr(1e-3, 2, "cubic")
+
+
+def test_loader_pins_memory_for_any_cuda_device_and_keeps_workers(tmp_path):
+    from hms.dataset import make_loader, seed_worker
+
+    cfg = tiny_config(tmp_path, tmp_path, "device=cuda:1", "train.num_workers=2")
+    loader = make_loader(list(range(8)), cfg, shuffle=False)
+    assert loader.pin_memory and loader.persistent_workers and loader.worker_init_fn is seed_worker
+    cpu = make_loader(list(range(8)), tiny_config(tmp_path, tmp_path, "device=cpu"), shuffle=False)
+    assert not cpu.pin_memory and cpu.num_workers == 0
+
+
+class _Masks(torch.utils.data.Dataset):
+    """Each item: the NaN mask that the panels' XY masking draws on blank panels."""
+
+    def __init__(self):
+        from hms.augment import PanelMasking
+
+        self.transform = PanelMasking(1.0)
+
+    def reseed(self, seed):
+        self.transform.reseed(seed)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.isnan(self.transform(np.zeros((4, 100, 300), np.float16))))
+
+
+def test_two_workers_and_two_epochs_draw_different_masks(tmp_path):
+    from hms.dataset import make_loader
+
+    cfg = tiny_config(tmp_path, tmp_path, "device=cpu", "train.num_workers=2", "train.batch_size=1")
+    loader = make_loader(_Masks(), cfg, shuffle=False)
+    epochs = [[batch[0] for batch in loader] for _ in range(2)]  # items 0, 2 from worker 0; 1, 3 from worker 1
+    assert not torch.equal(epochs[0][0], epochs[0][1])  # each worker its own masks
+    assert not torch.equal(epochs[0][0], epochs[1][0])  # each epoch new ones
+
+
+def test_dataset_reseed_reaches_its_panel_transform():
+    from hms.augment import PanelMasking
+    from hms.config import load_config
+    from hms.data import labels
+    from hms.dataset import HMSDataset
+
+    ds = HMSDataset(labels.add_targets(train_frame()), None, None, load_config([], []).input, train=True,
+                    spec_transform=PanelMasking(1.0))
+    blank = np.zeros((4, 100, 300), np.float16)
+    draws = []
+    for seed in (5, 5, 6):
+        ds.reseed(seed)
+        draws.append(np.isnan(ds.spec_transform(blank)))
+    assert np.array_equal(draws[0], draws[1]) and not np.array_equal(draws[0], draws[2])
+
+
+def test_mosaic_masks_hit_the_same_band_in_every_chain():
+    """SpecAugment on the tiled image striped one chain; per source, before tiling, a frequency
+    stripe covers the same band of all four chains."""
+    from omegaconf import OmegaConf
+
+    from hms.network import ImageBuilder
+
+    torch.manual_seed(0)
+    builder = ImageBuilder(sources=("kaggle",), layout="mosaic", panel_height=100, panel_width=300)
+    batch = {"spec": torch.randn(8, 4, 100, 300)}
+    aug = OmegaConf.create({"time_warp": 0.0, "time_masks": 0, "freq_masks": 1, "mask_max_width": 0.3})
+    image = builder(batch, aug)  # (8, 1, 4 chains x 100, 300)
+    zero_rows = (image[:, 0] == 0).all(-1).reshape(8, 4, 100)
+    assert zero_rows.any()
+    assert (zero_rows == zero_rows[:, :1]).all()  # the same rows in every chain of a sample
+
+
+@pytest.mark.slow
+def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
+    from hms.cache import open_cache
+    from hms.dataset import HMSDataset, make_loader
+    from hms.infer import load_fold_network, predict_probs
+    from hms.network import uses_kaggle_spec
+    from hms.pipeline import load_train, prepare
+    from hms.train import train_experiment
+
+    cfg = tiny_config(tiny_synth, tmp_path, "train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]")
+    assert cfg.infer.tta_lr_swap
+    train_experiment(cfg, folds=[0], progress=False)
+    fold_cfg, net = load_fold_network(tmp_path / "tiny" / "fold0", {})
+    caches = prepare(cfg, ("train",), progress=False)["train"]
+    rows = load_train(cfg)
+    ds = HMSDataset(rows[rows.fold == 0], open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input,
+                    train=False, use_spec=uses_kaggle_spec(cfg), signal_cfg=cfg.signal)
+    loader = make_loader(ds, cfg, shuffle=False)
+    saved = pd.read_csv(tmp_path / "tiny" / "fold0" / "val_pred.csv")[[f"{c}_vote" for c in
+                                                                        ("seizure", "lpd", "gpd", "lrda", "grda", "other")]]
+    with_tta = predict_probs(net, loader, "cpu", tta_lr_swap=True)
+    without = predict_probs(net, loader, "cpu", tta_lr_swap=False)
+    np.testing.assert_allclose(saved.to_numpy(), with_tta, atol=1e-6)
+    assert np.abs(with_tta - without).max() > 1e-5
