@@ -23,7 +23,8 @@ hms_reqs=("$HMS_ROOT/requirements.txt")
 [ "$hms_extras" = "dev" ] && hms_reqs+=("$HMS_ROOT/requirements-dev.txt")
 hms_prefix="$("$HMS_PY" -c 'import sys; print(sys.prefix)')"
 hms_stamp="$hms_prefix/.hms-setup-${hms_extras:-runtime}"
-hms_hash="$(cat "${hms_reqs[@]}" "$HMS_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+hms_hash_of() { cat "$@" "$HMS_ROOT/pyproject.toml" | sha256sum | cut -c1-16; }
+hms_hash="$(hms_hash_of "${hms_reqs[@]}")"
 
 if [ -f "$hms_stamp" ] && [ "$(cat "$hms_stamp")" = "$hms_hash" ] \
    && "$HMS_PY" -c "import hms" 2>/dev/null; then
@@ -34,6 +35,8 @@ else
   "$HMS_PY" -m pip install --disable-pip-version-check -q "${hms_reqs[@]/#/-r}"
   "$HMS_PY" -m pip install --disable-pip-version-check -q --no-deps -e "$HMS_ROOT"
   echo "$hms_hash" > "$hms_stamp"
+  # the dev extras include the runtime requirements: the main job need not install them again
+  [ "$hms_extras" = "dev" ] && hms_hash_of "$HMS_ROOT/requirements.txt" > "$hms_prefix/.hms-setup-runtime"
   echo "[setup] done"
 fi
 export PATH="$(dirname "$HMS_PY"):$PATH"

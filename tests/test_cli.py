@@ -56,3 +56,18 @@ def test_bad_override_is_a_clear_error(capsys):
 def test_unknown_option_is_rejected():
     with pytest.raises(SystemExit):
         main(["train", "configs/demo/conv1d.yaml", "--bogus"])
+
+
+def test_app_passes_streamlit_flags_through_and_they_win_over_its_own():
+    from hms.cli import parse_args
+    from hms.report.commands import app_command
+
+    args = parse_args(["app", "--server.port", "8600", "--server.address=0.0.0.0", "--theme.base", "dark",
+                       "--port", "9000", "paths.work_dir=/tmp/w"])
+    command = app_command(args.port, args.address, args.streamlit_flags)
+    pairs = dict(zip(command[5::2], command[6::2]))  # after: python -m hms.app.serve run SCRIPT
+    assert pairs == {"--server.headless": "true", "--server.port": "8600", "--server.address": "0.0.0.0",
+                     "--browser.gatherUsageStats": "false", "--theme.base": "dark"}
+    assert args.items == ["paths.work_dir=/tmp/w"]
+    with pytest.raises(SystemExit):
+        parse_args(["app", "--server.port"])  # a flag without its value

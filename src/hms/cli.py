@@ -275,15 +275,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    streamlit_flags = {}
+    if argv[:1] == ["app"]:  # Streamlit's own --section.option flags, taken before argparse sees them
+        from hms.report.commands import split_streamlit_flags
+
+        try:
+            streamlit_flags, rest = split_streamlit_flags(argv[1:])
+        except ValueError as exc:
+            parser.error(str(exc))
+        argv = ["app", *rest]
     args, extra = parser.parse_known_args(argv)
+    if args.command == "app":
+        args.streamlit_flags = streamlit_flags
     if getattr(args, "command", None) == "kaggle" and args.dir is None:
         args.dir = "kaggle_out/dataset" if args.action in ("package", "upload") else "kaggle_out/notebook"
     if extra:  # configs/overrides given after an option (`--fold 0 key=value`) land here
         if not hasattr(args, "items") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.items = [*args.items, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from hms.config import ConfigError
     from hms.data.io import HMSDataError
     from hms.kaggle.client import KaggleError

@@ -51,11 +51,34 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def app_command(port: int, address: str = "127.0.0.1") -> list[str]:
+def split_streamlit_flags(tokens: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({option: value} of Streamlit's own flags, the other tokens): `--server.port 8600` and
+    `--server.port=8600` alike, as Streamlit users type them."""
+    flags, rest, i = {}, [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        name = token[2:].split("=", 1)[0] if token.startswith("--") else ""
+        if "." not in name:
+            rest.append(token)
+        elif "=" in token:
+            flags[name] = token.split("=", 1)[1]
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            flags[name] = tokens[i + 1]
+            i += 1
+        else:
+            raise ValueError(f"hms app: Streamlit flag {token} needs a value")
+        i += 1
+    return flags, rest
+
+
+def app_command(port: int, address: str = "127.0.0.1", streamlit_flags: dict | None = None) -> list[str]:
     """Streamlit's command line in the current interpreter (so the same env and package),
-    through hms.app.serve, which warms the heavy imports while the server starts."""
-    return [sys.executable, "-m", "hms.app.serve", "run", str(APP_SCRIPT), "--server.headless", "true",
-            "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false"]
+    through hms.app.serve, which warms the heavy imports while the server starts. Streamlit
+    flags given by the user override these defaults (`--server.port` over `--port`)."""
+    options = {"server.headless": "true", "server.port": str(port), "server.address": address,
+               "browser.gatherUsageStats": "false", **(streamlit_flags or {})}
+    return [sys.executable, "-m", "hms.app.serve", "run", str(APP_SCRIPT),
+            *[part for name, value in options.items() for part in (f"--{name}", str(value))]]
 
 
 def app_env(cfg) -> dict[str, str]:
@@ -74,8 +97,11 @@ def app_env(cfg) -> dict[str, str]:
 
 
 def cmd_app(args) -> int:
-    print(f"HMS viewer on http://{args.address}:{args.port} (Ctrl-C stops it)")
-    return subprocess.call(app_command(args.port, args.address), env={**os.environ, **app_env(_cfg(args))})
+    flags = getattr(args, "streamlit_flags", {})
+    command = app_command(args.port, args.address, flags)
+    address, port = flags.get("server.address", args.address), flags.get("server.port", args.port)
+    print(f"HMS viewer on http://{address}:{port} (Ctrl-C stops it)")
+    return subprocess.call(command, env={**os.environ, **app_env(_cfg(args))})
 
 
 def register(sub, add_config_args) -> None:
@@ -105,7 +131,8 @@ def register(sub, add_config_args) -> None:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("app", help="Streamlit viewer of EEGs, spectrograms and predictions",
-                       description="Streamlit viewer (headless); open the printed URL")
+                       description="Streamlit viewer (headless); open the printed URL. Streamlit's own "
+                       "flags pass through: --server.port 8600 --server.address 0.0.0.0 --theme.base dark")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     add_config_args(p)
