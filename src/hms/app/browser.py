@@ -1,14 +1,13 @@
-"""Drive `hms app` in a real headless Chromium: start the server and the browser, load the
-page, wait until Streamlit has drawn the first view, time it, optionally screenshot it.
+"""Drive `hms app` in a real headless Chromium through Playwright: start the server and the
+browser, load the page, wait until Streamlit has drawn the first view, time it, optionally
+screenshot it.
 
 Used by the browser test and by `hms bench app`. Chromium is Debian's package
-(/usr/bin/chromium, `apt-get install -y chromium`); nothing here touches the network
-beyond 127.0.0.1."""
+(/usr/bin/chromium, `apt-get install -y chromium`), launched by Playwright through
+executable_path, so Playwright downloads no browser; nothing here touches the network beyond
+127.0.0.1."""
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
 import os
 import socket
 import subprocess
@@ -61,94 +60,68 @@ def answers(url: str) -> bool:
         return False
 
 
-async def _devtools(debug_port: int):
-    """(call, close) for the first page target of a running Chromium."""
-    from tornado.websocket import websocket_connect  # a Streamlit dependency
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json") as r:
-        page = next(t for t in json.load(r) if t["type"] == "page")
-    ws = await websocket_connect(page["webSocketDebuggerUrl"], max_message_size=64 << 20)
-    counter = iter(range(1, 10**9))
-
-    async def call(method, **params):
-        i = next(counter)
-        ws.write_message(json.dumps({"id": i, "method": method, "params": params}))
-        while True:
-            msg = json.loads(await ws.read_message())
-            if msg.get("id") == i:
-                return msg.get("result", {})
-
-    return call, ws.close
-
-
-async def _load(debug_port: int, url: str, screenshot: Path | None, timeout: float) -> dict:
+def _load(page, url: str, screenshot: Path | None, timeout: float) -> dict:
     """Navigate, poll STATE_JS (Streamlit draws over a websocket, so the HTML alone is an empty
     shell) and note when the first view and the complete view appeared."""
-    call, close = await _devtools(debug_port)
     state, times = {}, {}
     t0 = time.perf_counter()
-    await call("Page.navigate", url=url)
+    page.goto(url, wait_until="commit")
     while time.perf_counter() - t0 < timeout and not state.get("ready"):
-        await asyncio.sleep(POLL_S)
-        result = await call("Runtime.evaluate", expression=STATE_JS, returnByValue=True)
-        state = result["result"].get("value") or {}
+        time.sleep(POLL_S)
+        state = page.evaluate(STATE_JS) or {}
         for key in ("first", "ready"):
             if state.get(key) and key not in times:
                 times[key] = time.perf_counter() - t0
     if screenshot:
-        await asyncio.sleep(0.5)  # let the last image paint
-        shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-    close()
+        page.wait_for_timeout(500)  # let the last image paint
+        page.screenshot(path=str(screenshot), full_page=True)
     return {**state, "first_view_s": times.get("first"), "complete_view_s": times.get("ready")}
 
 
-def start_chromium(debug_port: int, profile_dir: Path, height: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile_dir}", f"--window-size=1400,{height}",
-         f"--remote-debugging-port={debug_port}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def launch_chromium(playwright, height: int):
+    """Debian's chromium through Playwright (executable_path: Playwright downloads no browser)."""
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync"])
+    return browser, browser.new_context(viewport={"width": 1400, "height": height}).new_page()
 
 
-def render_in_chromium(env: dict, profile_dir: Path, screenshot: Path | None = None, timeout: float = 60,
+def render_in_chromium(env: dict, work_dir: Path, screenshot: Path | None = None, timeout: float = 60,
                        queries: tuple[str, ...] = ("",), height: int = 1000, after_warm_up: bool = False) -> dict:
     """Start `hms app`'s server (in the current directory, as `hms app` runs, with env added)
-    and headless Chromium (its profile in profile_dir), then load the page once per query
+    and headless Chromium (the server's log in work_dir), then load the page once per query
     string (the first load in a fresh browser, later ones with its cache). after_warm_up
     waits for the server's warm-up before the first load, as a user opening the URL after
     `hms app` says it is warm would. Returns what STATE_JS saw on the last load, with the
     timings of every load; both processes are always killed."""
+    from playwright.sync_api import sync_playwright
+
     from hms.app.serve import READY_FILE_ENV
     from hms.report.commands import app_command
 
     if not CHROMIUM.exists():
         raise FileNotFoundError(f"{CHROMIUM} not found: apt-get install -y chromium")
-    port, debug_port = free_port(), free_port()
-    ready_file, log = Path(profile_dir) / "server-ready", Path(profile_dir) / "server.log"
+    port = free_port()
+    ready_file, log = Path(work_dir) / "server-ready", Path(work_dir) / "server.log"
     t_start = time.perf_counter()
     with log.open("w") as out:  # a file, not a pipe nobody reads: a full pipe would stall the server
         server = subprocess.Popen(app_command(port), env={**os.environ, **env, READY_FILE_ENV: str(ready_file)},
                                   stdout=out, stderr=subprocess.STDOUT, text=True)
-    browser = None
     try:
         health = f"http://127.0.0.1:{port}/_stcore/health"
         wait_until(lambda: answers(health), server, 60, f"streamlit answering {health}", log)
         timings = {"server_start_s": time.perf_counter() - t_start}
-        browser = start_chromium(debug_port, Path(profile_dir) / "chrome", height)
-        version = f"http://127.0.0.1:{debug_port}/json/version"
-        wait_until(lambda: answers(version), browser, 30, f"chromium answering {version}")
-        if after_warm_up:
-            wait_until(ready_file.exists, server, timeout, f"the app server's warm-up ({ready_file})", log)
-            timings["server_warm_s"] = time.perf_counter() - t_start
-        runs = [asyncio.run(_load(debug_port, f"http://127.0.0.1:{port}/{query}",
-                                  screenshot if i == len(queries) - 1 else None, timeout))
-                for i, query in enumerate(queries)]
+        with sync_playwright() as playwright:
+            browser, page = launch_chromium(playwright, height)
+            if after_warm_up:
+                wait_until(ready_file.exists, server, timeout, f"the app server's warm-up ({ready_file})", log)
+                timings["server_warm_s"] = time.perf_counter() - t_start
+            runs = [_load(page, f"http://127.0.0.1:{port}/{query}", screenshot if i == len(queries) - 1 else None,
+                          timeout) for i, query in enumerate(queries)]
+            browser.close()
         return {**runs[-1], **timings,
                 "loads": [{k: r[k] for k in ("first_view_s", "complete_view_s")} for r in runs]}
     finally:
-        for proc in (browser, server):
-            if proc is not None:
-                proc.kill()
-                proc.wait(timeout=10)
+        server.kill()
+        server.wait(timeout=10)
