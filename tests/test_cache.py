@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_mini_dataset
-from hms.cache import build_cache, open_cache
+from hms.cache.store import build_cache, open_cache
 from hms.config import load_config
 from hms.data import io, schema
 
@@ -62,7 +62,7 @@ def test_montage_change_builds_a_new_cache_filter_change_reuses_it(mini, tmp_pat
 
 
 def test_interrupted_build_resumes_where_it_stopped(mini, tmp_path, monkeypatch):
-    import hms.cache as cache_mod
+    import hms.cache.store as cache_mod
 
     cfg = _cfg(tmp_path)
     train = io.read_train_csv(mini / schema.TRAIN_CSV)

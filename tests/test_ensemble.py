@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from hms.data import schema
-from hms.ensemble import load_oofs
+from hms.inference.ensemble import load_oofs
 
 
 def _oof(eeg_ids):

@@ -17,10 +17,10 @@ from hms.data import schema
 @pytest.fixture(scope="module")
 def packaged(tiny_synth, tmp_path_factory):
     """A trained tiny experiment, its ensemble/submission, the dataset package and notebook."""
-    from hms.ensemble import write_submission
+    from hms.inference.ensemble import write_submission
     from hms.kaggle import notebook, package
-    from hms.pipeline import load_test
-    from hms.train import exp_dir, train_experiment
+    from hms.data.tables import load_test
+    from hms.training.loop import exp_dir, train_experiment
 
     root = tmp_path_factory.mktemp("kaggle")
     cfg = tiny_config(tiny_synth, root / "work")
@@ -64,8 +64,8 @@ def test_hms_wheel_installs_offline(packaged, tmp_path):
 def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synth, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    from hms.ensemble import blend
-    from hms.infer import predict_experiment
+    from hms.inference.ensemble import blend
+    from hms.inference.predict import predict_experiment
 
     input_root = tmp_path / "input"  # the newer Kaggle mounts
     (input_root / "competitions").mkdir(parents=True)
@@ -93,9 +93,9 @@ def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synt
 
 def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(packaged, tiny_synth, tmp_path,
                                                                                  monkeypatch):
-    import hms.infer
+    import hms.training.predict
     from hms.data.io import HMSDataError
-    from hms.infer import predict_experiment
+    from hms.inference.predict import predict_experiment
 
     data = tmp_path / "data"
     shutil.copytree(tiny_synth, data)
@@ -105,7 +105,7 @@ def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(
     exp = packaged["root"] / "work" / "tiny"
     with pytest.raises(HMSDataError, match=rf"1 of {len(test)} test rows .*cannot read parquet"):  # 1 of 6 > 5%
         predict_experiment(exp, data, tmp_path / "work", progress=False)
-    monkeypatch.setattr(hms.infer, "MAX_FALLBACK_SHARE", 0.2)  # as if the test set were larger
+    monkeypatch.setattr(hms.training.predict, "MAX_FALLBACK_SHARE", 0.2)  # as if the test set were larger
     with pytest.warns(UserWarning, match=str(victim)):
         pred = predict_experiment(exp, data, tmp_path / "work", progress=False)
     prior = json.loads((exp / "summary.json").read_text())["prior"]
@@ -115,7 +115,7 @@ def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(
 
 def test_fallback_limit_is_five_percent_of_the_rows():
     from hms.data.io import HMSDataError
-    from hms.infer import check_fallback
+    from hms.training.predict import check_fallback
 
     test = pd.DataFrame({"eeg_id": range(100)})
     ok = np.ones(100, bool)

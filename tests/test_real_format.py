@@ -192,7 +192,7 @@ def test_eeg_reader_accepts_other_spellings_dtypes_and_index_columns(tmp_path):
 # ---------------------------------------------------------------- the stages, end to end
 
 def _no_fallback_predict(exp_dir, data, work):
-    from hms.infer import predict_experiment
+    from hms.inference.predict import predict_experiment
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the per-row prior fallback warns: none here
@@ -205,10 +205,11 @@ def test_real_schema_dataset_through_validate_prepare_train_predict_and_notebook
     from nbclient import NotebookClient
 
     from hms.data.validate import validate_dataset
-    from hms.ensemble import write_submission
+    from hms.inference.ensemble import write_submission
     from hms.kaggle import notebook, package
-    from hms.pipeline import load_test, prepare
-    from hms.train import exp_dir, train_experiment
+    from hms.data.tables import load_test
+    from hms.cache.prepare import prepare
+    from hms.training.loop import exp_dir, train_experiment
 
     report = validate_dataset(real_schema)
     assert report.problems == [] and report.files_checked == 2 + 8 + 6 + 2  # tables, train eeg+spec, test pair
@@ -255,7 +256,7 @@ def test_real_schema_dataset_through_validate_prepare_train_predict_and_notebook
 def test_every_test_row_falling_back_is_an_error_that_names_the_cause(real_schema, tmp_path):
     """The public test has one row: its file unreadable must stop predict, not submit the prior."""
     from hms.data.io import HMSDataError
-    from hms.infer import predict_test
+    from hms.training.predict import predict_test
 
     data = tmp_path / "data"
     shutil.copytree(real_schema, data)

@@ -16,9 +16,9 @@ from hms.data import schema
 def trained_tiny_work(tiny_synth, tmp_path_factory):
     """A work dir with one trained tiny conv1d experiment ('tiny') and an ensemble.json, shared
     by this module and test_app.py (built once per session, in the session's base temp dir)."""
-    from hms.ensemble import write_submission
-    from hms.pipeline import load_test
-    from hms.train import train_experiment
+    from hms.inference.ensemble import write_submission
+    from hms.data.tables import load_test
+    from hms.training.loop import train_experiment
 
     work = tmp_path_factory.getbasetemp() / "report_work"
     cfg = tiny_config(tiny_synth, work, f"paths.submission_dir={work / 'submissions'}",
@@ -101,7 +101,7 @@ def test_gradcam_map_has_the_image_shape_and_is_not_constant(family, tiny_synth,
     import torch
     from test_train import FAMILIES
 
-    from hms.network import build_network
+    from hms.training.network import build_network
     from hms.report.explain import explain_sample, sample_for
 
     cfg = tiny_config(tiny_synth, tmp_path, *FAMILIES[family])

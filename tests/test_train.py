@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_config
 from hms.data import io, schema
-from hms.losses import kl_loss
+from hms.training.losses import kl_loss
 from hms.metric import kl_score
 
 
@@ -38,10 +38,11 @@ FAMILIES = {
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
-    from hms.cache import open_cache
-    from hms.dataset import HMSDataset
-    from hms.network import build_network
-    from hms.pipeline import load_train, prepare
+    from hms.cache.store import open_cache
+    from hms.training.dataset import HMSDataset
+    from hms.training.network import build_network
+    from hms.data.tables import load_train
+    from hms.cache.prepare import prepare
 
     cfg = tiny_config(tiny_synth, tmp_path, *FAMILIES[family])
     caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
@@ -61,11 +62,12 @@ def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
 
 
 def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path):
-    from hms.augment import MIRROR_PANELS, MIRROR_SIGNALS
-    from hms.cache import open_cache
-    from hms.dataset import HMSDataset
-    from hms.infer import to_device
-    from hms.pipeline import load_train, prepare
+    from hms.training.augment import MIRROR_PANELS, MIRROR_SIGNALS
+    from hms.cache.store import open_cache
+    from hms.training.dataset import HMSDataset
+    from hms.training.predict import to_device
+    from hms.data.tables import load_train
+    from hms.cache.prepare import prepare
 
     cfg = tiny_config(tiny_synth, tmp_path, "image.sources=[kaggle, eeg]")
     caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
@@ -81,7 +83,7 @@ def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path
     assert torch.equal(mirrored["signal"][n:], plain["signal"][n:])  # midline and EKG stay
     torch.testing.assert_close(mirrored["spec"], plain["spec"][MIRROR_PANELS], equal_nan=True, atol=0, rtol=0)
     assert not torch.equal(mirrored["signal"], plain["signal"])
-    from hms.infer import mirrored as mirrored_batch  # test-time augmentation: the same swap, batched
+    from hms.training.predict import mirrored as mirrored_batch  # test-time augmentation: the same swap, batched
     tta = mirrored_batch({k: plain[k][None] for k in ("signal", "spec")})
     assert torch.equal(tta["signal"][0], mirrored["signal"])
     torch.testing.assert_close(tta["spec"][0], mirrored["spec"], equal_nan=True, atol=0, rtol=0)
@@ -95,7 +97,7 @@ def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path
 
 @pytest.fixture(scope="module")
 def trained(tiny_synth, tmp_path_factory):
-    from hms.train import train_experiment
+    from hms.training.loop import train_experiment
 
     work = tmp_path_factory.mktemp("work")
     cfg = tiny_config(tiny_synth, work)
@@ -130,7 +132,7 @@ def test_fold_artefacts_and_test_predictions(trained, tiny_synth):
 
 
 def test_finished_fold_is_skipped_unless_forced(trained):
-    from hms.train import train_experiment
+    from hms.training.loop import train_experiment
 
     cfg, _, work = trained
     best = work / "tiny" / "fold0" / "best.pt"
@@ -142,7 +144,7 @@ def test_finished_fold_is_skipped_unless_forced(trained):
 
 
 def test_killed_run_resumes_from_its_last_epoch(tiny_synth, tmp_path, monkeypatch, capsys):
-    import hms.train as train_mod
+    import hms.training.loop as train_mod
 
     cfg = tiny_config(tiny_synth, tmp_path)
     real_save = train_mod.FoldRun.save_state
@@ -167,7 +169,7 @@ def test_every_shipped_config_builds_its_network():
     from pathlib import Path
 
     from hms.config import load_config
-    from hms.network import build_network
+    from hms.training.network import build_network
 
     configs = sorted(Path("configs").glob("*/*.yaml"))
     assert len(configs) >= 6

@@ -14,7 +14,7 @@ from conftest import tiny_config, train_frame
 def test_ema_follows_the_model_early_in_a_stage():
     """With decay 0.999 and no warm-up, after 20 steps the average was still ~98% the initial
     weights (a random head validated and saved as best.pt)."""
-    from hms.train import make_ema
+    from hms.training.loop import make_ema
 
     torch.manual_seed(0)
     net = torch.nn.Linear(8, 6)
@@ -35,7 +35,7 @@ def test_ema_follows_the_model_early_in_a_stage():
 
 
 def test_ddp_learning_rate_rule():
-    from hms.train import scaled_lr
+    from hms.training.loop import scaled_lr
 
     assert scaled_lr(1e-3, 4, "sqrt") == pytest.approx(2e-3)
     assert scaled_lr(1e-3, 4, "linear") == pytest.approx(4e-3)
@@ -45,7 +45,7 @@ def test_ddp_learning_rate_rule():
 
 
 def test_loader_pins_memory_for_any_cuda_device_and_keeps_workers(tmp_path):
-    from hms.dataset import make_loader, seed_worker
+    from hms.training.dataset import make_loader, seed_worker
 
     cfg = tiny_config(tmp_path, tmp_path, "device=cuda:1", "train.num_workers=2")
     loader = make_loader(list(range(8)), cfg, shuffle=False)
@@ -58,7 +58,7 @@ class _Masks(torch.utils.data.Dataset):
     """Each item: the NaN mask that the panels' XY masking draws on blank panels."""
 
     def __init__(self):
-        from hms.augment import PanelMasking
+        from hms.training.augment import PanelMasking
 
         self.transform = PanelMasking(1.0)
 
@@ -73,7 +73,7 @@ class _Masks(torch.utils.data.Dataset):
 
 
 def test_two_workers_and_two_epochs_draw_different_masks(tmp_path):
-    from hms.dataset import make_loader
+    from hms.training.dataset import make_loader
 
     cfg = tiny_config(tmp_path, tmp_path, "device=cpu", "train.num_workers=2", "train.batch_size=1")
     loader = make_loader(_Masks(), cfg, shuffle=False)
@@ -83,10 +83,10 @@ def test_two_workers_and_two_epochs_draw_different_masks(tmp_path):
 
 
 def test_dataset_reseed_reaches_its_panel_transform():
-    from hms.augment import PanelMasking
+    from hms.training.augment import PanelMasking
     from hms.config import load_config
     from hms.data import labels
-    from hms.dataset import HMSDataset
+    from hms.training.dataset import HMSDataset
 
     ds = HMSDataset(labels.add_targets(train_frame()), None, None, load_config([], []).input, train=True,
                     spec_transform=PanelMasking(1.0))
@@ -103,7 +103,7 @@ def test_mosaic_masks_hit_the_same_band_in_every_chain():
     stripe covers the same band of all four chains."""
     from omegaconf import OmegaConf
 
-    from hms.network import ImageBuilder
+    from hms.training.network import ImageBuilder
 
     torch.manual_seed(0)
     builder = ImageBuilder(sources=("kaggle",), layout="mosaic", panel_height=100, panel_width=300)
@@ -117,12 +117,14 @@ def test_mosaic_masks_hit_the_same_band_in_every_chain():
 
 @pytest.mark.slow
 def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
-    from hms.cache import open_cache
-    from hms.dataset import HMSDataset, make_loader
-    from hms.infer import load_fold_network, predict_probs
-    from hms.network import uses_kaggle_spec
-    from hms.pipeline import load_train, prepare
-    from hms.train import train_experiment
+    from hms.cache.store import open_cache
+    from hms.training.dataset import HMSDataset, make_loader
+    from hms.inference.predict import load_fold_network
+    from hms.training.predict import predict_probs
+    from hms.models.factory import uses_kaggle_spec
+    from hms.data.tables import load_train
+    from hms.cache.prepare import prepare
+    from hms.training.loop import train_experiment
 
     cfg = tiny_config(tiny_synth, tmp_path, "train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]")
     assert cfg.infer.tta_lr_swap

@@ -57,7 +57,7 @@ def test_validate_reports_every_planted_problem_with_counts(damaged):
 
 
 def test_preflight_stops_listing_all_train_problems_then_skip_bad_leaves_them_out(damaged, tmp_path, capsys):
-    from hms.pipeline import load_train
+    from hms.data.tables import load_train
 
     data, planted = damaged
     work = tmp_path / "work"

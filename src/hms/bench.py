@@ -62,10 +62,11 @@ def print_json(result: dict) -> None:
 
 
 def _train_setup(cfg):
-    from hms.cache import open_cache
-    from hms.dataset import training_set
-    from hms.network import build_network
-    from hms.pipeline import load_train, prepare
+    from hms.cache.store import open_cache
+    from hms.training.dataset import training_set
+    from hms.training.network import build_network
+    from hms.data.tables import load_train
+    from hms.cache.prepare import prepare
 
     caches = prepare(cfg, ("train",), progress=False)["train"]
     ds = training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
@@ -91,8 +92,8 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     from omegaconf import OmegaConf
 
     from hms.config import resolve_device
-    from hms.dataset import make_loader
-    from hms.train import make_optimizer, train_step
+    from hms.training.dataset import make_loader
+    from hms.training.loop import make_optimizer, train_step
 
     if batch:
         cfg.train.batch_size = batch
@@ -133,8 +134,9 @@ def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     from pathlib import Path
 
     from hms import config as C
-    from hms.infer import load_folds, predict_experiment, test_inputs
-    from hms.pipeline import ensure_dataset
+    from hms.inference.predict import load_folds, predict_experiment
+    from hms.training.predict import test_inputs
+    from hms.data.tables import ensure_dataset
 
     work = C.work_dir(cfg)
     exp = exp or cfg.get("name") or sorted(p.parent.name for p in work.glob("*/summary.json"))[0]

@@ -14,26 +14,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _split_items(args) -> tuple[list[str], list[str]]:
-    from hms.config import ConfigError
+    from hms.config import split_items
 
-    overrides = [i for i in args.items if "=" in i]
-    files = [i for i in args.items if "=" not in i]
-    bad = [f for f in files if not f.endswith((".yaml", ".yml"))]
-    if bad:
-        raise ConfigError(f"expected CONFIG.yaml files or key=value overrides, got {bad}")
-    return files, overrides
+    return split_items(args.items)
 
 
 def _config(args):
-    from hms.config import load_config
+    from hms.config import config_from_items
 
-    files, overrides = _split_items(args)
-    return load_config(files, overrides)
+    return config_from_items(args.items)
 
 
 def cmd_train(args) -> int:
     from hms.run_all import experiment_configs
-    from hms.train import train_experiment
+    from hms.training.loop import train_experiment
 
     files, overrides = _split_items(args)
     if not files:
@@ -55,8 +49,8 @@ def cmd_run(args) -> int:
 
 def cmd_ensemble(args) -> int:
     from hms.config import load_config, submission_dir
-    from hms.ensemble import write_submission
-    from hms.pipeline import load_test
+    from hms.inference.ensemble import write_submission
+    from hms.data.tables import load_test
 
     cfg = load_config([], args.overrides)
     dirs = [Path(cfg.paths.work_dir) / name for name in args.experiments]
@@ -93,7 +87,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_folds(args) -> int:
-    from hms.pipeline import ensure_folds
+    from hms.data.tables import ensure_folds
 
     cfg = _config(args)
     folds = ensure_folds(cfg)
@@ -104,8 +98,8 @@ def cmd_folds(args) -> int:
 def cmd_prepare(args) -> int:
     import time
 
-    from hms.cache import clear_stale
-    from hms.pipeline import prepare
+    from hms.cache.store import clear_stale
+    from hms.cache.prepare import prepare
 
     cfg = _config(args)
     cfg.validate.skip_bad = bool(cfg.validate.skip_bad or args.skip_bad)
@@ -126,7 +120,7 @@ def cmd_prepare(args) -> int:
 def cmd_validate(args) -> int:
     from hms import config as C
     from hms.data.validate import preflight
-    from hms.pipeline import ensure_dataset
+    from hms.data.tables import ensure_dataset
 
     cfg = _config(args)
     report = preflight(ensure_dataset(cfg), C.work_dir(cfg), skip_bad=args.skip_bad or bool(cfg.validate.skip_bad),
@@ -153,8 +147,8 @@ def cmd_bench(args) -> int:
 
 def cmd_predict(args) -> int:
     from hms import config as C
-    from hms.infer import predict_experiment
-    from hms.pipeline import ensure_dataset
+    from hms.inference.predict import predict_experiment
+    from hms.data.tables import ensure_dataset
     from hms.utils import atomic_to_csv
 
     cfg = _config(args)

@@ -105,3 +105,18 @@ def save_resolved(cfg: DictConfig, path: Path) -> None:
     from hms.utils import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """A command line's CONFIG.yaml files and key=value overrides, apart."""
+    overrides = [i for i in items if "=" in i]
+    files = [i for i in items if "=" not in i]
+    bad = [f for f in files if not f.endswith((".yaml", ".yml"))]
+    if bad:
+        raise ConfigError(f"expected CONFIG.yaml files or key=value overrides, got {bad}")
+    return files, overrides
+
+
+def config_from_items(items: list[str]) -> DictConfig:
+    """The config a command's CONFIG.yaml and key=value arguments describe."""
+    return load_config(*split_items(items))

@@ -9,10 +9,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from hms import config as C
-from hms.ensemble import write_submission
-from hms.pipeline import load_test, prepare
-from hms.summary import load_answers, summary_table, test_scores
-from hms.train import experiment_name, exp_dir, train_experiment
+from hms.inference.ensemble import write_submission
+from hms.data.tables import load_test
+from hms.cache.prepare import prepare
+from hms.inference.summary import load_answers, summary_table, test_scores
+from hms.training.loop import experiment_name, exp_dir, train_experiment
 
 
 def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[DictConfig]:

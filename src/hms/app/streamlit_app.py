@@ -65,7 +65,7 @@ def experiment_oofs(work_dir: str) -> dict[str, pd.DataFrame]:
 @st.cache_data
 def ensemble_oof(work_dir: str, submission_dir: str) -> pd.DataFrame | None:
     """The ensemble's OOF blend, with the weights of submissions/ensemble.json."""
-    from hms.ensemble import KEY, blend, load_oofs
+    from hms.inference.ensemble import KEY, blend, load_oofs
 
     path = Path(submission_dir) / "ensemble.json"
     if not path.is_file():

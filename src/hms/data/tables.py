@@ -1,5 +1,5 @@
-"""Stage glue shared by the CLI, the scripts and the tests: find or make the dataset,
-load the labelled train table with folds."""
+"""The tables every stage reads: find or make the dataset, train.csv less what validation left
+out, with targets and the shared folds; test.csv."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,20 +47,3 @@ def load_train(cfg: DictConfig) -> pd.DataFrame:
 
 def load_test(cfg: DictConfig) -> pd.DataFrame:
     return io.read_test_csv(ensure_dataset(cfg) / schema.TEST_CSV)
-
-
-def prepare(cfg: DictConfig, splits: tuple[str, ...] = ("train", "test"), workers: int | None = None,
-            progress: bool = True) -> dict[str, dict[str, Path]]:
-    """Validate the dataset (`hms validate`; stops on bad train files unless validate.skip_bad),
-    then build or reuse every cache the models read: {split: {'eeg': dir, 'spec': dir}}."""
-    from hms.cache import build_cache
-    from hms.data.validate import preflight
-
-    data_dir = ensure_dataset(cfg)
-    preflight(data_dir, C.work_dir(cfg), skip_bad=bool(cfg.validate.skip_bad), quiet=not progress)
-    out: dict[str, dict[str, Path]] = {}
-    for split in splits:
-        table = train_table(cfg) if split == "train" else load_test(cfg)
-        out[split] = {kind: build_cache(cfg, data_dir, split, kind, table, workers, progress)
-                      for kind in ("eeg", "spec")}
-    return out

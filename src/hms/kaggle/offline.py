@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from hms.data import schema
-from hms.ensemble import blend
-from hms.infer import predict_experiment
+from hms.inference.ensemble import blend
+from hms.inference.predict import predict_experiment
 from hms.metric import validate_submission
 from hms.utils import atomic_to_csv
 

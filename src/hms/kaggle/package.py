@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hms.data import schema
-from hms.infer import fold_dirs
+from hms.inference.predict import fold_dirs
 from hms.kaggle.client import KaggleError, run_kaggle
 from hms.kaggle.offline import PACKAGE_MARKER
 from hms.utils import atomic_write_json

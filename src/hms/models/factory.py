@@ -77,3 +77,8 @@ def model_input(model_cfg: Mapping) -> str:
     if kind not in MODEL_INPUT:
         raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_INPUT)}")
     return MODEL_INPUT[kind]
+
+
+def uses_kaggle_spec(cfg) -> bool:
+    """Whether the experiment's model reads the Kaggle spectrogram panels at all."""
+    return model_input(cfg.model) == "image" and "kaggle" in cfg.image.sources

@@ -12,13 +12,13 @@ APP_SCRIPT = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 
 
 def _cfg(args):
-    from hms.cli import _config
+    from hms.config import config_from_items
 
-    return _config(args)
+    return config_from_items(args.items)
 
 
 def cmd_eda(args) -> int:
-    from hms.pipeline import ensure_dataset
+    from hms.data.tables import ensure_dataset
     from hms.report.eda import build_report
 
     cfg = _cfg(args)

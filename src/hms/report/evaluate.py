@@ -83,7 +83,7 @@ def test_vs_oracle(exp_dir: Path, data_dir: Path | None, target: np.ndarray, vot
                    min_votes: int) -> dict | None:
     """Test KL of test_pred.csv, the prior and the oracle on the simulator's answers; None on
     real data (no answers) or when the experiment has no test predictions."""
-    from hms.summary import load_answers, test_scores
+    from hms.inference.summary import load_answers, test_scores
 
     answers = load_answers(data_dir) if data_dir else None
     pred_path = Path(exp_dir) / "test_pred.csv"

@@ -22,8 +22,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from hms.cache import Cache
-from hms.augment import MIRROR_PANELS, mirror_order
+from hms.cache.store import Cache
+from hms.training.augment import MIRROR_PANELS, mirror_order
 from hms.config import resolve_device
 from hms.data import labels, schema
 from hms.signal import filters, kaggle_spec
@@ -130,8 +130,8 @@ class HMSDataset(Dataset):
 
 def training_set(rows: pd.DataFrame, eeg: Cache, spec: Cache, cfg, weighting: tuple[int, float]) -> HMSDataset:
     """The training-mode dataset an experiment config asks for (augmentations included)."""
-    from hms.augment import spec_panel_transform
-    from hms.network import uses_kaggle_spec
+    from hms.training.augment import spec_panel_transform
+    from hms.models.factory import uses_kaggle_spec
 
     return HMSDataset(rows, eeg, spec, cfg.input, train=True, weighting=weighting,
                       spec_transform=spec_panel_transform(cfg.augment), use_spec=uses_kaggle_spec(cfg),

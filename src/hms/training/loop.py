@@ -23,15 +23,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from hms import config as C
-from hms.augment import augment_batch
-from hms.cache import open_cache
+from hms.training.augment import augment_batch
+from hms.cache.store import open_cache
 from hms.data import labels, schema
-from hms.dataset import HMSDataset, make_loader, training_set
-from hms.infer import predict_probs, predict_test, to_device
-from hms.losses import kl_loss
+from hms.training.dataset import HMSDataset, make_loader, training_set
+from hms.training.predict import predict_probs, predict_test, to_device
+from hms.training.losses import kl_loss
 from hms.metric import kl_score
-from hms.network import build_network, uses_kaggle_spec
-from hms.pipeline import load_train, prepare
+from hms.training.network import build_network
+from hms.models.factory import uses_kaggle_spec
+from hms.data.tables import load_train
+from hms.cache.prepare import prepare
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, seed_everything
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms.augment import augment_image, augment_signal
+from hms.training.augment import augment_image, augment_signal
 from hms.data import schema
-from hms.dataset import widened
+from hms.training.dataset import widened
 from hms.models.factory import build_model, model_input
 from hms.signal.cleaner import WindowCleaner
 from hms.signal.melspec import TorchMelSpectrogram
@@ -108,11 +108,6 @@ class HMSNet(nn.Module):
 
     def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
         return self.core(self.inputs(widened(batch), augment_cfg))  # a raw loader batch works too
-
-
-def uses_kaggle_spec(cfg) -> bool:
-    """Whether the experiment's model reads the Kaggle spectrogram panels at all."""
-    return model_input(cfg.model) == "image" and "kaggle" in cfg.image.sources
 
 
 def build_network(cfg) -> HMSNet:
