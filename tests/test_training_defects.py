@@ -141,3 +141,28 @@ def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
     without = predict_probs(net, loader, "cpu", tta_lr_swap=False)
     np.testing.assert_allclose(saved.to_numpy(), with_tta, atol=1e-6)
     assert np.abs(with_tta - without).max() > 1e-5
+
+
+def test_tensorboard_logger_writes_each_epoch_as_log_csv_has_it(tiny_synth, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hms.training.loop import train_experiment
+
+    cfg = tiny_config(tiny_synth, tmp_path, "train.logger=tensorboard",
+                      "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}, {rows: high, epochs: 1, lr: 1.0e-3}]")
+    train_experiment(cfg, folds=[0], progress=False)
+    fold = tmp_path / "tiny" / "fold0"
+    events = EventAccumulator(str(fold / "tensorboard")).Reload()
+    log = pd.read_csv(fold / "log.csv")
+    for name in ("train_loss", "val_kl", "val_kl_high"):
+        scalars = events.Scalars(name)
+        assert [s.step for s in scalars] == list(range(len(log)))
+        np.testing.assert_allclose([s.value for s in scalars], log[name].to_numpy(), rtol=1e-6)
+
+
+def test_unknown_logger_is_a_clear_error(tmp_path):
+    from hms.config import ConfigError
+    from hms.training.tracking import EpochLogger
+
+    with pytest.raises(ConfigError, match="train.logger must be one of"):
+        EpochLogger(tiny_config(tmp_path, tmp_path, "train.logger=mlflow"), tmp_path, 0)

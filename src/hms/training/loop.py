@@ -28,6 +28,7 @@ from hms.cache.store import open_cache
 from hms.data import labels, schema
 from hms.training.dataset import HMSDataset, make_loader, training_set
 from hms.training.predict import predict_probs, predict_test, to_device
+from hms.training.tracking import EpochLogger
 from hms.training.losses import kl_loss
 from hms.metric import kl_score
 from hms.training.network import build_network
@@ -215,10 +216,14 @@ class FoldRun:
             C.save_resolved(self.cfg, self.dir / "config.yaml")
         barrier()
         state = self.load_state()
-        for s_idx, stage in enumerate(self.cfg.train.stages):
-            if s_idx < state["stage"]:
-                continue
-            self.run_stage(s_idx, stage, state)
+        self.tracker = EpochLogger(self.cfg, self.dir, self.fold, enabled=self.is_main)
+        try:
+            for s_idx, stage in enumerate(self.cfg.train.stages):
+                if s_idx < state["stage"]:
+                    continue
+                self.run_stage(s_idx, stage, state)
+        finally:
+            self.tracker.close()
         return self.finish(state)
 
     def load_state(self) -> dict:
@@ -282,6 +287,7 @@ class FoldRun:
                "lr_stage": float(self.cfg.train.stages[s_idx].lr), "seconds": round(seconds, 2),
                "best": improved}
         state["history"].append(row)
+        self.tracker.log(row, step=len(state["history"]) - 1)
         if self.is_main:
             atomic_to_csv(pd.DataFrame(state["history"]), self.dir / "log.csv")
         if self.progress:
