@@ -190,10 +190,12 @@ class FoldRun:
         self.net = build_network(cfg).to(self.device)
         if self.device.type == "cuda" and self.net.input_kind == "image":
             self.net = self.net.to(memory_format=torch.channels_last)  # faster convolutions with AMP
-        self.train_net = torch.compile(self.net) if cfg.train.compile else self.net
-        if self.world > 1:  # what the optimiser steps through: DDP-wrapped under torchrun
+        self.train_net = self.net  # what the optimiser steps through: DDP-wrapped under torchrun
+        if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_net = DistributedDataParallel(self.train_net, device_ids=ids)
+            self.train_net = DistributedDataParallel(self.net, device_ids=ids)
+        if cfg.train.compile:  # compile the DDP wrapper, as PyTorch advises, so it can split graphs at buckets
+            self.train_net = torch.compile(self.train_net)
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
 
     def stage_loader(self, stage) -> DataLoader:
