@@ -64,7 +64,7 @@ def test_hms_wheel_installs_offline(packaged, tmp_path):
 def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synth, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    from hms.inference.ensemble import blend
+    from hms.inference.ensemble import apply_blend
     from hms.inference.predict import predict_experiment
 
     input_root = tmp_path / "input"  # the newer Kaggle mounts
@@ -82,9 +82,9 @@ def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synt
 
     test = pd.read_csv(tiny_synth / schema.TEST_CSV)
     assert list(got.eeg_id) == list(test.eeg_id)
-    weights = json.loads((packaged["root"] / "sub" / "ensemble.json").read_text())["weights"]
+    ensemble = json.loads((packaged["root"] / "sub" / "ensemble.json").read_text())
     local = predict_experiment(packaged["root"] / "work" / "tiny", tiny_synth, tmp_path / "local", progress=False)
-    expected = blend(local[list(schema.VOTE_COLUMNS)].to_numpy()[None], np.asarray(weights))
+    expected = apply_blend(local[list(schema.VOTE_COLUMNS)].to_numpy()[None], ensemble)
     np.testing.assert_allclose(got[list(schema.VOTE_COLUMNS)].to_numpy(), expected, atol=1e-6)
     trained_sub = pd.read_csv(packaged["root"] / "sub" / "submission.csv")  # fold test preds from training
     np.testing.assert_allclose(got[list(schema.VOTE_COLUMNS)].to_numpy(),

@@ -65,7 +65,7 @@ def experiment_oofs(work_dir: str) -> dict[str, pd.DataFrame]:
 @st.cache_data
 def ensemble_oof(work_dir: str, submission_dir: str) -> pd.DataFrame | None:
     """The ensemble's OOF blend, with the weights of submissions/ensemble.json."""
-    from hms.inference.ensemble import KEY, blend, load_oofs
+    from hms.inference.ensemble import KEY, apply_blend, load_oofs
 
     path = Path(submission_dir) / "ensemble.json"
     if not path.is_file():
@@ -76,7 +76,7 @@ def ensemble_oof(work_dir: str, submission_dir: str) -> pd.DataFrame | None:
         return None
     keys, preds = load_oofs(dirs)
     out = keys.copy()
-    out[list(schema.VOTE_COLUMNS)] = blend(preds, np.asarray(report["weights"]))
+    out[list(schema.VOTE_COLUMNS)] = apply_blend(preds, report)
     return out[[*KEY, "fold", *schema.VOTE_COLUMNS]]
 
 

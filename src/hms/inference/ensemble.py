@@ -34,9 +34,27 @@ def load_oofs(exp_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
     return base[[*KEY, "fold", labels.TOTAL_VOTES]], preds
 
 
-def blend(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def blend(preds: np.ndarray, weights: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
+    """The weighted mean of the models' probabilities; with a temperature or a per-class bias,
+    softmax(log(mean) / temperature + bias), a calibration layer on top (3rd place's idea)."""
     out = np.tensordot(weights, preds, axes=1)
-    return out / out.sum(axis=-1, keepdims=True)
+    out = out / out.sum(axis=-1, keepdims=True)
+    if temperature == 1.0 and bias is None:
+        return out
+    z = np.log(np.clip(out, 1e-15, 1.0)) / temperature + (0.0 if bias is None else np.asarray(bias))
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def fit_calibration(probs: np.ndarray, target: np.ndarray) -> tuple[float, list[float]]:
+    """(temperature, per-class bias) minimising the KL of softmax(log(probs) / T + b); the bias
+    is centred (a softmax ignores a shift)."""
+    def loss(x):
+        return kl_score(target, blend(probs[None], np.ones(1), float(np.exp(x[0])), x[1:]))
+
+    res = minimize(loss, np.zeros(1 + probs.shape[1]), method="L-BFGS-B")
+    bias = res.x[1:] - res.x[1:].mean()
+    return float(np.exp(res.x[0])), bias.tolist()
 
 
 def fit_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -54,26 +72,62 @@ def fit_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+BLENDS = ("simplex", "calibrated")  # weights only | weights, then temperature and per-class bias
+
+
+def fit_blend(preds: np.ndarray, target: np.ndarray, kind: str, min_gain: float = 1e-3) -> dict:
+    """Blend parameters fitted on these rows: simplex weights (equal ones unless fitting gains
+    min_gain KL), then for 'calibrated' a temperature and a per-class bias on top."""
+    fitted = fit_weights(preds, target)
+    equal = np.full(len(preds), 1 / len(preds))
+    use_fitted = kl_score(target, blend(preds, equal)) - kl_score(target, blend(preds, fitted)) >= min_gain
+    weights = fitted if use_fitted else equal
+    params = {"weights": weights.tolist(), "fitted_weights": fitted.tolist(),
+              "used": "fitted" if use_fitted else "equal", "temperature": 1.0, "bias": None}
+    if kind == "calibrated":
+        params["temperature"], params["bias"] = fit_calibration(blend(preds, weights), target)
+    return params
+
+
+def apply_blend(preds: np.ndarray, params: dict) -> np.ndarray:
+    """preds (n_models, n, 6) blended with fit_blend's (or an ensemble.json's) parameters."""
+    return blend(preds, np.asarray(params["weights"]), params.get("temperature", 1.0), params.get("bias"))
+
+
+def nested_oof(preds: np.ndarray, target: np.ndarray, folds: np.ndarray, rows: np.ndarray, kind: str,
+               min_gain: float = 1e-3) -> np.ndarray:
+    """Each fold's rows blended with parameters fitted on the other folds' `rows` only: an
+    honest estimate of the blend, whose in-sample OOF score flatters it."""
+    out = np.empty(preds.shape[1:])
+    for k in np.unique(folds):
+        fit_rows = rows & (folds != k)
+        params = fit_blend(preds[:, fit_rows], target[fit_rows], kind, min_gain)
+        out[folds == k] = apply_blend(preds[:, folds == k], params)
+    return out
+
+
 def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3) -> dict:
-    """Fit weights on the high-vote OOF rows; report per-fold refits for stability and fall
-    back to equal weights when the fitted ones gain less than min_gain KL."""
+    """Fit the blend on the high-vote OOF rows: simplex weights, plus a calibration layer when
+    nested CV (fit on the other folds, score each fold) says it gains min_gain KL. The chosen
+    blend's nested score is reported beside the in-sample one; per-fold refits show stability."""
     keys, preds = load_oofs(exp_dirs)
     target = keys[TARGET_COLUMNS].to_numpy()
     high = keys[labels.TOTAL_VOTES].to_numpy() >= min_votes
     rows = high if high.any() else np.ones(len(keys), bool)
-    fitted = fit_weights(preds[:, rows], target[rows])
-    equal = np.full(len(exp_dirs), 1 / len(exp_dirs))
-    kl_fit = kl_score(target[rows], blend(preds[:, rows], fitted))
-    kl_equal = kl_score(target[rows], blend(preds[:, rows], equal))
-    use_fitted = kl_equal - kl_fit >= min_gain
-    weights = fitted if use_fitted else equal
+    folds = keys.fold.to_numpy()
+    nested = ({kind: kl_score(target[rows], nested_oof(preds, target, folds, rows, kind, min_gain)[rows])
+               for kind in BLENDS} if len(np.unique(folds)) > 1 else {})
+    kind = "calibrated" if nested and nested["simplex"] - nested["calibrated"] >= min_gain else "simplex"
+    params = fit_blend(preds[:, rows], target[rows], kind, min_gain)
+    kl_equal = kl_score(target[rows], blend(preds[:, rows], np.full(len(exp_dirs), 1 / len(exp_dirs))))
     per_fold = {int(k): fit_weights(preds[:, rows & (keys.fold.to_numpy() == k)],
                                     target[rows & (keys.fold.to_numpy() == k)]).round(4).tolist()
                 for k in sorted(keys.fold.unique()) if (rows & (keys.fold.to_numpy() == k)).any()}
-    oof = blend(preds, weights)
+    oof = apply_blend(preds, params)
     return {
         "experiments": [Path(d).name for d in exp_dirs],
-        "weights": weights.tolist(), "fitted_weights": fitted.tolist(), "used": "fitted" if use_fitted else "equal",
+        **{k: params[k] for k in ("weights", "fitted_weights", "used", "temperature", "bias")}, "blend": kind,
+        "nested_oof_kl_high": nested, "oof_kl_high_nested": nested.get(kind, float("nan")),
         "per_fold_weights": per_fold,
         "weight_std_over_folds": np.std(list(per_fold.values()), axis=0).round(4).tolist(),
         "models_oof_kl_high": [kl_score(target[rows], p[rows]) for p in preds],
@@ -83,7 +137,7 @@ def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3) -
     }
 
 
-def blend_test(exp_dirs: list[Path], weights: list[float], test: pd.DataFrame) -> pd.DataFrame:
+def blend_test(exp_dirs: list[Path], params: dict, test: pd.DataFrame) -> pd.DataFrame:
     """The submission: one row per test.csv row, in its order."""
     preds = []
     for d in exp_dirs:
@@ -91,7 +145,7 @@ def blend_test(exp_dirs: list[Path], weights: list[float], test: pd.DataFrame) -
         if not np.array_equal(t["eeg_id"].to_numpy(), test["eeg_id"].to_numpy()):
             raise ValueError(f"{d}/test_pred.csv rows do not follow test.csv (stale predictions?)")
         preds.append(t[list(schema.VOTE_COLUMNS)].to_numpy())
-    sub = pd.DataFrame(blend(np.stack(preds), np.asarray(weights)), columns=list(schema.VOTE_COLUMNS))
+    sub = pd.DataFrame(apply_blend(np.stack(preds), params), columns=list(schema.VOTE_COLUMNS))
     sub.insert(0, "eeg_id", test["eeg_id"].to_numpy())
     validate_submission(sub)
     return sub
@@ -99,7 +153,7 @@ def blend_test(exp_dirs: list[Path], weights: list[float], test: pd.DataFrame) -
 
 def write_submission(exp_dirs: list[Path], test: pd.DataFrame, out_dir: Path, min_votes: int) -> dict:
     report = fit_ensemble(exp_dirs, min_votes)
-    sub = blend_test(exp_dirs, report["weights"], test)
+    sub = blend_test(exp_dirs, report, test)
     atomic_to_csv(sub, Path(out_dir) / "submission.csv")
     atomic_write_json(Path(out_dir) / "ensemble.json", report)
     return report

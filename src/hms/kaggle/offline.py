@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from hms.data import schema
-from hms.inference.ensemble import blend
+from hms.inference.ensemble import apply_blend
 from hms.inference.predict import predict_experiment
 from hms.metric import validate_submission
 from hms.utils import atomic_to_csv
@@ -46,8 +46,8 @@ def blend_experiments(package_dir: Path, data_dir: Path, work_dir: Path, device:
     ensemble = json.loads((Path(package_dir) / "ensemble.json").read_text())
     preds = [predict_experiment(Path(package_dir) / name, data_dir, work_dir, device=device, progress=progress)
              for name in ensemble["experiments"]]
-    sub = pd.DataFrame(blend(np.stack([p[list(schema.VOTE_COLUMNS)].to_numpy() for p in preds]),
-                             np.asarray(ensemble["weights"])), columns=list(schema.VOTE_COLUMNS))
+    sub = pd.DataFrame(apply_blend(np.stack([p[list(schema.VOTE_COLUMNS)].to_numpy() for p in preds]), ensemble),
+                       columns=list(schema.VOTE_COLUMNS))
     sub.insert(0, "eeg_id", preds[0]["eeg_id"].to_numpy())
     validate_submission(sub)
     return sub
