@@ -178,9 +178,9 @@ def test_a_train_window_and_the_same_50_s_as_a_test_file_give_the_same_model_inp
     cfg = tiny_config(data, tmp_path / "work", "input.downsample=1")
     caches = {split: open_cache(build_cache(cfg, data, split, "eeg", table, workers=1, progress=False))
               for split, table in (("train", train), ("test", test))}
-    from_train = HMSDataset(train, caches["train"], None, cfg.input, train=False, use_spec=False,
+    from_train = HMSDataset(train, caches["train"], None, train=False, use_spec=False,
                             signal_cfg=cfg.signal)
-    from_test = HMSDataset(test, caches["test"], None, cfg.input, train=False, use_spec=False,
+    from_test = HMSDataset(test, caches["test"], None, train=False, use_spec=False,
                            signal_cfg=cfg.signal)
     item = int(np.flatnonzero(from_train.items.eeg_label_offset_seconds.to_numpy() == 30.0)[0])
     net = build_network(cfg)

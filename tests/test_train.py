@@ -46,7 +46,7 @@ def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
 
     cfg = tiny_config(tiny_synth, tmp_path, *FAMILIES[family])
     caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
-    ds = HMSDataset(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input, train=False)
+    ds = HMSDataset(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), train=False)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=16)))
     torch.manual_seed(0)
     net = build_network(cfg)
@@ -71,7 +71,7 @@ def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path
 
     cfg = tiny_config(tiny_synth, tmp_path, "image.sources=[kaggle, eeg]")
     caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
-    args = (load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input)
+    args = (load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]))
     items = {}
     for p in (0.0, 1.0):
         torch.manual_seed(3)  # the same sub-window: it is drawn before the mirror coin

@@ -84,11 +84,10 @@ def test_two_workers_and_two_epochs_draw_different_masks(tmp_path):
 
 def test_dataset_reseed_reaches_its_panel_transform():
     from hms.training.augment import PanelMasking
-    from hms.config import load_config
     from hms.data import labels
     from hms.training.dataset import HMSDataset
 
-    ds = HMSDataset(labels.add_targets(train_frame()), None, None, load_config([], []).input, train=True,
+    ds = HMSDataset(labels.add_targets(train_frame()), None, None, train=True,
                     spec_transform=PanelMasking(1.0))
     blank = np.zeros((4, 100, 300), np.float16)
     draws = []
@@ -132,7 +131,7 @@ def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
     fold_cfg, net = load_fold_network(tmp_path / "tiny" / "fold0", {})
     caches = prepare(cfg, ("train",), progress=False)["train"]
     rows = load_train(cfg)
-    ds = HMSDataset(rows[rows.fold == 0], open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg.input,
+    ds = HMSDataset(rows[rows.fold == 0], open_cache(caches["eeg"]), open_cache(caches["spec"]),
                     train=False, use_spec=uses_kaggle_spec(cfg), signal_cfg=cfg.signal)
     loader = make_loader(ds, cfg, shuffle=False)
     saved = pd.read_csv(tmp_path / "tiny" / "fold0" / "val_pred.csv")[[f"{c}_vote" for c in

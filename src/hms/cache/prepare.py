@@ -15,7 +15,6 @@ def prepare(cfg: DictConfig, splits: tuple[str, ...] = ("train", "test"), worker
             progress: bool = True) -> dict[str, dict[str, Path]]:
     """Validate the dataset (`hms validate`; stops on bad train files unless validate.skip_bad),
     then build or reuse every cache the models read: {split: {'eeg': dir, 'spec': dir}}."""
-
     data_dir = ensure_dataset(cfg)
     preflight(data_dir, C.work_dir(cfg), skip_bad=bool(cfg.validate.skip_bad), quiet=not progress)
     out: dict[str, dict[str, Path]] = {}

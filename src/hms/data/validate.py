@@ -182,10 +182,11 @@ def signature(data_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def validate_dataset(data_dir: str | Path, workers: int = 8) -> Report:
+def validate_dataset(data_dir: str | Path, workers: int = 8, files_signature: str | None = None) -> Report:
+    """files_signature: signature(data_dir) when the caller has it already (one stat per file)."""
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
-    report = Report(str(data_dir), signature=signature(data_dir))
+    report = Report(str(data_dir), signature=files_signature or signature(data_dir))
     tables = _tables(data_dir, report)
     jobs = [job for split, table in tables.items() for job in _file_jobs(data_dir, split, table)]
     with ThreadPoolExecutor(workers) as pool:  # footers are small reads: threads overlap the I/O
@@ -222,15 +223,15 @@ def preflight(data_dir: Path, work_dir: Path, skip_bad: bool = False, quiet: boo
     reported: inference gives such rows the prior, and stops when too many do."""
     work_dir = Path(work_dir)
     saved = work_dir / REPORT_JSON
-    report = None
+    report, files_signature = None, signature(data_dir)
     if saved.is_file():
         old = json.loads(saved.read_text())
-        if old.get("signature") == signature(data_dir) and old.get("data_dir") == str(data_dir):
+        if old.get("signature") == files_signature and old.get("data_dir") == str(data_dir):
             report = Report(old["data_dir"], old["files_checked"], old["seconds"], old["signature"],
                             [Problem(**p) for p in old["problems"]])
     fresh = report is None
     if fresh:
-        report = validate_dataset(data_dir)
+        report = validate_dataset(data_dir, files_signature=files_signature)
         atomic_write_json(saved, report.to_json())
     if (fresh and not quiet) or report.problems:  # an unchanged clean dataset needs no second word
         print(f"[hms validate] {report.text()}", flush=True)

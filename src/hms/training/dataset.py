@@ -56,7 +56,7 @@ def group_items(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
 
 
 class HMSDataset(Dataset):
-    def __init__(self, rows: pd.DataFrame, eeg: Cache, spec: Cache, input_cfg, train: bool,
+    def __init__(self, rows: pd.DataFrame, eeg: Cache, spec: Cache, train: bool,
                  weighting: tuple[int, float] | None = None, spec_transform=None, use_spec: bool = True,
                  lr_swap: float = 0.0, signal_cfg=None):
         """weighting = (min_votes, low_vote_weight): items under min_votes get that weight.
@@ -65,7 +65,7 @@ class HMSDataset(Dataset):
         is free, where swapping a collated batch cost ~4 ms per 32 items."""
         self.rows = rows.reset_index(drop=True)
         self.items, self.members = group_items(self.rows) if "eeg_sub_id" in rows else (self.rows, None)
-        self.eeg, self.spec, self.cfg, self.train = eeg, spec, input_cfg, train
+        self.eeg, self.spec, self.train = eeg, spec, train
         self.targets = labels.target_array(self.items) if schema.VOTE_COLUMNS[0] in self.items else None
         self.weights = (labels.sample_weights(self.items, *weighting) if weighting
                         else np.ones(len(self.items), np.float32))
@@ -133,7 +133,7 @@ def training_set(rows: pd.DataFrame, eeg: Cache, spec: Cache, cfg, weighting: tu
     from hms.training.augment import spec_panel_transform
     from hms.models.factory import uses_kaggle_spec
 
-    return HMSDataset(rows, eeg, spec, cfg.input, train=True, weighting=weighting,
+    return HMSDataset(rows, eeg, spec, train=True, weighting=weighting,
                       spec_transform=spec_panel_transform(cfg.augment), use_spec=uses_kaggle_spec(cfg),
                       lr_swap=float(cfg.augment.lr_swap), signal_cfg=cfg.signal)
 

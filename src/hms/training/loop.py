@@ -183,7 +183,7 @@ class FoldRun:
         self.min_votes = cfg.labels.min_votes_high
         eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
         self.caches = (eeg, spec)
-        self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, cfg.input, train=False,
+        self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, train=False,
                                   use_spec=uses_kaggle_spec(cfg), signal_cfg=cfg.signal)
         self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
         self.val_high = val_mask_high(self.val_set.items, self.min_votes)

@@ -98,7 +98,7 @@ def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progres
         warnings.warn(f"{(~ok).sum()} test rows have missing or unreadable files and get the prior: "
                       f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=2)
     if ok.any():
-        ds = HMSDataset(test[ok], eeg, spec, cfg.input, train=False, use_spec=uses_kaggle_spec(cfg),
+        ds = HMSDataset(test[ok], eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
                         signal_cfg=cfg.signal)
         loader = make_loader(ds, cfg, shuffle=False)
         probs[ok] = np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
