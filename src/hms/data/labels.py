@@ -57,6 +57,36 @@ def prior(df: pd.DataFrame, min_votes: int) -> np.ndarray:
     return p / p.sum()
 
 
+def mix_pseudo_targets(rows: pd.DataFrame, oofs: list[pd.DataFrame], weight: float,
+                       min_votes: int) -> pd.DataFrame:
+    """rows (vote columns normalised, as load_train gives them) with each row under min_votes
+    relabelled (1 - weight) * votes + weight * the mean prediction of the OOF frames (columns
+    eeg_id, <class>_target, <class>_vote). Rows are matched on eeg_id and their vote vector."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"labels.pseudo.weight must be within [0, 1], got {weight}")
+    votes = list(schema.VOTE_COLUMNS)
+    targets = [f"{c}_target" for c in schema.CLASSES]
+    mean = oofs[0][["eeg_id", *targets]].copy()
+    mean[votes] = np.mean([o.set_index(["eeg_id", *targets]).loc[pd.MultiIndex.from_frame(mean)][votes].to_numpy()
+                           for o in oofs], axis=0)
+    key = ["eeg_id", *(f"_{c}" for c in schema.CLASSES)]
+
+    def keyed(frame, columns):  # vote vectors compared to 4 decimals: CSV and float32 round trips
+        return frame.assign(**{k: frame[c].to_numpy(np.float64).round(4) for k, c in zip(key[1:], columns)})
+
+    low = ~high_vote_mask(rows, min_votes)
+    found = keyed(rows[low], votes).merge(keyed(mean, targets)[[*key, *votes]], on=key, how="left",
+                                          suffixes=("", "_oof"), validate="many_to_one")
+    missing = found[f"{votes[0]}_oof"].isna()
+    if missing.any():
+        raise ValueError(f"pseudo-labels: {int(missing.sum())} low-vote rows (eeg_id {int(found.eeg_id[missing].iloc[0])} "
+                         "first) have no OOF prediction; the source experiment used other data or folds")
+    out = rows.copy()
+    mixed = (1 - weight) * found[votes].to_numpy() + weight * found[[f"{v}_oof" for v in votes]].to_numpy()
+    out.loc[low, votes] = mixed / mixed.sum(axis=1, keepdims=True)
+    return out
+
+
 def class_mix(df: pd.DataFrame) -> dict[str, float]:
     """Share of rows per expert_consensus class, in class order."""
     counts = df["expert_consensus"].value_counts(normalize=True)

@@ -34,15 +34,17 @@ def train_table(cfg: DictConfig) -> pd.DataFrame:
     return drop_excluded_rows(io.read_train_csv(ensure_dataset(cfg) / schema.TRAIN_CSV), C.work_dir(cfg))
 
 
-def ensure_folds(cfg: DictConfig) -> pd.DataFrame:
-    return load_or_make_folds(train_table(cfg), folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
+def ensure_folds(cfg: DictConfig, train: pd.DataFrame | None = None) -> pd.DataFrame:
+    """folds.csv for these train rows (default: train_table), reused or rebuilt per folds.*."""
+    train = train_table(cfg) if train is None else train
+    return load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed,
+                              cfg.folds.get("method", "group"))
 
 
 def load_train(cfg: DictConfig) -> pd.DataFrame:
     """train.csv with targets (normalised votes, total_votes) and the shared folds."""
     train = train_table(cfg)
-    folds = load_or_make_folds(train, folds_path(cfg), cfg.folds.n_folds, cfg.folds.seed)
-    return attach_folds(labels.add_targets(train), folds)
+    return attach_folds(labels.add_targets(train), ensure_folds(cfg, train))
 
 
 def load_test(cfg: DictConfig) -> pd.DataFrame:

@@ -10,14 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hms.training.predict import predict_test
-
-
-def fold_dirs(exp_dir: Path) -> list[Path]:
-    """Finished folds of an experiment (fold0, fold1, ...; set-aside `.old-*` copies excluded)."""
-    dirs = [d for d in sorted(Path(exp_dir).glob("fold*")) if d.name[4:].isdigit() and (d / "best.pt").is_file()]
-    if not dirs:
-        raise FileNotFoundError(f"{exp_dir}: no fold*/best.pt checkpoints (train the experiment first)")
-    return dirs
+from hms.training.runs import run_dirs
 
 
 def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[DictConfig, torch.nn.Module]:
@@ -36,8 +29,9 @@ def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[Di
 
 
 def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:
-    """Each fold's config + network; `overrides` (paths, device, tta) apply to all."""
-    loaded = [load_fold_network(d, overrides, device) for d in fold_dirs(exp_dir)]
+    """Each run's config + network (CV folds, their seeds, full fits); `overrides` (paths, device,
+    tta) apply to all."""
+    loaded = [load_fold_network(d, overrides, device) for d in run_dirs(exp_dir)]
     return loaded[-1][0], [net for _, net in loaded]
 
 

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hms.data import schema
-from hms.inference.predict import fold_dirs
+from hms.training.runs import run_dirs
 from hms.kaggle.client import KaggleError, run_kaggle
 from hms.kaggle.offline import PACKAGE_MARKER
 from hms.utils import atomic_write_json
@@ -55,8 +55,8 @@ def build_hms_wheel(out_dir: Path) -> Path:
 
 
 def copy_experiment(exp_dir: Path, dest: Path) -> None:
-    """Fold configs and plain state_dicts (no resume states, logs or predictions)."""
-    for fold in fold_dirs(exp_dir):
+    """Each run's config and plain state_dict (no resume states, logs or predictions)."""
+    for fold in run_dirs(exp_dir):
         (dest / fold.name).mkdir(parents=True, exist_ok=True)
         for name in ("best.pt", "config.yaml"):
             shutil.copy2(fold / name, dest / fold.name / name)

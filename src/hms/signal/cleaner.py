@@ -77,26 +77,29 @@ class WindowCleaner(nn.Module):
             self._gains[key] = torch.as_tensor(g, dtype=torch.float32, device=device)
         return self._gains[key]
 
-    def filtered_crop(self, x: torch.Tensor) -> torch.Tensor:
+    def filtered_crop(self, x: torch.Tensor, extra_gain=None) -> torch.Tensor:
         """Filter, then keep every `downsample`-th sample of the centred crop. Decimation happens
         in the frequency domain (a shorter inverse FFT over the low bins: cheaper, and nothing
-        above the new Nyquist frequency aliases back) when the crop's start allows it."""
+        above the new Nyquist frequency aliases back) when the crop's start allows it.
+        extra_gain: frequencies (F,) -> per-window gains (B, 1, F) multiplied in (augmentation)."""
         n, d = x.shape[-1], self.downsample
         lo = (n - self.crop) // 2
-        if not self.bandpass and not self.notch_hz:
+        if not self.bandpass and not self.notch_hz and extra_gain is None:
             return x[..., lo: lo + self.crop: d]
         pad = edge_padding(n, self.bandpass, self.fs, multiple=d)
         n_fft = d * sp_fft.next_fast_len(-(-(n + 2 * pad) // d), real=True)
         spectrum = torch.fft.rfft(odd_extension(x, pad), n=n_fft) * self.gain(n_fft, x.device)
+        if extra_gain is not None:
+            spectrum = spectrum * extra_gain(torch.fft.rfftfreq(n_fft, 1 / self.fs, device=x.device))
         if (pad + lo) % d == 0:
             low = spectrum[..., : n_fft // (2 * d) + 1]
             start = (pad + lo) // d
             return torch.fft.irfft(low, n=n_fft // d)[..., start: start + -(-self.crop // d)] / d
         return torch.fft.irfft(spectrum, n=n_fft)[..., pad + lo: pad + lo + self.crop: d]
 
-    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+    def forward(self, signal: torch.Tensor, extra_gain=None) -> torch.Tensor:
         with torch.autocast(device_type=signal.device.type, enabled=False):  # FFTs in float32
-            x = self.filtered_crop(signal.float())
+            x = self.filtered_crop(signal.float(), extra_gain)
             if self.clip_uv:
                 x = x.clamp(-float(self.clip_uv), float(self.clip_uv))
             return (x / self.scale).contiguous()

@@ -7,7 +7,7 @@ in evaluation mode it takes the middle one. An item yields a dict:
                                    alone (the model cleans, crops and decimates it on its device)
   spec   (4, 100, 300) float16    log Kaggle spectrogram panels LL, RL, LP, RP (NaN kept; the
                                    model normalises them per sample, batched, on its device)
-  target (6,) float32, weight () float32, index () int64
+  target (6,) float32, weight () float32, low_vote () bool (under min_votes), index () int64
 Inputs stay in the caches' float16 (half the bytes to collate and move; numpy's float16 to
 float32 conversion alone cost ~0.2 ms per item): `widened` makes them float32 on the device.
 """
@@ -69,6 +69,9 @@ class HMSDataset(Dataset):
         self.targets = labels.target_array(self.items) if schema.VOTE_COLUMNS[0] in self.items else None
         self.weights = (labels.sample_weights(self.items, *weighting) if weighting
                         else np.ones(len(self.items), np.float32))
+        # which items a decaying low-vote weight applies to (train_step reweights per epoch)
+        self.low_vote = (~labels.high_vote_mask(self.items, weighting[0]) if weighting
+                         else np.zeros(len(self.items), bool))
         self.spec_transform, self.lr_swap = spec_transform, float(lr_swap) if train else 0.0
         self.use_spec = use_spec  # 1D and on-the-fly mel models never read the Kaggle panels
         self.signal_cfg = signal_cfg if signal_cfg is not None else DEFAULT_SIGNAL
@@ -121,6 +124,7 @@ class HMSDataset(Dataset):
             "signal": torch.from_numpy(self._signal(int(row["eeg_id"]), eeg_offset, mirror)),
             "spec": torch.from_numpy(np.ascontiguousarray(spec)),
             "weight": torch.tensor(self.weights[i], dtype=torch.float32),
+            "low_vote": torch.tensor(bool(self.low_vote[i])),
             "index": torch.tensor(i, dtype=torch.int64),
         }
         if self.targets is not None:

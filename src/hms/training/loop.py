@@ -1,9 +1,11 @@
-"""`hms train`: every fold of one experiment.
+"""`hms train`: every run of one experiment (its CV folds, their extra seeds, full-data fits:
+see hms.training.runs).
 
-Per fold, in $HMS_WORK_DIR/<exp>/fold{k}/: best.pt (plain state_dict, loads with
+Per run, in $HMS_WORK_DIR/<exp>/<run>/: best.pt (plain state_dict, loads with
 weights_only=True), last.pt (resume state), metrics.json, log.csv, config.yaml, val_pred.csv,
-test_pred.csv. Per experiment: oof.csv (one row per eeg_id and vote vector, each eeg_id in
-exactly one fold) and test_pred.csv (mean over folds, in test.csv order).
+test_pred.csv (full fits: no val_pred.csv). Per experiment: oof.csv (one row per eeg_id and
+vote vector, each eeg_id in exactly one fold, a fold's seeds averaged) and test_pred.csv (mean
+over every run, in test.csv order).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from hms.cache.store import open_cache
 from hms.data import labels, schema
 from hms.training.dataset import HMSDataset, make_loader, training_set
 from hms.training.predict import predict_probs, predict_test, to_device
+from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs
 from hms.training.tracking import EpochLogger
 from hms.training.losses import kl_loss
 from hms.metric import kl_score
@@ -101,6 +104,34 @@ def stage_rows(train: pd.DataFrame, stage: DictConfig, min_votes: int) -> pd.Dat
     raise ValueError(f"train.stages[].rows must be 'all' or 'high', got {stage.rows!r}")
 
 
+def low_vote_weight_at(stage, epoch: int, default: float) -> float:
+    """The stage's weight for rows under min_votes at this epoch: a number, or [start, end]
+    decayed linearly over the stage's epochs (3rd place: 0.8 -> 0.2)."""
+    w = stage.get("low_vote_weight", default)
+    if isinstance(w, (int, float)):
+        return float(w)
+    start, end = (float(v) for v in w)
+    return start + (end - start) * epoch / max(1, int(stage.epochs) - 1)
+
+
+def pseudo_labelled(train: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
+    """train with the low-vote rows' targets mixed with the OOF mean of the experiments in
+    labels.pseudo.from (8th place: 0.1 votes + 0.9 ensemble). Every row's OOF prediction comes
+    from the runs that did not train on its fold, so no row teaches itself its own label.
+    Validation keeps the experts' votes: only training rows are relabelled."""
+    sources = list(cfg.labels.get("pseudo", {}).get("from") or [])
+    if not sources:
+        return train
+    oofs = []
+    for name in sources:
+        path = C.work_dir(cfg) / name / "oof.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"labels.pseudo.from: {path} not found; train {name!r} first "
+                                    "(list it before this experiment)")
+        oofs.append(pd.read_csv(path))
+    return labels.mix_pseudo_targets(train, oofs, float(cfg.labels.pseudo.weight), cfg.labels.min_votes_high)
+
+
 def val_mask_high(items: pd.DataFrame, min_votes: int) -> np.ndarray:
     return items[labels.TOTAL_VOTES].to_numpy() >= min_votes
 
@@ -143,9 +174,14 @@ def make_ema(net, decay: float):
     return ModelEmaV3(net, decay=float(decay), use_warmup=True)
 
 
-def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True) -> torch.Tensor:
-    """One optimiser step; returns the loss as a device tensor (reading it would sync every step)."""
+def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True,
+               low_vote_weight: float | None = None) -> torch.Tensor:
+    """One optimiser step; returns the loss as a device tensor (reading it would sync every step).
+    low_vote_weight: this epoch's weight for rows under min_votes (a decaying schedule); None
+    keeps the dataset's."""
     batch = to_device(batch, device)  # augment=False: the bare step `hms bench train` compares with
+    if low_vote_weight is not None:
+        batch["weight"] = torch.where(batch["low_vote"], low_vote_weight, 1.0).float()
     if augment:
         augment_batch(batch, cfg.augment)
     with torch.autocast(device_type=device.type, enabled=scaler.is_enabled()):
@@ -165,12 +201,14 @@ def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True
 # ---------------------------------------------------------------- one fold
 
 class FoldRun:
-    """Trains one fold through its stages, resumable from last.pt after every epoch."""
+    """Trains one run (a CV fold, or a full-data fit with no validation) through its stages,
+    resumable from last.pt after every epoch."""
 
-    def __init__(self, cfg: DictConfig, fold: int, train: pd.DataFrame, caches: dict, progress: bool):
+    def __init__(self, cfg: DictConfig, run: RunSpec, train: pd.DataFrame, caches: dict, progress: bool):
         self.rank, self.world, local_rank = init_distributed(cfg.train.ddp_timeout_minutes)
         self.is_main = self.rank == 0
-        self.cfg, self.fold, self.progress = cfg, fold, progress and self.is_main
+        self.cfg, self.run_spec, self.progress = cfg, run, progress and self.is_main
+        self.tag = f"{cfg.name} {run.name}"
         self.device = torch.device(C.resolve_device(cfg))
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
@@ -178,15 +216,18 @@ class FoldRun:
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned kernels pay off
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.dir = exp_dir(cfg) / f"fold{fold}"
-        self.train_rows = train[train.fold != fold]
+        self.dir = exp_dir(cfg) / run.name
+        self.stages = self.run_stages()
+        self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg)
         self.min_votes = cfg.labels.min_votes_high
         eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
         self.caches = (eeg, spec)
-        self.val_set = HMSDataset(train[train.fold == fold], eeg, spec, train=False,
-                                  use_spec=uses_kaggle_spec(cfg), signal_cfg=cfg.signal)
-        self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
-        self.val_high = val_mask_high(self.val_set.items, self.min_votes)
+        self.val_set = None if run.is_full else HMSDataset(
+            train[train.fold == run.fold], eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
+            signal_cfg=cfg.signal)
+        if self.val_set is not None:
+            self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
+            self.val_high = val_mask_high(self.val_set.items, self.min_votes)
         self.net = build_network(cfg).to(self.device)
         if self.device.type == "cuda" and self.net.input_kind == "image":
             self.net = self.net.to(memory_format=torch.channels_last)  # faster convolutions with AMP
@@ -198,15 +239,23 @@ class FoldRun:
             self.train_net = torch.compile(self.train_net)
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
 
+    def run_stages(self) -> list:
+        """The configured stages, each with `run_epochs` (epochs actually trained: a full fit
+        stops where the CV runs found their best; the lr schedule still spans `epochs`)."""
+        epochs = self.run_spec.stage_epochs or [int(s.epochs) for s in self.cfg.train.stages]
+        return [OmegaConf.merge(stage, {"run_epochs": int(n)}) for stage, n in zip(self.cfg.train.stages, epochs)]
+
     def stage_loader(self, stage) -> DataLoader:
         rows = stage_rows(self.train_rows, stage, self.min_votes)
-        weighting = (self.min_votes, float(stage.get("low_vote_weight", self.cfg.labels.low_vote_weight)))
+        weighting = (self.min_votes, low_vote_weight_at(stage, 0, self.cfg.labels.low_vote_weight))
         ds = training_set(rows, *self.caches, self.cfg, weighting)
-        sampler = (DistributedSampler(ds, num_replicas=self.world, rank=self.rank, seed=self.cfg.seed)
+        sampler = (DistributedSampler(ds, num_replicas=self.world, rank=self.rank, seed=self.run_spec.seed)
                    if self.world > 1 else None)
         return make_loader(ds, self.cfg, shuffle=True, sampler=sampler)
 
-    def validate(self, net, tta: bool = False) -> dict:
+    def validate(self, net, tta: bool = False) -> tuple[dict, np.ndarray | None]:
+        if self.val_set is None:  # a full fit: nothing held out
+            return {}, None
         probs = predict_probs(net, self.val_loader, self.device, tta_lr_swap=tta, amp=self.amp)
         target = self.val_set.targets
         high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
@@ -218,10 +267,10 @@ class FoldRun:
             C.save_resolved(self.cfg, self.dir / "config.yaml")
         barrier()
         state = self.load_state()
-        self.tracker = EpochLogger(self.cfg, self.dir, self.fold, enabled=self.is_main)
+        self.tracker = EpochLogger(self.cfg, self.dir, self.run_spec.name, enabled=self.is_main)
         try:
-            for s_idx, stage in enumerate(self.cfg.train.stages):
-                if s_idx < state["stage"]:
+            for s_idx, stage in enumerate(self.stages):
+                if s_idx < state["stage"] or stage.run_epochs == 0:
                     continue
                 self.run_stage(s_idx, stage, state)
         finally:
@@ -232,7 +281,7 @@ class FoldRun:
         last = self.dir / "last.pt"
         if last.is_file():
             state = torch.load(last, map_location="cpu", weights_only=True)
-            print(f"[{self.cfg.name} fold {self.fold}] resuming at stage {state['stage']} epoch {state['epoch'] + 1}")
+            print(f"[{self.tag}] resuming at stage {state['stage']} epoch {state['epoch'] + 1}")
             return state
         return {"stage": 0, "epoch": -1, "best": float("inf"), "bad_epochs": 0, "history": []}
 
@@ -254,16 +303,18 @@ class FoldRun:
         ema = make_ema(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         if ema and start > 0 and "ema" in state:
             ema.module.load_state_dict(state["ema"])
-        for epoch in range(start, stage.epochs):
+        scheduled = not isinstance(stage.get("low_vote_weight", 0.0), (int, float))
+        for epoch in range(start, stage.run_epochs):
             if state["bad_epochs"] >= self.cfg.train.patience:
                 break
             t0 = time.perf_counter()
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch + 1000 * s_idx)
+            low_w = low_vote_weight_at(stage, epoch, self.cfg.labels.low_vote_weight) if scheduled else None
             loss_sum, steps = torch.zeros((), device=self.device), 0
-            for batch in tqdm(loader, desc=f"{self.cfg.name} f{self.fold} s{s_idx} e{epoch}",
-                              disable=not self.progress, leave=False):
-                loss_sum += train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device)
+            for batch in tqdm(loader, desc=f"{self.tag} s{s_idx} e{epoch}", disable=not self.progress, leave=False):
+                loss_sum += train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device,
+                                       low_vote_weight=low_w)
                 steps += 1
                 if ema:
                     ema.update(self.net, step=epoch * len(loader) + steps)
@@ -275,10 +326,11 @@ class FoldRun:
             self.save_state(state, s_idx, epoch, opt, sched, ema)
 
     def record(self, state, s_idx, epoch, train_loss, scores, seconds, net) -> None:
-        # scores are rank 0's (broadcast), so every rank takes the same decisions here
-        improved = scores["val_kl_high"] < state["best"] - 1e-6
+        # scores are rank 0's (broadcast), so every rank takes the same decisions here;
+        # a full fit has none: its latest epoch is its best
+        improved = not scores or scores["val_kl_high"] < state["best"] - 1e-6
         if improved:
-            state["best"] = scores["val_kl_high"]
+            state["best"] = scores.get("val_kl_high", float("nan"))
             state["bad_epochs"] = 0
             if self.is_main:
                 with atomic_path(self.dir / "best.pt") as tmp:
@@ -286,23 +338,22 @@ class FoldRun:
         else:
             state["bad_epochs"] += 1
         row = {"stage": s_idx, "epoch": epoch, "train_loss": train_loss, **scores,
-               "lr_stage": float(self.cfg.train.stages[s_idx].lr), "seconds": round(seconds, 2),
-               "best": improved}
+               "lr_stage": float(self.stages[s_idx].lr), "seconds": round(seconds, 2), "best": improved}
         state["history"].append(row)
         self.tracker.log(row, step=len(state["history"]) - 1)
         if self.is_main:
             atomic_to_csv(pd.DataFrame(state["history"]), self.dir / "log.csv")
         if self.progress:
-            print(f"[{self.cfg.name} fold {self.fold}] stage {s_idx} epoch {epoch}: loss {train_loss:.4f} "
-                  f"val KL {scores['val_kl']:.4f} high-vote {scores['val_kl_high']:.4f}"
-                  f"{' *' if improved else ''} ({seconds:.1f} s)")
+            val = (f"val KL {scores['val_kl']:.4f} high-vote {scores['val_kl_high']:.4f}{' *' if improved else ''}"
+                   if scores else "full fit")
+            print(f"[{self.tag}] stage {s_idx} epoch {epoch}: loss {train_loss:.4f} {val} ({seconds:.1f} s)")
 
     def save_state(self, state, s_idx, epoch, opt, sched, ema) -> None:
         state.update(stage=s_idx, epoch=epoch, model=self.net.state_dict(), optimizer=opt.state_dict(),
                      scheduler=sched.state_dict(), rng=torch.get_rng_state())
         if ema:
             state["ema"] = ema.module.state_dict()
-        if epoch == self.cfg.train.stages[s_idx].epochs - 1 or state["bad_epochs"] >= self.cfg.train.patience:
+        if epoch == self.stages[s_idx].run_epochs - 1 or state["bad_epochs"] >= self.cfg.train.patience:
             state.update(stage=s_idx + 1, epoch=-1)  # the stage is over: resume at the next one
         if self.is_main:
             with atomic_path(self.dir / "last.pt") as tmp:
@@ -316,30 +367,36 @@ class FoldRun:
         self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
         # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
         scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
-        items = self.val_set.items
-        val = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
-        val.insert(0, "eeg_id", items["eeg_id"].to_numpy())
-        val.insert(1, "fold", self.fold)
-        val[labels.TOTAL_VOTES] = items[labels.TOTAL_VOTES].to_numpy()
-        val[[f"{c}_target" for c in schema.CLASSES]] = self.val_set.targets
-        atomic_to_csv(val, self.dir / "val_pred.csv")
+        metrics = {"run": self.run_spec.name, "fold": self.run_spec.fold, "seed": self.run_spec.seed, **scores,
+                   "epochs": len(state["history"]), "complete": True}
+        if self.val_set is not None:
+            atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
+            metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
         test = predict_test(self.cfg, [self.net], self.device, amp=self.amp,
                             prior=labels.prior(self.train_rows, self.min_votes))
         atomic_to_csv(test, self.dir / "test_pred.csv")
-        metrics = {"fold": self.fold, **scores, "epochs": len(state["history"]), "complete": True,
-                   "n_val": len(items), "n_val_high": int(self.val_high.sum())}
         atomic_write_json(self.dir / "metrics.json", metrics)
-        (self.dir / "last.pt").unlink(missing_ok=True)  # the fold is done; best.pt is what counts
+        (self.dir / "last.pt").unlink(missing_ok=True)  # the run is done; best.pt is what counts
         barrier()
         return metrics
+
+    def val_frame(self, probs: np.ndarray) -> pd.DataFrame:
+        items = self.val_set.items
+        val = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
+        val.insert(0, "eeg_id", items["eeg_id"].to_numpy())
+        val.insert(1, "fold", self.run_spec.fold)
+        val[labels.TOTAL_VOTES] = items[labels.TOTAL_VOTES].to_numpy()
+        val[[f"{c}_target" for c in schema.CLASSES]] = self.val_set.targets
+        return val
 
 
 # ---------------------------------------------------------------- experiment
 
 def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: bool = False,
                      progress: bool = True) -> dict:
-    """Train the requested folds (default: all), skipping finished ones unless forced, then
-    write the experiment's oof.csv and test_pred.csv when every fold is done."""
+    """Train the requested folds (default: all, then the full-data fits), every seed of each,
+    skipping finished runs unless forced; write the experiment's oof.csv and test_pred.csv
+    once every run is done."""
     seed_everything(cfg.seed)
     _, world, _ = init_distributed(cfg.train.ddp_timeout_minutes)
     if world > 1:  # rank 0 builds caches and folds.csv first; the others then just find them
@@ -349,38 +406,61 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
         barrier()
     caches = prepare(cfg, progress=progress and world == 1)
     train = load_train(cfg)
-    folds = list(range(cfg.folds.n_folds)) if folds is None else folds
-    results = {}
-    for fold in folds:
-        fold_dir = exp_dir(cfg) / f"fold{fold}"
-        if is_complete(fold_dir) and not force:
-            print(f"[{cfg.name} fold {fold}] already complete: skipped (use --force to retrain)")
-            continue
-        if force and fold_dir.exists() and is_main_process():
-            fold_dir.rename(fold_dir.with_name(f"{fold_dir.name}.old-{int(time.time())}"))
-        barrier()
-        seed_everything(cfg.seed + fold)
-        results[fold] = FoldRun(cfg, fold, train, caches, progress).run()
+    for run in cv_runs(cfg, folds):
+        train_run(cfg, run, train, caches, force, progress)
+    if folds is None:  # full fits need every CV run's best epoch first
+        for run in full_runs(cfg, full_fit_epochs(cv_logs(cfg), len(cfg.train.stages))):
+            train_run(cfg, run, train, caches, force, progress)
     return collect_experiment(cfg) if is_main_process() else {"name": cfg.name, "complete": False}
 
 
+def train_run(cfg, run: RunSpec, train, caches, force: bool, progress: bool) -> dict | None:
+    run_dir = exp_dir(cfg) / run.name
+    if is_complete(run_dir) and not force:
+        print(f"[{cfg.name} {run.name}] already complete: skipped (use --force to retrain)")
+        return None
+    if force and run_dir.exists() and is_main_process():
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{int(time.time())}"))
+    barrier()
+    seed_everything(run.seed)
+    if run.is_full:
+        print(f"[{cfg.name} {run.name}] full-data fit, epochs per stage {list(run.stage_epochs)} (from the CV runs)")
+    return FoldRun(cfg, run, train, caches, progress).run()
+
+
+def cv_logs(cfg) -> list[pd.DataFrame]:
+    return [pd.read_csv(exp_dir(cfg) / run.name / "log.csv") for run in cv_runs(cfg)]
+
+
 def collect_experiment(cfg: DictConfig) -> dict:
-    """Merge fold outputs once every fold is complete; report OOF KL on all and high-vote rows."""
+    """Merge run outputs once every run is complete: OOF (each fold's seeds averaged) with its
+    KL on all and high-vote rows, and the test mean over every run."""
     root = exp_dir(cfg)
-    fold_dirs = [root / f"fold{k}" for k in range(cfg.folds.n_folds)]
-    if not all(is_complete(d) for d in fold_dirs):
+    cv = cv_runs(cfg)
+    runs = cv + full_runs(cfg, [])
+    if not all(is_complete(root / r.name) for r in runs):
         return {"name": cfg.name, "complete": False}
-    oof = pd.concat([pd.read_csv(d / "val_pred.csv") for d in fold_dirs], ignore_index=True)
+    oof = pd.concat([seed_mean([pd.read_csv(root / r.name / "val_pred.csv") for r in cv if r.fold == k])
+                     for k in range(cfg.folds.n_folds)], ignore_index=True)
     atomic_to_csv(oof, root / "oof.csv")
-    tests = [pd.read_csv(d / "test_pred.csv") for d in fold_dirs]
-    mean = tests[0].copy()
-    mean[list(schema.VOTE_COLUMNS)] = np.mean([t[list(schema.VOTE_COLUMNS)].to_numpy() for t in tests], axis=0)
-    atomic_to_csv(mean, root / "test_pred.csv")
-    summary = {"name": cfg.name, "complete": True, **oof_scores(oof, cfg.labels.min_votes_high),
+    atomic_to_csv(seed_mean([pd.read_csv(root / r.name / "test_pred.csv") for r in runs]), root / "test_pred.csv")
+    summary = {"name": cfg.name, "complete": True, "runs": [r.name for r in runs], **oof_scores(oof, cfg.labels.min_votes_high),
                "prior": labels.prior(load_train(cfg), cfg.labels.min_votes_high).tolist()}
     atomic_write_json(root / "summary.json", summary)
-    print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}")
+    print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}"
+          f"  ({len(runs)} runs)")
     return summary
+
+
+def seed_mean(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The first frame with its class probabilities replaced by the mean over frames (rows in
+    the same order: the same fold's validation set, or test.csv's)."""
+    for f in frames[1:]:
+        if not np.array_equal(f["eeg_id"].to_numpy(), frames[0]["eeg_id"].to_numpy()):
+            raise ValueError("runs to average predict different rows (stale predictions?)")
+    mean = frames[0].copy()
+    mean[list(schema.VOTE_COLUMNS)] = np.mean([f[list(schema.VOTE_COLUMNS)].to_numpy() for f in frames], axis=0)
+    return mean
 
 
 def oof_scores(oof: pd.DataFrame, min_votes: int) -> dict:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms.training.augment import augment_image, augment_signal
+from hms.training.augment import augment_image, augment_signal, narrow_bandpass
 from hms.data import schema
 from hms.training.dataset import widened
 from hms.models.factory import build_model, model_input
@@ -97,8 +97,9 @@ class HMSNet(nn.Module):
 
     def model_signal(self, signal: torch.Tensor, augment_cfg=None) -> torch.Tensor:
         """Raw windows -> the cleaned, cropped, decimated signals the model reads."""
-        signal = self.cleaner(signal)
-        return augment_signal(signal, augment_cfg) if augment_cfg is not None else signal
+        if augment_cfg is None:
+            return self.cleaner(signal)
+        return augment_signal(self.cleaner(signal, narrow_bandpass(signal.shape[0], augment_cfg)), augment_cfg)
 
     def inputs(self, batch: dict, augment_cfg=None) -> torch.Tensor:
         signal = self.model_signal(batch["signal"], augment_cfg)

@@ -1,0 +1,77 @@
+"""The runs of one experiment and their folders in $HMS_WORK_DIR/<exp>/:
+
+  fold{k}           the CV fold k (seed: seed + k)
+  fold{k}-seed{s}   fold k again under another seed (train.n_seeds > 1; s = 1 .. n_seeds - 1)
+  full{i}           a fit on every training row, no validation (train.full_fits), for as many
+                    epochs per stage as the CV runs took to reach their best checkpoint
+
+CV runs give the OOF (a fold's seeds averaged); every run's test prediction joins the
+experiment's mean. The notebook and `hms predict` load the same set of folders.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUN_DIR = re.compile(r"^(fold\d+(-seed\d+)?|full\d+)$")
+SEED_STRIDE, FULL_SEED_OFFSET = 1000, 100_000  # keep every run's seed distinct
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    fold: int | None  # None: a full-data fit
+    seed: int
+    stage_epochs: tuple[int, ...] = field(default=())  # full fits: epochs trained per stage
+
+    @property
+    def is_full(self) -> bool:
+        return self.fold is None
+
+
+def cv_runs(cfg, folds: list[int] | None = None) -> list[RunSpec]:
+    """Every seed's CV runs (all folds, or the given ones), seed 0 first."""
+    folds = list(range(cfg.folds.n_folds)) if folds is None else folds
+    n_seeds = int(cfg.train.get("n_seeds", 1))
+    if n_seeds < 1:
+        raise ValueError(f"train.n_seeds must be at least 1, got {n_seeds}")
+    return [RunSpec(f"fold{k}" + (f"-seed{s}" if s else ""), k, int(cfg.seed) + k + SEED_STRIDE * s)
+            for s in range(n_seeds) for k in folds]
+
+
+def full_runs(cfg, stage_epochs: list[int]) -> list[RunSpec]:
+    return [RunSpec(f"full{i}", None, int(cfg.seed) + FULL_SEED_OFFSET + i, tuple(stage_epochs))
+            for i in range(int(cfg.train.get("full_fits", 0)))]
+
+
+def epochs_to_best(log: pd.DataFrame, n_stages: int) -> list[int]:
+    """Epochs each stage ran up to and including the run's best checkpoint (later stages: 0)."""
+    best = log[log["best"].astype(bool)]
+    if best.empty:
+        raise ValueError("a CV run's log.csv has no best epoch")
+    best_stage, best_epoch = int(best["stage"].iloc[-1]), int(best["epoch"].iloc[-1])
+    counts = []
+    for s in range(n_stages):
+        ran = log[log["stage"] == s]
+        counts.append(len(ran) if s < best_stage else best_epoch + 1 if s == best_stage else 0)
+    return counts
+
+
+def full_fit_epochs(logs: list[pd.DataFrame], n_stages: int) -> list[int]:
+    """Per stage, the median over CV runs of epochs_to_best (rounded): the full fits' length."""
+    counts = np.array([epochs_to_best(log, n_stages) for log in logs])
+    return [int(np.round(np.median(counts[:, s]))) for s in range(n_stages)]
+
+
+def run_dirs(exp_dir: Path) -> list[Path]:
+    """Finished runs of an experiment (a best.pt in a folder named like a run; set-aside
+    `.old-*` copies and anything else excluded), in name order."""
+    dirs = [d for d in sorted(Path(exp_dir).iterdir()) if RUN_DIR.match(d.name) and (d / "best.pt").is_file()] \
+        if Path(exp_dir).is_dir() else []
+    if not dirs:
+        raise FileNotFoundError(f"{exp_dir}: no fold*/best.pt checkpoints (train the experiment first)")
+    return dirs

@@ -1,0 +1,257 @@
+"""Issue 12's training techniques: extra seeds and full-data fits, pseudo-labels, the decaying
+low-vote weight, the random narrower band-pass, iterstrat folds."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+from scipy import signal as sps
+
+from conftest import tiny_config, train_frame
+from hms.data import labels, schema
+
+VOTES = list(schema.VOTE_COLUMNS)
+TARGETS = [f"{c}_target" for c in schema.CLASSES]
+
+
+# ---------------------------------------------------------------- seeds and full-data fits
+
+def test_epochs_to_best_counts_each_stage_up_to_the_best_checkpoint():
+    from hms.training.runs import epochs_to_best, full_fit_epochs
+
+    # best at stage 0 epoch 2 (stage 0 ran 5 epochs, then stage 1 never improved)
+    a = pd.DataFrame({"stage": [0, 0, 0, 0, 0, 1], "epoch": [0, 1, 2, 3, 4, 0],
+                      "best": [True, True, True, False, False, False]})
+    # best in stage 1 epoch 1, after a stage 0 of 4 epochs
+    b = pd.DataFrame({"stage": [0, 0, 0, 0, 1, 1], "epoch": [0, 1, 2, 3, 0, 1],
+                      "best": [True, False, True, False, False, True]})
+    assert epochs_to_best(a, 2) == [3, 0]
+    assert epochs_to_best(b, 2) == [4, 2]
+    assert full_fit_epochs([a, b, b], 2) == [4, 2]  # per-stage median over runs
+    with pytest.raises(ValueError, match="no best epoch"):
+        epochs_to_best(a.assign(best=False), 2)
+
+
+def test_run_folders_are_named_once_and_found_by_the_loaders(tmp_path):
+    from hms.training.runs import cv_runs, full_runs, run_dirs
+
+    cfg = OmegaConf.create({"seed": 42, "folds": {"n_folds": 2}, "train": {"n_seeds": 2, "full_fits": 1}})
+    runs = cv_runs(cfg) + full_runs(cfg, [3, 1])
+    assert [r.name for r in runs] == ["fold0", "fold1", "fold0-seed1", "fold1-seed1", "full0"]
+    assert len({r.seed for r in runs}) == len(runs)
+    assert runs[-1].is_full and runs[-1].stage_epochs == (3, 1)
+    for name in [r.name for r in runs] + ["fold0.old-123", "fold1-seed1.old-5", "notes"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best.pt").touch()
+    assert [d.name for d in run_dirs(tmp_path)] == ["fold0", "fold0-seed1", "fold1", "fold1-seed1", "full0"]
+
+
+@pytest.fixture(scope="module")
+def seeded(tiny_synth, tmp_path_factory):
+    from hms.training.loop import train_experiment
+
+    work = tmp_path_factory.mktemp("seeded")
+    cfg = tiny_config(tiny_synth, work, "train.n_seeds=2", "train.full_fits=1")
+    return cfg, train_experiment(cfg, progress=False), work / "tiny"
+
+
+def test_seeds_average_into_the_oof_and_every_run_into_the_test_mean(seeded):
+    cfg, summary, root = seeded
+    assert summary["runs"] == ["fold0", "fold1", "fold0-seed1", "fold1-seed1", "full0"]
+    oof = pd.read_csv(root / "oof.csv")
+    for k in (0, 1):
+        a, b = (pd.read_csv(root / name / "val_pred.csv") for name in (f"fold{k}", f"fold{k}-seed1"))
+        assert not np.allclose(a[VOTES], b[VOTES])  # another seed really trained another model
+        mine = oof[oof.fold == k]
+        np.testing.assert_allclose(mine[VOTES].to_numpy(), (a[VOTES].to_numpy() + b[VOTES].to_numpy()) / 2, atol=1e-9)
+    assert not (root / "full0" / "val_pred.csv").exists()  # nothing held out
+    tests = [pd.read_csv(root / name / "test_pred.csv")[VOTES].to_numpy() for name in summary["runs"]]
+    np.testing.assert_allclose(pd.read_csv(root / "test_pred.csv")[VOTES].to_numpy(), np.mean(tests, axis=0), atol=1e-9)
+
+
+def test_full_fit_trains_the_cv_epochs_on_every_row(seeded):
+    from hms.training.runs import full_fit_epochs
+
+    cfg, _, root = seeded
+    logs = [pd.read_csv(root / name / "log.csv") for name in ("fold0", "fold1", "fold0-seed1", "fold1-seed1")]
+    expected = full_fit_epochs(logs, len(cfg.train.stages))
+    full = pd.read_csv(root / "full0" / "log.csv")
+    assert full.groupby("stage").size().reindex(range(2), fill_value=0).tolist() == expected
+    assert full["best"].all() and "val_kl" not in full  # no validation: the last epoch is the model
+    assert json.loads((root / "full0" / "metrics.json").read_text())["fold"] is None
+
+
+def test_predict_experiment_loads_every_run_like_the_local_mean(seeded, tiny_synth):
+    from hms.inference.predict import predict_experiment
+
+    cfg, summary, root = seeded
+    pred = predict_experiment(root, tiny_synth, root.parent, device="cpu", progress=False)
+    local = pd.read_csv(root / "test_pred.csv")
+    np.testing.assert_allclose(pred[VOTES].to_numpy(), local[VOTES].to_numpy(), atol=2e-5)
+
+
+# ---------------------------------------------------------------- pseudo-labels
+
+def oof_frame(rows: pd.DataFrame, probs) -> pd.DataFrame:
+    out = rows[["eeg_id"]].copy()
+    out[TARGETS] = rows[VOTES].to_numpy(np.float32)  # as val_pred.csv stores them
+    out[VOTES] = probs
+    return out
+
+
+def test_pseudo_targets_mix_votes_and_oof_on_low_vote_rows_only():
+    rows = pd.DataFrame({"eeg_id": [1, 1, 2, 3], labels.TOTAL_VOTES: [3, 3, 12, 2]})
+    votes = np.array([[0, 1, 0, 0, 0, 2], [0, 1, 0, 0, 0, 2], [6, 0, 0, 0, 0, 6], [0, 0, 1, 0, 1, 0]], float)
+    rows[VOTES] = votes / votes.sum(1, keepdims=True)
+    items = rows.drop_duplicates("eeg_id")
+    probs = np.array([[.1, .1, .1, .1, .1, .5], [.5, .1, .1, .1, .1, .1], [0, 0, .5, 0, .5, 0]])
+    a = oof_frame(items, probs)
+    b = oof_frame(items, probs[::-1][[2, 1, 0]])  # the same predictions from a second source, reordered
+    b = b.iloc[::-1].reset_index(drop=True)
+    out = labels.mix_pseudo_targets(rows, [a, b], 0.9, min_votes=10)
+    expected_1 = 0.1 * np.array([0, 1 / 3, 0, 0, 0, 2 / 3]) + 0.9 * probs[0]
+    np.testing.assert_allclose(out[VOTES].to_numpy()[0], expected_1)
+    np.testing.assert_allclose(out[VOTES].to_numpy()[1], expected_1)  # every sub-window of the item
+    np.testing.assert_allclose(out[VOTES].to_numpy()[2], rows[VOTES].to_numpy()[2])  # high-vote: the votes
+    np.testing.assert_allclose(out[VOTES].to_numpy()[3], [0, 0, .5, 0, .5, 0])
+    with pytest.raises(ValueError, match=r"1 low-vote rows \(eeg_id 3 first\)"):
+        labels.mix_pseudo_targets(rows, [a[a.eeg_id != 3]], 0.9, min_votes=10)
+    with pytest.raises(ValueError, match="within"):
+        labels.mix_pseudo_targets(rows, [a], 1.5, min_votes=10)
+
+
+def test_pseudo_stage_needs_its_source_trained_first(tiny_synth, tmp_path):
+    from hms.training.loop import pseudo_labelled
+
+    cfg = tiny_config(tiny_synth, tmp_path, "labels.pseudo.from=[teacher]")
+    with pytest.raises(FileNotFoundError, match="train 'teacher' first"):
+        pseudo_labelled(pd.DataFrame(), cfg)
+
+
+def test_pseudo_labels_come_from_out_of_fold_predictions(seeded, tiny_synth):
+    """Each relabelled row takes the prediction of the runs that never trained on it."""
+    from hms.data.tables import load_train
+    from hms.training.loop import pseudo_labelled
+
+    cfg, _, root = seeded
+    pcfg = OmegaConf.merge(cfg, {"name": "student", "labels": {"pseudo": {"from": ["tiny"], "weight": 1.0}}})
+    train = load_train(pcfg)
+    out = pseudo_labelled(train, pcfg)
+    low = ~labels.high_vote_mask(train, cfg.labels.min_votes_high)
+    assert low.any() and (~low).any()
+    oof = pd.read_csv(root / "oof.csv")
+    for i in np.flatnonzero(low)[:10]:
+        row = train.iloc[i]
+        match = oof[(oof.eeg_id == row.eeg_id) & np.isclose(oof[TARGETS].to_numpy(), row[VOTES].to_numpy(float),
+                                                            atol=1e-4).all(1)]
+        assert match.fold.item() == row.fold  # its own fold's model: trained without it
+        np.testing.assert_allclose(out.iloc[i][VOTES].to_numpy(float), match[VOTES].to_numpy()[0], atol=1e-9)
+    np.testing.assert_array_equal(out[~low][VOTES].to_numpy(), train[~low][VOTES].to_numpy())
+
+
+# ---------------------------------------------------------------- low-vote weight schedule
+
+def test_low_vote_weight_decays_linearly_over_the_stage():
+    from hms.training.loop import low_vote_weight_at
+
+    stage = OmegaConf.create({"epochs": 4, "low_vote_weight": [0.8, 0.2]})
+    assert [round(low_vote_weight_at(stage, e, 1.0), 6) for e in range(4)] == [0.8, 0.6, 0.4, 0.2]
+    assert low_vote_weight_at(OmegaConf.create({"epochs": 4, "low_vote_weight": 0.5}), 3, 1.0) == 0.5
+    assert low_vote_weight_at(OmegaConf.create({"epochs": 4}), 3, 0.7) == 0.7
+
+
+def test_train_step_reweights_low_vote_rows_with_this_epochs_weight():
+    from hms.training.loop import train_step
+
+    seen = {}
+
+    def fake_loss_net(batch, augment_cfg=None):
+        seen["weight"] = batch["weight"].clone()
+        return net(batch["signal"].mean(-1))
+
+    net = torch.nn.Linear(2, 6)
+    batch = {"signal": torch.randn(4, 2, 10), "spec": torch.zeros(4, 1, 1, 1), "target": torch.full((4, 6), 1 / 6),
+             "weight": torch.ones(4), "low_vote": torch.tensor([True, False, True, False])}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    cfg = OmegaConf.create({"train": {"grad_clip": 0}, "augment": {"mixup_alpha": 0.0, "mixup_p": 0.0}})
+    train_step(fake_loss_net, batch, opt, sched, torch.amp.GradScaler("cpu", enabled=False), cfg,
+               torch.device("cpu"), low_vote_weight=0.3)
+    assert seen["weight"].tolist() == pytest.approx([0.3, 1.0, 0.3, 1.0])
+
+
+def test_dataset_flags_low_vote_items(tiny_synth, tmp_path):
+    from hms.cache.prepare import prepare
+    from hms.cache.store import open_cache
+    from hms.data.tables import load_train
+    from hms.training.dataset import HMSDataset
+
+    cfg = tiny_config(tiny_synth, tmp_path)
+    caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
+    ds = HMSDataset(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), train=True,
+                    weighting=(10, 0.25), use_spec=False)
+    flags = np.array([bool(ds[i]["low_vote"]) for i in range(len(ds))])
+    np.testing.assert_array_equal(flags, ds.items[labels.TOTAL_VOTES].to_numpy() < 10)
+    assert flags.any() and (~flags).any()
+    np.testing.assert_array_equal(np.array([float(ds[i]["weight"]) for i in range(len(ds))]),
+                                  np.where(flags, 0.25, 1.0))
+
+
+# ---------------------------------------------------------------- random narrower band-pass
+
+def tone_rms_after(freq_hz: float, low: float, high: float) -> float:
+    from hms.signal.cleaner import WindowCleaner
+    from hms.training.augment import narrow_bandpass
+
+    t = np.arange(schema.EEG_WINDOW_SAMPLES) / schema.SAMPLING_RATE
+    x = torch.tensor(np.sin(2 * np.pi * freq_hz * t), dtype=torch.float32)[None, None]
+    cfg = OmegaConf.create({"bandpass_p": 1.0, "bandpass_low": [low, low], "bandpass_high": [high, high]})
+    cleaner = WindowCleaner({"bandpass": None, "notch_hz": None, "clip_uv": None, "scale": 1.0})
+    y = cleaner(x, narrow_bandpass(1, cfg))[0, 0, 2000:-2000].numpy()  # away from the window edges
+    return float(np.sqrt(np.mean(y ** 2)) / np.sqrt(0.5))
+
+
+def test_narrow_bandpass_matches_a_zero_phase_butterworth():
+    # scipy's 4th-order Butterworth high-pass at 3 Hz and low-pass at 8 Hz, forward and backward
+    for f in (1.0, 2.5, 5.0, 9.0, 15.0):
+        _, hp = sps.sosfreqz(sps.butter(4, 3.0, "highpass", fs=200, output="sos"), worN=[f], fs=200)
+        _, lp = sps.sosfreqz(sps.butter(4, 8.0, "lowpass", fs=200, output="sos"), worN=[f], fs=200)
+        expected = float(np.abs(hp[0]) ** 2 * np.abs(lp[0]) ** 2)
+        assert tone_rms_after(f, 3.0, 8.0) == pytest.approx(expected, abs=0.01), f
+
+
+def test_narrow_bandpass_is_off_by_default_and_drawn_per_window():
+    from hms.training.augment import narrow_bandpass
+
+    assert narrow_bandpass(4, OmegaConf.create({"bandpass_p": 0.0})) is None
+    cfg = OmegaConf.create({"bandpass_p": 0.5, "bandpass_low": [0.5, 2.0], "bandpass_high": [10.0, 20.0]})
+    torch.manual_seed(0)
+    gains = narrow_bandpass(64, cfg)(torch.fft.rfftfreq(1024, 1 / 200))
+    assert gains.shape == (64, 1, 513)
+    untouched = (gains == 1).all(-1).flatten()
+    assert 16 < int(untouched.sum()) < 48  # about half the windows keep their band
+    assert len({round(float(g[0, 100]), 6) for g in gains[~untouched]}) > 10  # edges differ per window
+
+
+# ---------------------------------------------------------------- iterstrat folds
+
+def test_multilabel_folds_group_patients_and_are_recorded(tmp_path):
+    from hms.data.folds import class_mix_spread, load_or_make_folds, make_folds
+
+    train = train_frame(n_patients=30, eegs_per_patient=3, seed=1)
+    folds = make_folds(train, 5, seed=3, method="multilabel")
+    assert folds.groupby("patient_id").fold.nunique().max() == 1
+    assert sorted(folds.fold.unique()) == [0, 1, 2, 3, 4]
+    assert set(folds.eeg_id) == set(train.eeg_id)
+    pd.testing.assert_frame_equal(folds, make_folds(train, 5, seed=3, method="multilabel"))
+    spread = class_mix_spread(train, folds)
+    assert sum(spread["eegs_per_fold"]) == train.eeg_id.nunique() and spread["mean_std"] >= 0
+    path = tmp_path / "folds.csv"
+    load_or_make_folds(train, path, 5, 3, "multilabel")
+    assert json.loads(path.with_suffix(".json").read_text()) == {"n_folds": 5, "seed": 3, "method": "multilabel"}
+    load_or_make_folds(train, path, 5, 3)  # back to the default: rebuilt, the old one kept aside
+    assert path.with_suffix(".stale.csv").is_file()
+    with pytest.raises(ValueError, match="folds.method"):
+        make_folds(train, 5, seed=3, method="kfold")
