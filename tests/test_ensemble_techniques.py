@@ -46,6 +46,11 @@ def test_run_folders_are_named_once_and_found_by_the_loaders(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "best.pt").touch()
     assert [d.name for d in run_dirs(tmp_path)] == ["fold0", "fold0-seed1", "fold1", "fold1-seed1", "full0"]
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": ["fold0", "fold1"]}))  # full_fits back to 0
+    assert [d.name for d in run_dirs(tmp_path)] == ["fold0", "fold1"]
+    (tmp_path / "fold1" / "best.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"runs \['fold1'\] listed in summary.json have no best.pt"):
+        run_dirs(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -122,33 +127,50 @@ def test_pseudo_targets_mix_votes_and_oof_on_low_vote_rows_only():
         labels.mix_pseudo_targets(rows, [a], 1.5, min_votes=10)
 
 
-def test_pseudo_stage_needs_its_source_trained_first(tiny_synth, tmp_path):
+def test_pseudo_stage_needs_its_teacher_trained_first(tiny_synth, tmp_path):
     from hms.training.loop import pseudo_labelled
+    from hms.training.runs import RunSpec
 
     cfg = tiny_config(tiny_synth, tmp_path, "labels.pseudo.from=[teacher]")
-    with pytest.raises(FileNotFoundError, match="train 'teacher' first"):
-        pseudo_labelled(pd.DataFrame(), cfg)
+    for run, missing in ((RunSpec("fold0", 0, 1), "fold0 is not trained"), (RunSpec("full0", None, 1), "oof.csv not found")):
+        with pytest.raises(FileNotFoundError, match=f"{missing}; train 'teacher' first"):
+            pseudo_labelled(pd.DataFrame(), cfg, run, (None, None), torch.device("cpu"))
 
 
-def test_pseudo_labels_come_from_out_of_fold_predictions(seeded, tiny_synth):
-    """Each relabelled row takes the prediction of the runs that never trained on it."""
+def test_a_students_fold_learns_only_from_teachers_that_never_saw_that_fold(seeded, tiny_synth, tmp_path):
+    """Fold k's pseudo-labels come from the teacher's fold-k model alone: spoiling every other
+    fold model and the OOF leaves them as they were. A full fit takes the teacher's OOF."""
+    import shutil
+
+    from hms.cache.prepare import prepare
+    from hms.cache.store import open_cache
     from hms.data.tables import load_train
     from hms.training.loop import pseudo_labelled
+    from hms.training.runs import RunSpec
 
     cfg, _, root = seeded
-    pcfg = OmegaConf.merge(cfg, {"name": "student", "labels": {"pseudo": {"from": ["tiny"], "weight": 1.0}}})
-    train = load_train(pcfg)
-    out = pseudo_labelled(train, pcfg)
-    low = ~labels.high_vote_mask(train, cfg.labels.min_votes_high)
+    shutil.copytree(root, tmp_path / "teacher")
+    scfg = OmegaConf.merge(cfg, {"name": "student", "paths": {"work_dir": str(tmp_path)},
+                                 "labels": {"pseudo": {"from": ["teacher"], "weight": 1.0}}})
+    caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
+    caches = (open_cache(caches["eeg"]), open_cache(caches["spec"]))
+    train = load_train(cfg)
+    rows = train[train.fold != 0]
+    low = ~labels.high_vote_mask(rows, cfg.labels.min_votes_high)
     assert low.any() and (~low).any()
-    oof = pd.read_csv(root / "oof.csv")
-    for i in np.flatnonzero(low)[:10]:
-        row = train.iloc[i]
-        match = oof[(oof.eeg_id == row.eeg_id) & np.isclose(oof[TARGETS].to_numpy(), row[VOTES].to_numpy(float),
-                                                            atol=1e-4).all(1)]
-        assert match.fold.item() == row.fold  # its own fold's model: trained without it
-        np.testing.assert_allclose(out.iloc[i][VOTES].to_numpy(float), match[VOTES].to_numpy()[0], atol=1e-9)
-    np.testing.assert_array_equal(out[~low][VOTES].to_numpy(), train[~low][VOTES].to_numpy())
+    before = pseudo_labelled(rows, scfg, RunSpec("fold0", 0, 1), caches, torch.device("cpu"))
+    np.testing.assert_array_equal(before[~low][VOTES].to_numpy(), rows[~low][VOTES].to_numpy())
+    assert not np.allclose(before[low][VOTES].to_numpy(), rows[low][VOTES].to_numpy())
+    state = torch.load(tmp_path / "teacher" / "fold1" / "best.pt", weights_only=True)
+    torch.save({k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()},
+               tmp_path / "teacher" / "fold1" / "best.pt")
+    oof = pd.read_csv(tmp_path / "teacher" / "oof.csv")
+    oof[VOTES] = 1 / 6
+    oof.to_csv(tmp_path / "teacher" / "oof.csv", index=False)
+    after = pseudo_labelled(rows, scfg, RunSpec("fold0", 0, 1), caches, torch.device("cpu"))
+    np.testing.assert_allclose(after[VOTES].to_numpy(), before[VOTES].to_numpy(), atol=1e-12)
+    full = pseudo_labelled(train, scfg, RunSpec("full0", None, 1), caches, torch.device("cpu"))
+    np.testing.assert_allclose(full[~labels.high_vote_mask(train, 10)][VOTES].to_numpy(), 1 / 6, atol=1e-9)
 
 
 # ---------------------------------------------------------------- low-vote weight schedule
@@ -255,3 +277,16 @@ def test_multilabel_folds_group_patients_and_are_recorded(tmp_path):
     assert path.with_suffix(".stale.csv").is_file()
     with pytest.raises(ValueError, match="folds.method"):
         make_folds(train, 5, seed=3, method="kfold")
+
+
+def test_the_main_job_trains_pseudo_label_teachers_before_their_students():
+    from hms.config import ConfigError
+    from hms.run_all import teachers_first
+
+    def exp(name, *sources):
+        return OmegaConf.create({"name": name, "labels": {"pseudo": {"from": list(sources)}}})
+
+    order = teachers_first([exp("student", "teacher", "elsewhere"), exp("mel"), exp("teacher")])
+    assert [c.name for c in order] == ["mel", "teacher", "student"]
+    with pytest.raises(ConfigError, match="cycle"):
+        teachers_first([exp("a", "b"), exp("b", "a")])

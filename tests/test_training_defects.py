@@ -118,7 +118,7 @@ def test_mosaic_masks_hit_the_same_band_in_every_chain():
 def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
     from hms.cache.store import open_cache
     from hms.training.dataset import HMSDataset, make_loader
-    from hms.inference.predict import load_fold_network
+    from hms.training.network import load_fold_network
     from hms.training.predict import predict_probs
     from hms.models.factory import uses_kaggle_spec
     from hms.data.tables import load_train

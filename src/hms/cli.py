@@ -87,11 +87,16 @@ def cmd_score(args) -> int:
 
 
 def cmd_folds(args) -> int:
-    from hms.data.tables import ensure_folds
+    from hms.data.folds import class_mix_spread
+    from hms.data.tables import ensure_folds, train_table
 
     cfg = _config(args)
-    folds = ensure_folds(cfg)
+    train = train_table(cfg)
+    folds = ensure_folds(cfg, train)
     print(folds.groupby("fold").agg(eegs=("eeg_id", "size"), patients=("patient_id", "nunique")))
+    spread = class_mix_spread(train, folds)
+    print(f"class-mix spread over folds (std of each class's vote share; folds.method="
+          f"{cfg.folds.get('method', 'group')}): mean {spread['mean_std']:.4f} {spread['per_class_std']}")
     return 0
 
 
@@ -226,9 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="list bad train files in the work dir so that "
                    "training leaves their rows out, instead of failing")
 
-    p = _register(sub, "train", cmd_train, "train every fold of each experiment config", config=True)
-    p.add_argument("--fold", type=int, action="append", default=None, help="only this fold (repeatable)")
-    p.add_argument("--force", action="store_true", help="retrain finished folds (old ones are kept aside)")
+    p = _register(sub, "train", cmd_train, "train every run of each experiment config: its folds, their extra "
+                  "seeds (train.n_seeds), then full-data fits (train.full_fits)", config=True)
+    p.add_argument("--fold", type=int, action="append", default=None,
+                   help="only this fold, under every seed; no full fits (repeatable)")
+    p.add_argument("--force", action="store_true", help="retrain finished runs (old ones are kept aside)")
 
     p = _register(sub, "run", cmd_run, "the main job: data, caches, all folds of all experiments, "
                   "ensemble, submission, summary (default: configs/demo/*.yaml)", config=True)

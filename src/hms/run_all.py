@@ -25,7 +25,28 @@ def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[Di
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise C.ConfigError(f"experiment names must differ, got {names}")
-    return cfgs
+    return teachers_first(cfgs)
+
+
+def pseudo_sources(cfg: DictConfig) -> list[str]:
+    return [str(s) for s in (cfg.labels.get("pseudo", {}).get("from") or [])]
+
+
+def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
+    """The experiments in the given order, except that one whose pseudo-labels come from
+    others (labels.pseudo.from) trains after them; sources outside this run must be trained
+    already (checked when the student starts)."""
+    ordered, placed = [], set()
+    pending = list(cfgs)
+    while pending:
+        ready = [c for c in pending if all(s in placed or s not in {p.name for p in cfgs} for s in pseudo_sources(c))]
+        if not ready:
+            raise C.ConfigError("labels.pseudo.from forms a cycle among "
+                                f"{[c.name for c in pending]}: an experiment cannot learn from itself")
+        ordered.append(ready[0])
+        placed.add(ready[0].name)
+        pending.remove(ready[0])
+    return ordered
 
 
 def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False) -> dict:

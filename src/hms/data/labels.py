@@ -60,8 +60,9 @@ def prior(df: pd.DataFrame, min_votes: int) -> np.ndarray:
 def mix_pseudo_targets(rows: pd.DataFrame, oofs: list[pd.DataFrame], weight: float,
                        min_votes: int) -> pd.DataFrame:
     """rows (vote columns normalised, as load_train gives them) with each row under min_votes
-    relabelled (1 - weight) * votes + weight * the mean prediction of the OOF frames (columns
-    eeg_id, <class>_target, <class>_vote). Rows are matched on eeg_id and their vote vector."""
+    relabelled (1 - weight) * votes + weight * the mean prediction of the frames (columns
+    eeg_id, <class>_target, <class>_vote: an oof.csv, or a model's predictions for these rows).
+    Rows are matched on eeg_id and their vote vector."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"labels.pseudo.weight must be within [0, 1], got {weight}")
     votes = list(schema.VOTE_COLUMNS)
@@ -80,7 +81,7 @@ def mix_pseudo_targets(rows: pd.DataFrame, oofs: list[pd.DataFrame], weight: flo
     missing = found[f"{votes[0]}_oof"].isna()
     if missing.any():
         raise ValueError(f"pseudo-labels: {int(missing.sum())} low-vote rows (eeg_id {int(found.eeg_id[missing].iloc[0])} "
-                         "first) have no OOF prediction; the source experiment used other data or folds")
+                         "first) have no teacher prediction; the teacher used other data or folds")
     out = rows.copy()
     mixed = (1 - weight) * found[votes].to_numpy() + weight * found[[f"{v}_oof" for v in votes]].to_numpy()
     out.loc[low, votes] = mixed / mixed.sum(axis=1, keepdims=True)

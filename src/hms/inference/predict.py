@@ -7,25 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from hms.training.network import load_fold_network
 from hms.training.predict import predict_test
 from hms.training.runs import run_dirs
-
-
-def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[DictConfig, torch.nn.Module]:
-    """(resolved config.yaml merged with `overrides`, network from best.pt in eval mode)."""
-    from hms.training.network import build_network
-
-    fold_dir = Path(fold_dir)
-    if not (fold_dir / "best.pt").is_file():
-        raise FileNotFoundError(f"{fold_dir}/best.pt: this fold is not trained")
-    cfg = OmegaConf.merge(OmegaConf.load(fold_dir / "config.yaml"), overrides)
-    if "pretrained" in cfg.model:
-        cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
-    net = build_network(cfg).to(device)
-    net.load_state_dict(torch.load(fold_dir / "best.pt", map_location=device, weights_only=True))
-    return cfg, net.eval()
 
 
 def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:

@@ -34,7 +34,7 @@ from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs
 from hms.training.tracking import EpochLogger
 from hms.training.losses import kl_loss
 from hms.metric import kl_score
-from hms.training.network import build_network
+from hms.training.network import build_network, load_fold_network
 from hms.models.factory import uses_kaggle_spec
 from hms.data.tables import load_train
 from hms.cache.prepare import prepare
@@ -114,22 +114,43 @@ def low_vote_weight_at(stage, epoch: int, default: float) -> float:
     return start + (end - start) * epoch / max(1, int(stage.epochs) - 1)
 
 
-def pseudo_labelled(train: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
-    """train with the low-vote rows' targets mixed with the OOF mean of the experiments in
-    labels.pseudo.from (8th place: 0.1 votes + 0.9 ensemble). Every row's OOF prediction comes
-    from the runs that did not train on its fold, so no row teaches itself its own label.
-    Validation keeps the experts' votes: only training rows are relabelled."""
+def pseudo_labelled(rows: pd.DataFrame, cfg: DictConfig, run: RunSpec, caches: tuple, device) -> pd.DataFrame:
+    """rows with the low-vote rows' targets mixed with the predictions of the experiments in
+    labels.pseudo.from (8th place: 0.1 votes + 0.9 teachers). A CV run for fold k asks each
+    teacher's own fold-k model, which never saw fold k, so nothing of the validation fold's
+    labels reaches the student through its targets (teachers' OOF predictions would carry it:
+    the other folds' models trained on fold k). A full fit, with nothing held out, takes the
+    teachers' OOF. Validation always keeps the experts' votes."""
     sources = list(cfg.labels.get("pseudo", {}).get("from") or [])
     if not sources:
-        return train
-    oofs = []
-    for name in sources:
-        path = C.work_dir(cfg) / name / "oof.csv"
+        return rows
+    predictions = [teacher_predictions(C.work_dir(cfg) / name, rows, cfg, run, caches, device) for name in sources]
+    return labels.mix_pseudo_targets(rows, predictions, float(cfg.labels.pseudo.weight), cfg.labels.min_votes_high)
+
+
+def teacher_predictions(teacher: Path, rows: pd.DataFrame, cfg: DictConfig, run: RunSpec, caches: tuple,
+                        device) -> pd.DataFrame:
+    """A teacher's predictions for the low-vote items of rows (eeg_id, <class>_target, votes):
+    its fold-k model's for a fold-k run, its OOF for a full fit."""
+    if run.is_full:
+        path = teacher / "oof.csv"
         if not path.is_file():
-            raise FileNotFoundError(f"labels.pseudo.from: {path} not found; train {name!r} first "
+            raise FileNotFoundError(f"labels.pseudo.from: {path} not found; train {teacher.name!r} first "
                                     "(list it before this experiment)")
-        oofs.append(pd.read_csv(path))
-    return labels.mix_pseudo_targets(train, oofs, float(cfg.labels.pseudo.weight), cfg.labels.min_votes_high)
+        return pd.read_csv(path)
+    fold_dir = teacher / f"fold{run.fold}"
+    if not is_complete(fold_dir):
+        raise FileNotFoundError(f"labels.pseudo.from: {fold_dir} is not trained; train {teacher.name!r} first "
+                                "(list it before this experiment)")
+    teacher_cfg, net = load_fold_network(fold_dir, {}, device)
+    low = rows[~labels.high_vote_mask(rows, cfg.labels.min_votes_high)]
+    ds = HMSDataset(low, *caches, train=False, use_spec=uses_kaggle_spec(teacher_cfg), signal_cfg=teacher_cfg.signal)
+    probs = predict_probs(net, make_loader(ds, cfg, shuffle=False), device,
+                          tta_lr_swap=bool(teacher_cfg.infer.tta_lr_swap), amp=device.type == "cuda")
+    out = ds.items[["eeg_id"]].copy()
+    out[[f"{c}_target" for c in schema.CLASSES]] = ds.targets
+    out[list(schema.VOTE_COLUMNS)] = probs
+    return out.reset_index(drop=True)
 
 
 def val_mask_high(items: pd.DataFrame, min_votes: int) -> np.ndarray:
@@ -218,10 +239,11 @@ class FoldRun:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.dir = exp_dir(cfg) / run.name
         self.stages = self.run_stages()
-        self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg)
         self.min_votes = cfg.labels.min_votes_high
         eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
         self.caches = (eeg, spec)
+        self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg, run,
+                                          self.caches, self.device)
         self.val_set = None if run.is_full else HMSDataset(
             train[train.fold == run.fold], eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
             signal_cfg=cfg.signal)

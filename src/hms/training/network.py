@@ -3,8 +3,11 @@ panels computed on the device, tiled like the starter notebook's mosaic) and the
 that applies image augmentations in training. Checkpoints hold this wrapper's state_dict."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hms.training.augment import augment_image, augment_signal, narrow_bandpass
@@ -113,11 +116,23 @@ class HMSNet(nn.Module):
 
 def build_network(cfg) -> HMSNet:
     """From a resolved experiment config (model, image, mel sections)."""
-    from omegaconf import OmegaConf
-
     def plain(section):
         return OmegaConf.to_container(section, resolve=True) if section is not None else None
 
     mel = plain(cfg.mel)
     image = {**plain(cfg.image), "spec_normalize": cfg.input.spec_normalize}
     return HMSNet(plain(cfg.model), image, mel, plain(cfg.signal), plain(cfg.input))
+
+
+def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[DictConfig, torch.nn.Module]:
+    """(a run's resolved config.yaml merged with `overrides`, network from its best.pt in eval
+    mode): inference, reports, and pseudo-label teachers load trained runs through this."""
+    fold_dir = Path(fold_dir)
+    if not (fold_dir / "best.pt").is_file():
+        raise FileNotFoundError(f"{fold_dir}/best.pt: this fold is not trained")
+    cfg = OmegaConf.merge(OmegaConf.load(fold_dir / "config.yaml"), overrides)
+    if "pretrained" in cfg.model:
+        cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
+    net = build_network(cfg).to(device)
+    net.load_state_dict(torch.load(fold_dir / "best.pt", map_location=device, weights_only=True))
+    return cfg, net.eval()

@@ -10,6 +10,7 @@ experiment's mean. The notebook and `hms predict` load the same set of folders.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,20 @@ def full_fit_epochs(logs: list[pd.DataFrame], n_stages: int) -> list[int]:
 
 
 def run_dirs(exp_dir: Path) -> list[Path]:
-    """Finished runs of an experiment (a best.pt in a folder named like a run; set-aside
-    `.old-*` copies and anything else excluded), in name order."""
-    dirs = [d for d in sorted(Path(exp_dir).iterdir()) if RUN_DIR.match(d.name) and (d / "best.pt").is_file()] \
-        if Path(exp_dir).is_dir() else []
+    """The runs whose predictions make the experiment's test mean: those summary.json lists
+    (written when every run finished; a run left over from an earlier train.full_fits or
+    n_seeds is not one of them), else every folder named like a run with a best.pt
+    (set-aside `.old-*` copies excluded), in name order."""
+    exp_dir = Path(exp_dir)
+    summary = exp_dir / "summary.json"
+    listed = json.loads(summary.read_text()).get("runs") if summary.is_file() else None
+    if listed:
+        missing = [name for name in listed if not (exp_dir / name / "best.pt").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{exp_dir}: runs {missing} listed in summary.json have no best.pt")
+        return sorted(exp_dir / name for name in listed)
+    dirs = [d for d in sorted(exp_dir.iterdir()) if RUN_DIR.match(d.name) and (d / "best.pt").is_file()] \
+        if exp_dir.is_dir() else []
     if not dirs:
         raise FileNotFoundError(f"{exp_dir}: no fold*/best.pt checkpoints (train the experiment first)")
     return dirs
