@@ -1,11 +1,21 @@
 """Shared fixtures: small real parquet/CSV files written with pandas/pyarrow."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from hms.data import schema
+
+
+@pytest.fixture(autouse=True)
+def _no_user_hms_settings(monkeypatch):
+    """A shell's HMS_* settings (work dir, device, ...) must not redirect a test: an exported
+    HMS_WORK_DIR once sent a test's fold into the calling script's work dir."""
+    for name in [n for n in os.environ if n.startswith("HMS_")]:
+        monkeypatch.delenv(name)
 
 
 def eeg_frame(seconds: float = 50, seed: int = 0) -> pd.DataFrame:

@@ -165,3 +165,29 @@ def test_unknown_logger_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="train.logger must be one of"):
         EpochLogger(tiny_config(tmp_path, tmp_path, "train.logger=mlflow"), tmp_path, 0)
+
+
+def test_a_bare_cuda_device_gets_an_index_for_set_device():
+    """torch.cuda.set_device(torch.device("cuda")) raises in torch 2.11: every single-GPU run
+    died before its first step (found on an H200)."""
+    from hms.training.loop import cuda_indexed
+
+    assert cuda_indexed(torch.device("cuda"), local_rank=1) == torch.device("cuda", 1)
+    assert cuda_indexed(torch.device("cuda", 2)) == torch.device("cuda", 2)
+    assert cuda_indexed(torch.device("cpu"), local_rank=1) == torch.device("cpu")
+
+
+def test_panel_masking_makes_no_network_call():
+    """albumentations' import asks PyPI for a newer release unless told not to: offline (the
+    Kaggle notebook) that is a 2 s stall and a warning per loader worker."""
+    import subprocess
+    import sys
+
+    code = ("import socket\n"
+            "def refuse(*a, **k): raise SystemExit('network call: ' + repr(a))\n"
+            "socket.socket.connect = refuse; socket.getaddrinfo = refuse\n"
+            "from hms.training.augment import PanelMasking\n"
+            "PanelMasking(1.0)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -10,6 +10,7 @@ then SpecAugment time/frequency masking and time warp (images).
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ class PanelMasking:
     generators: `reseed` (called per loader worker) gives each worker and epoch its own masks."""
 
     def __init__(self, p: float):
+        # its import asks PyPI for a newer release (2 s timeout): a network call the offline
+        # Kaggle notebook and tests must not make
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         import albumentations as A
 
         # NaN fill: the panels are normalised later and NaN becomes the mean there
