@@ -201,3 +201,17 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_synth, tmp_path):
     for fold in (0, 1):  # early stopping fired on both ranks alike (a disagreement would hang)
         log = pd.read_csv(tmp_path / "conv1d" / f"fold{fold}" / "log.csv")
         assert list(log.epoch) == [0, 1] and list(log.best) == [True, False]
+
+
+@pytest.mark.parametrize("extras, n_signals", [([], 16), (["midline"], 18), (["midline", "ekg"], 19)])
+def test_signal_models_take_as_many_signals_as_the_montage_makes(extras, n_signals, tmp_path):
+    """signal.extras=[midline] once crashed every 1D model in its first step (split sizes of 16)."""
+    from hms.signal.montage import montage_names
+    from hms.training.network import build_network
+
+    assert len(montage_names(extras)) == n_signals
+    cfg = tiny_config(tmp_path, tmp_path, f"signal.extras={extras}")
+    net = build_network(cfg).eval()
+    with torch.no_grad():
+        out = net({"signal": torch.randn(2, n_signals, schema.EEG_WINDOW_SAMPLES)})
+    assert out.shape == (2, 6) and torch.isfinite(out).all()

@@ -13,9 +13,10 @@ from torch import nn
 from hms.training.augment import augment_image, augment_signal, narrow_bandpass
 from hms.data import schema
 from hms.training.dataset import widened
-from hms.models.factory import build_model, model_input
+from hms.models.factory import build_model, model_input, model_kwargs
 from hms.signal.cleaner import WindowCleaner
 from hms.signal.melspec import TorchMelSpectrogram
+from hms.signal.montage import montage_names
 from hms.signal.kaggle_spec import normalize_batch
 from hms.signal.spectrogram import centre_crop, chain_panels
 
@@ -96,6 +97,8 @@ class HMSNet(nn.Module):
             image_cfg = dict(image_cfg or {})
             self.builder = ImageBuilder(mel=mel_cfg, **image_cfg)
             model_cfg.setdefault("in_chans", self.builder.in_chans)
+        elif "n_signals" in model_kwargs(model_cfg["kind"]):  # signal.extras add midline/EKG signals
+            model_cfg.setdefault("n_signals", len(montage_names((signal_cfg or {}).get("extras") or ())))
         self.core = build_model(model_cfg)
 
     def model_signal(self, signal: torch.Tensor, augment_cfg=None) -> torch.Tensor:
