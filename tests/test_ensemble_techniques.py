@@ -76,6 +76,25 @@ def test_seeds_average_into_the_oof_and_every_run_into_the_test_mean(seeded):
     np.testing.assert_allclose(pd.read_csv(root / "test_pred.csv")[VOTES].to_numpy(), np.mean(tests, axis=0), atol=1e-9)
 
 
+def test_test_runs_full_keeps_the_full_fits_alone_and_the_loaders_follow(seeded):
+    from hms.training.loop import collect_experiment
+    from hms.training.runs import run_dirs
+
+    cfg, _, root = seeded
+    try:
+        summary = collect_experiment(OmegaConf.merge(cfg, {"train": {"test_runs": "full"}}))
+        assert summary["runs"] == ["full0"] and [d.name for d in run_dirs(root)] == ["full0"]
+        np.testing.assert_allclose(pd.read_csv(root / "test_pred.csv")[VOTES].to_numpy(),
+                                   pd.read_csv(root / "full0" / "test_pred.csv")[VOTES].to_numpy(), atol=1e-9)
+        cv = collect_experiment(OmegaConf.merge(cfg, {"train": {"test_runs": "cv"}}))
+        assert cv["runs"] == ["fold0", "fold1", "fold0-seed1", "fold1-seed1"]
+        with pytest.raises(ValueError, match="train.test_runs must be one of"):
+            collect_experiment(OmegaConf.merge(cfg, {"train": {"test_runs": "best"}}))
+    finally:
+        collect_experiment(cfg)  # the module's other tests read every run's mean
+    assert [d.name for d in run_dirs(root)][-1] == "full0" and len(run_dirs(root)) == 5
+
+
 def test_full_fit_trains_the_cv_epochs_on_every_row(seeded):
     from hms.training.runs import full_fit_epochs
 

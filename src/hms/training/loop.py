@@ -30,7 +30,7 @@ from hms.cache.store import open_cache
 from hms.data import labels, schema
 from hms.training.dataset import HMSDataset, make_loader, training_set
 from hms.training.predict import predict_probs, predict_test, to_device
-from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs
+from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, predicting_runs
 from hms.training.tracking import EpochLogger
 from hms.training.losses import kl_loss
 from hms.metric import kl_score
@@ -466,7 +466,7 @@ def cv_logs(cfg) -> list[pd.DataFrame]:
 
 def collect_experiment(cfg: DictConfig) -> dict:
     """Merge run outputs once every run is complete: OOF (each fold's seeds averaged) with its
-    KL on all and high-vote rows, and the test mean over every run."""
+    KL on all and high-vote rows, and the test mean over the predicting runs."""
     root = exp_dir(cfg)
     cv = cv_runs(cfg)
     runs = cv + full_runs(cfg, [])
@@ -475,12 +475,14 @@ def collect_experiment(cfg: DictConfig) -> dict:
     oof = pd.concat([seed_mean([pd.read_csv(root / r.name / "val_pred.csv") for r in cv if r.fold == k])
                      for k in range(cfg.folds.n_folds)], ignore_index=True)
     atomic_to_csv(oof, root / "oof.csv")
-    atomic_to_csv(seed_mean([pd.read_csv(root / r.name / "test_pred.csv") for r in runs]), root / "test_pred.csv")
-    summary = {"name": cfg.name, "complete": True, "runs": [r.name for r in runs], **oof_scores(oof, cfg.labels.min_votes_high),
+    predicting = predicting_runs(cfg, runs)
+    atomic_to_csv(seed_mean([pd.read_csv(root / r.name / "test_pred.csv") for r in predicting]), root / "test_pred.csv")
+    summary = {"name": cfg.name, "complete": True, "runs": [r.name for r in predicting],
+               **oof_scores(oof, cfg.labels.min_votes_high),
                "prior": labels.prior(load_train(cfg), cfg.labels.min_votes_high).tolist()}
     atomic_write_json(root / "summary.json", summary)
     print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}"
-          f"  ({len(runs)} runs)")
+          f"  ({len(cv)} CV runs; test mean of {len(predicting)} runs)")
     return summary
 
 

@@ -6,7 +6,8 @@
                     epochs per stage as the CV runs took to reach their best checkpoint
 
 CV runs give the OOF (a fold's seeds averaged); every run's test prediction joins the
-experiment's mean. The notebook and `hms predict` load the same set of folders.
+experiment's mean (train.test_runs: full keeps the full fits' alone). The notebook and
+`hms predict` load the same set of folders.
 """
 from __future__ import annotations
 
@@ -47,6 +48,23 @@ def cv_runs(cfg, folds: list[int] | None = None) -> list[RunSpec]:
 def full_runs(cfg, stage_epochs: list[int]) -> list[RunSpec]:
     return [RunSpec(f"full{i}", None, int(cfg.seed) + FULL_SEED_OFFSET + i, tuple(stage_epochs))
             for i in range(int(cfg.train.get("full_fits", 0)))]
+
+
+TEST_RUNS = ("all", "full", "cv")
+
+
+def predicting_runs(cfg, runs: list[RunSpec]) -> list[RunSpec]:
+    """The runs whose test predictions make the experiment's test mean: all of them; with
+    train.test_runs: full the full-data fits alone when there are any (they see every row and
+    train to the end, with no checkpoint picked on a noisy validation fold); with cv the CV runs
+    alone (to compare techniques without retraining)."""
+    choice = cfg.train.get("test_runs", "all")
+    if choice not in TEST_RUNS:
+        raise ValueError(f"train.test_runs must be one of {TEST_RUNS}, got {choice!r}")
+    full = [r for r in runs if r.is_full]
+    if choice == "cv":
+        return [r for r in runs if not r.is_full]
+    return full if choice == "full" and full else runs
 
 
 def epochs_to_best(log: pd.DataFrame, n_stages: int) -> list[int]:
