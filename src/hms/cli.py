@@ -31,7 +31,7 @@ def cmd_train(args) -> int:
 
     files, overrides = _split_items(args)
     if not files:
-        raise FileNotFoundError("hms train needs at least one experiment config, e.g. configs/demo/mosaic_resnet.yaml")
+        raise FileNotFoundError("hms train needs at least one experiment config, e.g. configs/demo/conv1d.yaml")
     for cfg in experiment_configs(files, overrides):
         train_experiment(cfg, folds=args.fold, force=args.force)
     return 0
