@@ -1,42 +1,64 @@
 #!/usr/bin/env bash
-# One line per ensemble technique, each switched on alone over the demo conv1d (issue 12's
-# table). Needs the main job's conv1d finished in working/ (the baseline, and the teacher of the
-# pseudo-label line); every technique trains in its own work dir under $OUT (default
-# working/techniques/), sharing the caches and folds. About 45 minutes on 2 CPU cores.
-#   bash scripts/technique_table.sh            # all lines
-#   bash scripts/technique_table.sh seeds full # some
+# Issue 12's table: one line per ensemble technique, each switched on alone over a pinned
+# reference recipe (the demo conv1d as it was before: mixup, 11 + 1 epochs, no full fits),
+# on the embedded dataset. Every line trains in its own work dir under $OUT (default
+# working/techniques/), sharing the main job's caches and folds; lines marked "ref" start
+# from a copy of the reference's finished runs. About 90 minutes on 2 CPU cores for all lines.
+#   bash scripts/technique_table.sh              # every line
+#   bash scripts/technique_table.sh ref full     # some (the reference first: others copy it)
+# Each line prints `hms run`'s model and ensemble rows; lines with full fits print them for
+# the test mean of every run, of the CV runs alone and of the full fits alone (train.test_runs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$HMS_ROOT"
 W=${HMS_WORK_DIR:-working}
 OUT=${OUT:-$W/techniques}
-[ -f "$W/conv1d/summary.json" ] || { echo "train the demo conv1d first (bash scripts/train_all_folds.sh)" >&2; exit 1; }
-CONV1D=configs/demo/conv1d.yaml
+[ -f "$W/folds.csv" ] && [ -d "$W/cache" ] || { echo "run the main job first (bash scripts/train_all_folds.sh): caches and folds" >&2; exit 1; }
+REF="configs/demo/conv1d.yaml train.full_fits=0 train.test_runs=all augment.mixup_alpha=0.4"
+REF_STAGES="{rows: all, epochs: 11, lr: 3.0e-3, low_vote_weight: 0.5}, {rows: high, epochs: 1, lr: 3.0e-4}"
 
-# name | copy the finished baseline conv1d in (yes/no) | copy folds (yes/no) | hms run arguments (shell words)
+# name | start from the reference's runs (ref/no) | reuse the main job's folds (yes/no) | hms run arguments
 TECHNIQUES=(
-  "full|yes|yes|$CONV1D train.full_fits=2"
-  "seeds|yes|yes|$CONV1D train.n_seeds=2"
-  "pseudo|yes|yes|$CONV1D name=conv1d_pseudo labels.pseudo.from=[conv1d]"
-  "decay|no|yes|$CONV1D 'train.stages=[{rows: all, epochs: 11, lr: 3.0e-3, low_vote_weight: [0.8, 0.2]}, {rows: high, epochs: 1, lr: 3.0e-4}]'"
-  "bandpass|no|yes|$CONV1D augment.bandpass_p=0.5"
-  "multilabel|no|no|$CONV1D folds.method=multilabel"
-  "epochs16|no|yes|$CONV1D 'train.stages=[{rows: all, epochs: 15, lr: 3.0e-3, low_vote_weight: 0.5}, {rows: high, epochs: 1, lr: 3.0e-4}]'"
+  "ref|no|yes|$REF 'train.stages=[$REF_STAGES]'"
+  "full|ref|yes|$REF 'train.stages=[$REF_STAGES]' train.full_fits=2"
+  "seeds|ref|yes|$REF 'train.stages=[$REF_STAGES]' train.n_seeds=2"
+  "pseudo|ref|yes|$REF 'train.stages=[$REF_STAGES]' name=conv1d_pseudo labels.pseudo.from=[conv1d]"
+  "decay|no|yes|$REF 'train.stages=[{rows: all, epochs: 11, lr: 3.0e-3, low_vote_weight: [0.8, 0.2]}, {rows: high, epochs: 1, lr: 3.0e-4}]'"
+  "bandpass|no|yes|$REF 'train.stages=[$REF_STAGES]' augment.bandpass_p=0.5"
+  "multilabel|no|no|$REF 'train.stages=[$REF_STAGES]' folds.method=multilabel"
+  "ema|no|yes|$REF 'train.stages=[$REF_STAGES]' train.ema=0.98"
+  "epochs16|no|yes|$REF 'train.stages=[{rows: all, epochs: 15, lr: 3.0e-3, low_vote_weight: 0.5}, {rows: high, epochs: 1, lr: 3.0e-4}]'"
+  "nomixup|no|yes|$REF 'train.stages=[$REF_STAGES]' name=conv1d_nomix augment.mixup_alpha=0 train.full_fits=2"
+  "crop20|no|yes|$REF 'train.stages=[$REF_STAGES]' name=conv1d_c20 input.signal_seconds=20 train.full_fits=2"
+  # combinations on the way to the demo's recipe
+  "nomix_s2|no|yes|$REF name=conv1d_nomix_s2 augment.mixup_alpha=0 train.full_fits=2 'train.stages=[{rows: all, epochs: 11, lr: 3.0e-3, low_vote_weight: 0.5}, {rows: high, epochs: 3, lr: 3.0e-4}]'"
+  "midline|no|yes|$REF name=conv1d_mid augment.mixup_alpha=0 'signal.extras=[midline]' train.full_fits=2 'train.stages=[{rows: all, epochs: 11, lr: 3.0e-3, low_vote_weight: 0.5}, {rows: high, epochs: 3, lr: 3.0e-4}]'"
 )
 
-wanted() { [ $# -eq 0 ] && return 0; local n=$1; shift; for w in "${SELECTED[@]}"; do [ "$w" = "$n" ] && return 0; done; return 1; }
+rows() { grep -a -A3 "^ *model  *oof_kl" "$1" | grep -av "^--" | tail -n +2; }
 SELECTED=("$@")
+wanted() { [ ${#SELECTED[@]} -eq 0 ] && return 0; local w; for w in "${SELECTED[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
 for line in "${TECHNIQUES[@]}"; do
-  IFS='|' read -r name baseline folds args <<< "$line"
-  if [ ${#SELECTED[@]} -gt 0 ] && ! wanted "$name" "${SELECTED[@]}"; then continue; fi
+  IFS='|' read -r name from folds args <<< "$line"
+  wanted "$name" || continue
   dir="$OUT/$name"
   rm -rf "$dir"; mkdir -p "$dir/sub"
   ln -s "$(cd "$W" && pwd)/cache" "$dir/cache"
   cp "$W/validate.json" "$dir/"
   [ "$folds" = yes ] && cp "$W/folds.csv" "$W/folds.json" "$dir/"
-  [ "$baseline" = yes ] && cp -r "$W/conv1d" "$dir/conv1d"
+  if [ "$from" = ref ]; then
+    [ -f "$OUT/ref/conv1d/summary.json" ] || { echo "[techniques] $name needs the ref line first" >&2; exit 1; }
+    cp -r "$OUT/ref/conv1d" "$dir/conv1d"
+  fi
   echo "[techniques] $name: hms run $args"
-  eval "HMS_WORK_DIR='$dir' HMS_SUBMISSION_DIR='$dir/sub' hms run $args" > "$dir/run.log" 2>&1
-  echo "[techniques] $name:"
-  grep -a -A3 "^ *model  *oof_kl" "$dir/run.log" | grep -av "^--" | tail -n +2
+  run() { eval "HMS_WORK_DIR='$dir' HMS_SUBMISSION_DIR='$dir/sub' hms run $args $*"; }
+  run > "$dir/run.log" 2>&1
+  rows "$dir/run.log"
+  if [[ "$args" == *full_fits=2* ]]; then  # the same runs, other test means: nothing retrains
+    for view in cv full; do
+      echo "[techniques] $name, test mean of the $view runs:"
+      run "train.test_runs=$view" > "$dir/run-$view.log" 2>&1
+      rows "$dir/run-$view.log"
+    done
+  fi
 done
