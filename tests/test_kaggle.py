@@ -43,6 +43,25 @@ def test_package_holds_weights_configs_wheels_and_metadata(packaged):
                                             and f.name != "hms-package.json")
 
 
+def test_a_failed_package_leaves_the_earlier_one_as_it_was(packaged, monkeypatch):
+    """A missing Kaggle user name once surfaced after the old package was deleted and the new
+    weights half copied."""
+    from hms.kaggle import package
+    from hms.kaggle.client import KaggleError
+
+    root = packaged["root"]
+    before = sorted(str(p.relative_to(root)) for p in (root / "dataset").rglob("*"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(root / "no-credentials"))
+    with pytest.raises(KaggleError, match="no Kaggle user name"):
+        package.package(root / "dataset", root / "work", root / "sub")
+    monkeypatch.setattr(package, "build_hms_wheel", lambda out: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        package.package(root / "dataset", root / "work", root / "sub", user="tester")
+    assert sorted(str(p.relative_to(root)) for p in (root / "dataset").rglob("*")) == before
+    assert json.loads((root / "dataset" / "dataset-metadata.json").read_text())["id"] == "tester/hms-weights"
+
+
 def test_kernel_metadata_fields(packaged):
     meta = json.loads((packaged["notebook"].parent / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/hms-inference" and meta["code_file"] == packaged["notebook"].name

@@ -66,28 +66,43 @@ def copy_experiment(exp_dir: Path, dest: Path) -> None:
 
 def package(out: Path, work_dir: Path, submission_dir: Path, user: str | None = None,
             slug: str = DEFAULT_SLUG) -> dict:
-    """Write the weights dataset folder; returns its description (with size in bytes)."""
+    """Write the weights dataset folder; returns its description (with size in bytes). Built
+    beside `out` and swapped in at the end: a failure leaves an earlier package as it was."""
     ensemble_path = Path(submission_dir) / "ensemble.json"
     if not ensemble_path.is_file():
         raise FileNotFoundError(f"{ensemble_path} not found: run the main job or `hms ensemble` first")
     ensemble = json.loads(ensemble_path.read_text())
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "wheels").mkdir(parents=True)
-    for name in ensemble["experiments"]:
-        copy_experiment(Path(work_dir) / name, out / name)
-    shutil.copy2(ensemble_path, out / "ensemble.json")
-    build_hms_wheel(out / "wheels")
-    for dist in EXTRA_WHEELS:
-        repack_installed(dist, out / "wheels")
     owner = kaggle_username(user)
-    atomic_write_json(out / "dataset-metadata.json", {
+    out = Path(out)
+    building = out.with_name(out.name + ".building")
+    if building.exists():
+        shutil.rmtree(building)
+    (building / "wheels").mkdir(parents=True)
+    for name in ensemble["experiments"]:
+        copy_experiment(Path(work_dir) / name, building / name)
+    shutil.copy2(ensemble_path, building / "ensemble.json")
+    build_hms_wheel(building / "wheels")
+    for dist in EXTRA_WHEELS:
+        repack_installed(dist, building / "wheels")
+    atomic_write_json(building / "dataset-metadata.json", {
         "title": "HMS weights and code", "id": f"{owner}/{slug}", "licenses": [{"name": "CC0-1.0"}]})
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in building.rglob("*") if f.is_file())
     info = {"experiments": ensemble["experiments"], "id": f"{owner}/{slug}", "bytes": size}
-    atomic_write_json(out / PACKAGE_MARKER, info)
+    atomic_write_json(building / PACKAGE_MARKER, info)
+    replace_dir(building, out)
     return info
+
+
+def replace_dir(new: Path, old: Path) -> None:
+    """Put the finished folder `new` where `old` was (renames: never a half-written `old`)."""
+    aside = old.with_name(old.name + ".replaced")
+    if aside.exists():
+        shutil.rmtree(aside)
+    if old.exists():
+        old.rename(aside)
+    new.rename(old)
+    if aside.exists():
+        shutil.rmtree(aside)
 
 
 def upload(dataset_dir: Path, message: str = "new weights") -> str:
