@@ -50,7 +50,7 @@ def test_a_failed_package_leaves_the_earlier_one_as_it_was(packaged, monkeypatch
     from hms.kaggle.client import KaggleError
 
     root = packaged["root"]
-    before = sorted(str(p.relative_to(root)) for p in (root / "dataset").rglob("*"))
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*") if "dataset" in p.parts[len(root.parts)])
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(root / "no-credentials"))
     with pytest.raises(KaggleError, match="no Kaggle user name"):
@@ -58,7 +58,8 @@ def test_a_failed_package_leaves_the_earlier_one_as_it_was(packaged, monkeypatch
     monkeypatch.setattr(package, "build_hms_wheel", lambda out: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         package.package(root / "dataset", root / "work", root / "sub", user="tester")
-    assert sorted(str(p.relative_to(root)) for p in (root / "dataset").rglob("*")) == before
+    # the earlier package untouched, and no half-built folder left beside it
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if "dataset" in p.parts[len(root.parts)]) == before
     assert json.loads((root / "dataset" / "dataset-metadata.json").read_text())["id"] == "tester/hms-weights"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """atomic_path for a folder: yield an empty folder beside `path`; only if the block succeeds
+    does it take `path`'s place (renames), so a failure leaves an earlier folder as it was and
+    no half-built one behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    aside = tmp.with_name(tmp.name + ".old")
+    try:
+        yield tmp
+        if path.exists():
+            path.rename(aside)
+        tmp.rename(path)
+    finally:
+        for leftover in (tmp, aside):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

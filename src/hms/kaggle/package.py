@@ -15,7 +15,7 @@ from hms.data import schema
 from hms.training.runs import run_dirs
 from hms.kaggle.client import KaggleError, run_kaggle
 from hms.kaggle.offline import PACKAGE_MARKER
-from hms.utils import atomic_write_json
+from hms.utils import atomic_dir, atomic_write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 # Pure-Python runtime dependencies the Kaggle image may lack; repacked from this environment
@@ -73,36 +73,20 @@ def package(out: Path, work_dir: Path, submission_dir: Path, user: str | None = 
         raise FileNotFoundError(f"{ensemble_path} not found: run the main job or `hms ensemble` first")
     ensemble = json.loads(ensemble_path.read_text())
     owner = kaggle_username(user)
-    out = Path(out)
-    building = out.with_name(out.name + ".building")
-    if building.exists():
-        shutil.rmtree(building)
-    (building / "wheels").mkdir(parents=True)
-    for name in ensemble["experiments"]:
-        copy_experiment(Path(work_dir) / name, building / name)
-    shutil.copy2(ensemble_path, building / "ensemble.json")
-    build_hms_wheel(building / "wheels")
-    for dist in EXTRA_WHEELS:
-        repack_installed(dist, building / "wheels")
-    atomic_write_json(building / "dataset-metadata.json", {
-        "title": "HMS weights and code", "id": f"{owner}/{slug}", "licenses": [{"name": "CC0-1.0"}]})
-    size = sum(f.stat().st_size for f in building.rglob("*") if f.is_file())
-    info = {"experiments": ensemble["experiments"], "id": f"{owner}/{slug}", "bytes": size}
-    atomic_write_json(building / PACKAGE_MARKER, info)
-    replace_dir(building, out)
+    with atomic_dir(out) as building:
+        (building / "wheels").mkdir()
+        for name in ensemble["experiments"]:
+            copy_experiment(Path(work_dir) / name, building / name)
+        shutil.copy2(ensemble_path, building / "ensemble.json")
+        build_hms_wheel(building / "wheels")
+        for dist in EXTRA_WHEELS:
+            repack_installed(dist, building / "wheels")
+        atomic_write_json(building / "dataset-metadata.json", {
+            "title": "HMS weights and code", "id": f"{owner}/{slug}", "licenses": [{"name": "CC0-1.0"}]})
+        size = sum(f.stat().st_size for f in building.rglob("*") if f.is_file())
+        info = {"experiments": ensemble["experiments"], "id": f"{owner}/{slug}", "bytes": size}
+        atomic_write_json(building / PACKAGE_MARKER, info)
     return info
-
-
-def replace_dir(new: Path, old: Path) -> None:
-    """Put the finished folder `new` where `old` was (renames: never a half-written `old`)."""
-    aside = old.with_name(old.name + ".replaced")
-    if aside.exists():
-        shutil.rmtree(aside)
-    if old.exists():
-        old.rename(aside)
-    new.rename(old)
-    if aside.exists():
-        shutil.rmtree(aside)
 
 
 def upload(dataset_dir: Path, message: str = "new weights") -> str:
