@@ -61,9 +61,9 @@ def predicting_runs(cfg, runs: list[RunSpec]) -> list[RunSpec]:
     choice = cfg.train.get("test_runs", "all")
     if choice not in TEST_RUNS:
         raise ValueError(f"train.test_runs must be one of {TEST_RUNS}, got {choice!r}")
-    full = [r for r in runs if r.is_full]
     if choice == "cv":
         return [r for r in runs if not r.is_full]
+    full = [r for r in runs if r.is_full]
     return full if choice == "full" and full else runs
 
 
