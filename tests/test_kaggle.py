@@ -61,6 +61,7 @@ def test_a_failed_package_leaves_the_earlier_one_as_it_was(packaged, monkeypatch
     # the earlier package untouched, and no half-built folder left beside it
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if "dataset" in p.parts[len(root.parts)]) == before
     assert json.loads((root / "dataset" / "dataset-metadata.json").read_text())["id"] == "tester/hms-weights"
+    assert (root / "dataset").stat().st_mode & 0o777 == (root / "work").stat().st_mode & 0o777  # a plain folder's mode
 
 
 def test_kernel_metadata_fields(packaged):
