@@ -116,6 +116,27 @@ def test_gradcam_map_has_the_image_shape_and_is_not_constant(family, tiny_synth,
     assert explained.target_class == 3
 
 
+def test_occlusion_of_a_network_with_a_context_branch_shows_its_whole_prediction(tiny_synth, tmp_path):
+    """The occlusion probabilities are the network's (1D model + spectrogram branch), not the
+    1D model's alone."""
+    import torch
+
+    from hms.report.explain import explain_sample, sample_for
+    from hms.training.network import build_network
+
+    cfg = tiny_config(tiny_synth, tmp_path, "context.enabled=true")
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()
+    torch.nn.init.normal_(net.context.head[-1].weight)  # a branch that moves the prediction
+    batch = sample_for(cfg, _first_eeg(tiny_synth))
+    with torch.no_grad():
+        whole = torch.softmax(net(batch), 1)[0].double().numpy()
+        alone = torch.softmax(net.core(net.model_signal(batch["signal"])), 1)[0].double().numpy()
+    exp = explain_sample(cfg, net, batch)
+    np.testing.assert_allclose(exp.probs, whole, atol=1e-6)
+    assert np.abs(exp.probs - alone).max() > 1e-3
+
+
 def test_occlusion_curve_of_a_trained_1d_model(tiny_work, tiny_synth):
     from hms.report.explain import explain, fold_of
 

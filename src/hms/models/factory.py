@@ -80,5 +80,10 @@ def model_input(model_cfg: Mapping) -> str:
 
 
 def uses_kaggle_spec(cfg) -> bool:
-    """Whether the experiment's model reads the Kaggle spectrogram panels at all."""
+    """Whether the experiment's network reads the Kaggle spectrogram panels at all: a 2D
+    image with a kaggle source, or any model with the spectrogram context branch."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(cfg, "context.enabled", default=False):
+        return True
     return model_input(cfg.model) == "image" and "kaggle" in cfg.image.sources

@@ -129,21 +129,26 @@ def gradcam(head: torch.nn.Module, layer: torch.nn.Module, image: torch.Tensor,
 
 # ---------------------------------------------------------------- occlusion (1D)
 
-def occlusion(net, signal: torch.Tensor, window_seconds: float, fs: float,
-              batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def occlusion(net, signal: torch.Tensor, window_seconds: float, fs: float, batch_size: int = 16,
+              spec: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zero (the cleaned signals' mean) every channel over consecutive windows; importance =
     KL(p || p_occluded), how much the prediction changes without that stretch.
-    signal (1, S, T) -> (probs (6,), importance (n_windows,), window centres in seconds)."""
+    signal (1, S, T) -> (probs (6,), importance (n_windows,), window centres in seconds).
+    spec (1, 4, 100, 300): the Kaggle panels, for a network with a context branch (whose logits
+    join every prediction here, unoccluded)."""
     n = signal.shape[-1]
     win = max(1, int(round(window_seconds * fs)))
     starts = np.arange(0, n, win)
+
+    def probs(x):
+        return torch.softmax(net.logits(x, None if spec is None else spec.expand(len(x), -1, -1, -1)), 1)
+
     with torch.no_grad():
-        p = torch.softmax(net.core(signal), 1)
+        p = probs(signal)
         masked = signal.repeat(len(starts), 1, 1)
         for i, s in enumerate(starts):
             masked[i, :, s: s + win] = 0
-        q = torch.cat([torch.softmax(net.core(masked[j: j + batch_size]), 1)
-                       for j in range(0, len(starts), batch_size)])
+        q = torch.cat([probs(masked[j: j + batch_size]) for j in range(0, len(starts), batch_size)])
     kl = (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(1)
     centres = (starts + np.minimum(win, n - starts) / 2) / fs
     return p[0].double().numpy(), kl.double().numpy(), centres
@@ -153,7 +158,8 @@ def occlusion(net, signal: torch.Tensor, window_seconds: float, fs: float,
 
 def explain_sample(cfg: DictConfig, net, batch: dict, target_class: int | None = None,
                    window_seconds: float = 2.0) -> Explanation:
-    """Grad-CAM for 2D networks, occlusion for 1D ones, on one batched item."""
+    """Grad-CAM for 2D networks (of the image model: a context branch's logits are not in the
+    map), occlusion for 1D ones (with the branch's logits in every prediction), on one batched item."""
     to_image, head = image_and_head(net)
     if to_image is not None:
         with torch.no_grad():
@@ -164,7 +170,8 @@ def explain_sample(cfg: DictConfig, net, batch: dict, target_class: int | None =
         signal = net.model_signal(batch["signal"])
     # the model input is centre-cropped and downsampled: place it back in the 50 s window
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
-    probs, importance, centres = occlusion(net, signal, window_seconds, fs)
+    spec = batch.get("spec")
+    probs, importance, centres = occlusion(net, signal, window_seconds, fs, spec=None if spec is None else spec.float())
     offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
     k = int(probs.argmax()) if target_class is None else int(target_class)
     return Explanation("occlusion", probs, k, importance, None, signal[0].numpy(), centres + offset)

@@ -13,6 +13,7 @@ from torch import nn
 from hms.training.augment import augment_image, augment_signal, narrow_bandpass
 from hms.data import schema
 from hms.training.dataset import widened
+from hms.models.context import build_context
 from hms.models.factory import build_model, model_input, model_kwargs
 from hms.signal.cleaner import WindowCleaner
 from hms.signal.melspec import TorchMelSpectrogram
@@ -83,11 +84,15 @@ class ImageBuilder(nn.Module):
 
 class HMSNet(nn.Module):
     """Batch dict -> logits (B, 6), for every model kind. The batch's signals are raw 50 s
-    windows; `cleaner` turns them into the model's input (see hms.signal.cleaner)."""
+    windows; `cleaner` turns them into the model's input (see hms.signal.cleaner). With
+    context_cfg enabled, a branch on the 10-minute Kaggle panels adds its logits to the
+    model's (hms.models.context)."""
 
-    def __init__(self, model_cfg, image_cfg=None, mel_cfg=None, signal_cfg=None, input_cfg=None):
+    def __init__(self, model_cfg, image_cfg=None, mel_cfg=None, signal_cfg=None, input_cfg=None,
+                 context_cfg=None):
         super().__init__()
         input_cfg = dict(input_cfg or {})
+        self.context = build_context(context_cfg, input_cfg.get("spec_normalize", "panel"))
         self.cleaner = WindowCleaner(dict(signal_cfg or {}), float(input_cfg.get("signal_seconds", 50)),
                                      int(input_cfg.get("downsample", 1)))
         model_cfg = dict(model_cfg)
@@ -113,8 +118,17 @@ class HMSNet(nn.Module):
             return signal
         return self.builder({**batch, "signal": signal}, augment_cfg)
 
+    def logits(self, model_input: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
+        """The core model's logits on its input, plus the context branch's on the raw Kaggle
+        panels (B, 4, 100, 300) when there is one."""
+        logits = self.core(model_input)
+        if self.context is None:
+            return logits
+        return logits + self.context(spec)
+
     def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
-        return self.core(self.inputs(widened(batch), augment_cfg))  # a raw loader batch works too
+        batch = widened(batch)  # a raw loader batch works too
+        return self.logits(self.inputs(batch, augment_cfg), batch.get("spec"))
 
 
 def build_network(cfg) -> HMSNet:
@@ -124,7 +138,8 @@ def build_network(cfg) -> HMSNet:
 
     mel = plain(cfg.mel)
     image = {**plain(cfg.image), "spec_normalize": cfg.input.spec_normalize}
-    return HMSNet(plain(cfg.model), image, mel, plain(cfg.signal), plain(cfg.input))
+    context = OmegaConf.select(cfg, "context")  # runs trained before the branch existed lack it
+    return HMSNet(plain(cfg.model), image, mel, plain(cfg.signal), plain(cfg.input), plain(context))
 
 
 def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[DictConfig, torch.nn.Module]:
