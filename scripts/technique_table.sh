@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 12's table: one line per ensemble technique, each switched on alone over a pinned
-# reference recipe (the demo conv1d as it was before: mixup, 11 + 1 epochs, no full fits),
-# on the embedded dataset. Every line trains in its own work dir under $OUT (default
-# working/techniques/), sharing the main job's caches and folds; lines marked "ref" start
-# from a copy of the reference's finished runs. About 90 minutes on 2 CPU cores for all lines.
+# reference recipe (the demo conv1d as it was before: mixup, 11 + 1 epochs, no full fits, no
+# spectrogram branch), on the embedded dataset. Every line trains in its own work dir under
+# $OUT (default working/techniques/), sharing the main job's caches and folds; lines marked
+# "ref" start from a copy of the reference's finished runs. About 90 minutes on 2 CPU cores for all lines.
 #   bash scripts/technique_table.sh              # every line
 #   bash scripts/technique_table.sh ref full     # some (the reference first: others copy it)
 # Each line prints `hms run`'s model and ensemble rows; lines with full fits print them for
@@ -14,7 +14,7 @@ cd "$HMS_ROOT"
 W=${HMS_WORK_DIR:-working}
 OUT=${OUT:-$W/techniques}
 [ -f "$W/folds.csv" ] && [ -d "$W/cache" ] || { echo "run the main job first (bash scripts/train_all_folds.sh): caches and folds" >&2; exit 1; }
-REF="configs/demo/conv1d.yaml train.full_fits=0 train.test_runs=all augment.mixup_alpha=0.4"
+REF="configs/demo/conv1d.yaml train.full_fits=0 train.test_runs=all augment.mixup_alpha=0.4 context.enabled=false"
 REF_STAGES="{rows: all, epochs: 11, lr: 3.0e-3, low_vote_weight: 0.5}, {rows: high, epochs: 1, lr: 3.0e-4}"
 
 # name | start from the reference's runs (ref/no) | reuse the main job's folds (yes/no) | hms run arguments
