@@ -154,8 +154,11 @@ def filled_power(log_panels: torch.Tensor) -> torch.Tensor:
 def field(centre: torch.Tensor) -> torch.Tensor:
     """(B, 4 chains, freqs) -> (B, 2): |log left/right| and log temporal/parasagittal power."""
     total = centre.sum(-1)
-    ratio = lambda a, b: torch.log(total[:, a].sum(1) / total[:, b].sum(1))  # noqa: E731
-    return torch.stack([ratio(LEFT, RIGHT).abs(), ratio(TEMPORAL, PARASAGITTAL)], dim=1)
+
+    def log_ratio(chains_a, chains_b):
+        return torch.log(total[:, chains_a].sum(1) / total[:, chains_b].sum(1))
+
+    return torch.stack([log_ratio(LEFT, RIGHT).abs(), log_ratio(TEMPORAL, PARASAGITTAL)], dim=1)
 
 
 def modulation(series: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
