@@ -11,6 +11,7 @@ README, "Long context", has what each measured.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -73,17 +74,28 @@ class SpectrogramContext(nn.Module):
         return self.head(mean_max_pool1d(self.temporal(banded.flatten(1, 2))))
 
 
-# The labelled 50 s (25 frames of 2 s) sit in the middle of the 300-frame window.
-CENTRE_FRAMES = slice(137, 163)
+def _centre_frames(seconds: float) -> slice:
+    """The frames of the middle `seconds` of the window, rounded out to whole frames."""
+    half = math.ceil(seconds / 2 / schema.SPEC_STEP_SECONDS)
+    middle = schema.SPEC_WINDOW_FRAMES // 2
+    return slice(middle - half, middle + half)
+
+
+def _chain_positions(*chains: str) -> list[int]:
+    return [schema.CHAIN_NAMES.index(c) for c in chains]
+
+
+# The labelled 50 s sit in the middle of the 300-frame window: frames 137..162.
+CENTRE_FRAMES = _centre_frames(schema.EEG_WINDOW_SECONDS)
 # Evolution is read over the central 100 s only. Farther out the window describes the recording
 # more than the labelled pattern, and differently in train (long recordings) and test (a 10-min
 # crop around one 50 s EEG): over the central 400 s the power swing's spread sat 0.68 train
 # standard deviations lower on the demo's test rows than on its high-vote train rows, over the
 # central 100 s 0.11 (README, "Long context").
-EVOLUTION_FRAMES = slice(125, 175)
+EVOLUTION_FRAMES = _centre_frames(100)  # frames 125..174
 EVOLUTION_PERIODS_S = (18.0, 70.0)  # a seizure's slow cycle of frequency and amplitude
-LEFT, RIGHT = [0, 2], [1, 3]  # LL, RL, LP, RP: left chains, right chains
-TEMPORAL, PARASAGITTAL = [0, 1], [2, 3]
+LEFT, RIGHT = _chain_positions("LL", "LP"), _chain_positions("RL", "RP")
+TEMPORAL, PARASAGITTAL = _chain_positions("LL", "RL"), _chain_positions("LP", "RP")
 
 
 class SpectrogramFeatures(nn.Module):
