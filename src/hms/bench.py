@@ -67,7 +67,12 @@ def _train_setup(cfg):
     from hms.training.network import build_network
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
+    from hms.config import ConfigError
+    from hms.models.factory import fitted_once
 
+    if fitted_once(cfg):
+        raise ConfigError(f"model kind {cfg.model.kind!r} is fitted once, not trained by steps: "
+                          "`hms train` prints each run's fit time")
     caches = prepare(cfg, ("train",), progress=False)["train"]
     ds = training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
                       (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))

@@ -98,32 +98,27 @@ LEFT, RIGHT = _chain_positions("LL", "LP"), _chain_positions("RL", "RP")
 TEMPORAL, PARASAGITTAL = _chain_positions("LL", "RL"), _chain_positions("LP", "RP")
 
 
-class SpectrogramFeatures(nn.Module):
-    """(B, 4, 100, frames) *raw* log power (NaN allowed) -> (B, n_classes) logits from 16 fixed
-    quantitative-EEG features through one linear layer (zero at the start), the terms ACNS
-    defines the classes by:
+class SpectrogramSummary(nn.Module):
+    """(B, 4, 100, frames) *raw* log power (NaN allowed) -> (B, 16) float32 fixed
+    quantitative-EEG features, the terms ACNS defines the classes by (`NAMES`):
       evolution   power and spectral centroid swinging over 18-70 s periods in the central 100 s
                   (share of their modulation spectrum, log size, spread; 6 numbers)
       field       |log left/right| power asymmetry and log temporal/parasagittal ratio (2)
       frequency   spectral centroid of each chain over the labelled 50 s (4)
       rhythmicity log peak/mean power of each chain's spectrum there (4)
-    Fixed features with a linear read-out learn from a few hundred rows, where a learned conv
-    over the same panels overfits (README, "Long context")."""
+    Holds no weights (the context branch and the tree model read it)."""
 
-    n_features = 16
+    NAMES: tuple[str, ...] = (
+        *(f"spec_{series}_{stat}" for series in ("power", "centroid") for stat in ("evolution_share",
+                                                                                  "log_evolution", "std")),
+        "spec_abs_log_left_right", "spec_log_temporal_parasagittal",
+        *(f"spec_{c}_centroid_hz" for c in schema.CHAIN_NAMES), *(f"spec_{c}_log_peak_mean" for c in schema.CHAIN_NAMES))
 
-    def __init__(self, drop_rate: float = 0.0, n_classes: int = N_CLASSES):
+    def __init__(self):
         super().__init__()
         self.register_buffer("freqs", torch.tensor(schema.SPEC_FREQS, dtype=torch.float32), persistent=False)
-        self.norm = FeatureNorm(self.n_features)  # the features live on very different scales
-        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.n_features, n_classes))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, log_panels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.features(log_panels)))
-
-    def features(self, log_panels: torch.Tensor) -> torch.Tensor:
         # float32 throughout: exp(8) powers summed over bins and frames, and FFTs, under AMP
         with torch.autocast(device_type=log_panels.device.type, enabled=False):
             power = filled_power(log_panels.float())
@@ -139,6 +134,29 @@ class SpectrogramFeatures(nn.Module):
         span = power[..., EVOLUTION_FRAMES]  # (B, 4, 100, T)
         series = (torch.log(span.sum(2)), self.centroid(span.transpose(2, 3)))  # (B, 4, T) each
         return torch.stack([v for s in series for v in modulation(s)], dim=1)
+
+
+class SpectrogramFeatures(nn.Module):
+    """(B, 4, 100, frames) *raw* log power (NaN allowed) -> (B, n_classes) logits: the 16
+    SpectrogramSummary features through one linear layer (zero at the start). Fixed features
+    with a linear read-out learn from a few hundred rows, where a learned conv over the same
+    panels overfits (README, "Long context")."""
+
+    n_features = len(SpectrogramSummary.NAMES)
+
+    def __init__(self, drop_rate: float = 0.0, n_classes: int = N_CLASSES):
+        super().__init__()
+        self.summary = SpectrogramSummary()  # no weights: the checkpoint keys stay norm.* and head.*
+        self.norm = FeatureNorm(self.n_features)  # the features live on very different scales
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.n_features, n_classes))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, log_panels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(log_panels)))
+
+    def features(self, log_panels: torch.Tensor) -> torch.Tensor:
+        return self.summary(log_panels)
 
 
 class FeatureNorm(nn.BatchNorm1d):

@@ -1,7 +1,7 @@
 """build_model(cfg): one entry point from a config's `model:` section to an nn.Module.
 
     model:
-      kind: timm2d          # timm2d | timm_mel | conv1d | wavenet | cnn_gru
+      kind: timm2d          # timm2d | timm_mel | conv1d | wavenet | cnn_gru | qeeg_trees
       backbone: efficientnet_b0
       in_chans: 1
       pretrained: false
@@ -20,6 +20,7 @@ from torch import nn
 
 from hms.models.conv1d import CNNGRU, ParallelConv1DNet, WaveNet1D
 from hms.models.timm2d import OnTheFlyMelNet, TimmSpectrogramNet
+from hms.models.trees import QEEGTrees
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "timm2d": TimmSpectrogramNet,
@@ -27,15 +28,17 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "conv1d": ParallelConv1DNet,
     "wavenet": WaveNet1D,
     "cnn_gru": CNNGRU,
+    "qeeg_trees": QEEGTrees,
 }
 # What each kind's forward takes: 'image' = (B, C, H, W) spectrogram image;
-# 'signal' = (B, S, T) raw bipolar signals.
+# 'signal' = (B, S, T) raw bipolar signals (qeeg_trees: and the Kaggle panels, `reads_spec`).
 MODEL_INPUT: dict[str, str] = {
     "timm2d": "image",
     "timm_mel": "signal",
     "conv1d": "signal",
     "wavenet": "signal",
     "cnn_gru": "signal",
+    "qeeg_trees": "signal",
 }
 
 
@@ -79,11 +82,24 @@ def model_input(model_cfg: Mapping) -> str:
     return MODEL_INPUT[kind]
 
 
+def model_class(model_cfg: Mapping) -> type[nn.Module]:
+    kind = _plain(model_cfg).get("kind")
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[kind]
+
+
+def fitted_once(cfg) -> bool:
+    """Whether the experiment's model is fitted once per run (trees) instead of trained by epochs."""
+    return bool(getattr(model_class(cfg.model), "fitted_once", False))
+
+
 def uses_kaggle_spec(cfg) -> bool:
     """Whether the experiment's network reads the Kaggle spectrogram panels at all: a 2D
-    image with a kaggle source, or any model with the spectrogram context branch."""
+    image with a kaggle source, a model that reads them itself, or any model with the
+    spectrogram context branch."""
     from omegaconf import OmegaConf
 
-    if OmegaConf.select(cfg, "context.enabled", default=False):
+    if OmegaConf.select(cfg, "context.enabled", default=False) or getattr(model_class(cfg.model), "reads_spec", False):
         return True
     return model_input(cfg.model) == "image" and "kaggle" in cfg.image.sources

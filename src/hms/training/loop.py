@@ -35,7 +35,7 @@ from hms.training.tracking import EpochLogger
 from hms.training.losses import kl_loss
 from hms.metric import kl_score
 from hms.training.network import build_network, load_fold_network
-from hms.models.factory import uses_kaggle_spec
+from hms.models.factory import fitted_once, uses_kaggle_spec
 from hms.data.tables import load_train
 from hms.cache.prepare import prepare
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, seed_everything
@@ -457,7 +457,10 @@ def train_run(cfg, run: RunSpec, train, caches, force: bool, progress: bool) -> 
     seed_everything(run.seed)
     if run.is_full:
         print(f"[{cfg.name} {run.name}] full-data fit, epochs per stage {list(run.stage_epochs)} (from the CV runs)")
-    return FoldRun(cfg, run, train, caches, progress).run()
+    from hms.training.tree_run import TreeRun  # it builds on FoldRun
+
+    runner = TreeRun if fitted_once(cfg) else FoldRun
+    return runner(cfg, run, train, caches, progress).run()
 
 
 def cv_logs(cfg) -> list[pd.DataFrame]:

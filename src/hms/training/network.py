@@ -102,9 +102,19 @@ class HMSNet(nn.Module):
             image_cfg = dict(image_cfg or {})
             self.builder = ImageBuilder(mel=mel_cfg, **image_cfg)
             model_cfg.setdefault("in_chans", self.builder.in_chans)
-        elif "n_signals" in model_kwargs(model_cfg["kind"]):  # signal.extras add midline/EKG signals
-            model_cfg.setdefault("n_signals", len(montage_names((signal_cfg or {}).get("extras") or ())))
+        else:  # signal.extras add midline/EKG signals; the decimated rate for feature models
+            extras = list((signal_cfg or {}).get("extras") or ())
+            accepted = model_kwargs(model_cfg["kind"])
+            if "n_signals" in accepted:
+                model_cfg.setdefault("n_signals", len(montage_names(extras)))
+            if "extras" in accepted:
+                model_cfg.setdefault("extras", extras)
+            if "fs" in accepted:
+                model_cfg.setdefault("fs", schema.SAMPLING_RATE / int(input_cfg.get("downsample", 1)))
         self.core = build_model(model_cfg)
+        if self.context is not None and getattr(self.core, "fitted_once", False):
+            raise ValueError(f"model kind {model_cfg['kind']!r} already reads the spectrogram and is not "
+                             "trained by gradient steps: set context.enabled: false")
 
     def model_signal(self, signal: torch.Tensor, augment_cfg=None) -> torch.Tensor:
         """Raw windows -> the cleaned, cropped, decimated signals the model reads."""
@@ -121,7 +131,7 @@ class HMSNet(nn.Module):
     def logits(self, model_input: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
         """The core model's logits on its input, plus the context branch's on the raw Kaggle
         panels (B, 4, 100, 300) when there is one."""
-        logits = self.core(model_input)
+        logits = self.core(model_input, spec) if getattr(self.core, "reads_spec", False) else self.core(model_input)
         if self.context is None:
             return logits
         return logits + self.context(spec)
