@@ -3,13 +3,14 @@
 `QEEGTrees` (model kind `qeeg_trees`) reads the cleaned 50 s window and the Kaggle panels like
 any model, turns them into features (models/qeeg.py for the EEG, the context branch's
 SpectrogramSummary for the 10-minute spectrogram) and scores them with boosted trees. It is
-*fitted once* per run (training/tree_run.py: scikit-learn's HistGradientBoostingClassifier,
+*fitted once* per run (training/loop.py TreeRun: scikit-learn's HistGradientBoostingClassifier,
 soft targets as weighted class rows) instead of trained by epochs; the fitted trees are then
 copied into buffers, so best.pt holds them like any network's weights and inference (`hms
 predict`, the Kaggle notebook, TTA, the ensemble) runs them in torch with no scikit-learn and no
-pickle: the same results whatever versions a Kaggle image has. Chris Deotte's CatBoost starter
-did the same kind of thing on spectrogram columns; features and trees err differently from a
-CNN, which is what an ensemble needs (README, "Tree member").
+pickle: the same results whatever versions a Kaggle image has. Features and trees err
+differently from a CNN, which is what an ensemble needs (README, "Tree member"); public HMS
+solutions blended CatBoost on spectrogram statistics with their CNNs the same way (e.g. the
+bronze-medal EfficientNet + WaveNet + CatBoost ensemble, github.com/SamyakJha114/HMS-HBAC).
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ class QEEGTrees(nn.Module):
     class rows: an item with votes for k classes is k rows)."""
 
     reads_spec = True  # HMSNet passes it the Kaggle panels beside its signals
-    fitted_once = True  # trained by `fit`, not by epochs of gradient steps (training/tree_run.py)
+    fitted_once = True  # trained by `fit`, not by epochs of gradient steps (training/loop.py, TreeRun)
 
     def __init__(self, extras: Sequence[str] = (), fs: float = SAMPLING_RATE / 4, max_iter: int = 300,
                  learning_rate: float = 0.03, max_depth: int | None = 3, max_leaf_nodes: int | None = 31,
