@@ -54,20 +54,22 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def model_kwargs(kind: str) -> dict[str, Any]:
-    """The keyword arguments (with defaults) a kind accepts; handy for docs and errors."""
+def _class_of(kind: str) -> type[nn.Module]:
     if kind not in MODEL_CLASSES:
         raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
-    params = inspect.signature(MODEL_CLASSES[kind].__init__).parameters
+    return MODEL_CLASSES[kind]
+
+
+def model_kwargs(kind: str) -> dict[str, Any]:
+    """The keyword arguments (with defaults) a kind accepts; handy for docs and errors."""
+    params = inspect.signature(_class_of(kind).__init__).parameters
     return {name: p.default for name, p in params.items() if name != "self"}
 
 
 def build_model(model_cfg: Mapping) -> nn.Module:
     cfg = _plain(model_cfg)
     kind = cfg.pop("kind", None)
-    allowed = model_kwargs(kind) if kind in MODEL_CLASSES else None
-    if allowed is None:
-        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
+    allowed = model_kwargs(kind)
     bad = sorted(set(cfg) - set(allowed))
     if bad:
         raise ValueError(f"model kind {kind!r} got unknown keys {bad}; allowed: {sorted(allowed)}")
@@ -83,10 +85,7 @@ def model_input(model_cfg: Mapping) -> str:
 
 
 def model_class(model_cfg: Mapping) -> type[nn.Module]:
-    kind = _plain(model_cfg).get("kind")
-    if kind not in MODEL_CLASSES:
-        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[kind]
+    return _class_of(_plain(model_cfg).get("kind"))
 
 
 def fitted_once(cfg) -> bool:

@@ -30,29 +30,24 @@ PERIOD_LAGS_S = (0.3, 4.0)
 ENVELOPE_SECONDS = 0.1  # the moving average smoothing |x| before its autocorrelation
 EPS = 1e-9
 N_BIPOLAR = len(schema.BIPOLAR_NAMES)
-LEFT_SIGNALS = [i for c in ("LL", "LP") for i in range(schema.CHAIN_NAMES.index(c) * schema.PAIRS_PER_CHAIN,
-                                                        (schema.CHAIN_NAMES.index(c) + 1) * schema.PAIRS_PER_CHAIN)]
+MIRROR_SIGNALS = schema.mirrored_bipolar_order()
 
 
-def _mirrored(indices: list[int]) -> list[int]:
-    """The right-hemisphere signals in the same order as the given left ones (chain LL <-> RL,
-    LP <-> RP, pair by pair)."""
-    out = []
-    for i in indices:
-        chain = schema.CHAIN_NAMES[i // schema.PAIRS_PER_CHAIN]
-        mirror = schema.CHAIN_NAMES.index(schema.CHAIN_MIRROR[chain])
-        out.append(mirror * schema.PAIRS_PER_CHAIN + i % schema.PAIRS_PER_CHAIN)
-    return out
+def chain_signals(chain: str) -> list[int]:
+    """Positions of a chain's 4 pairs among the 16 double-banana signals."""
+    start = schema.CHAIN_NAMES.index(chain) * schema.PAIRS_PER_CHAIN
+    return list(range(start, start + schema.PAIRS_PER_CHAIN))
 
 
-RIGHT_SIGNALS = _mirrored(LEFT_SIGNALS)
-TEMPORAL_LEFT = LEFT_SIGNALS[:schema.PAIRS_PER_CHAIN]  # LL, against its mirror RL for synchrony
+LEFT_SIGNALS = chain_signals("LL") + chain_signals("LP")
+RIGHT_SIGNALS = [MIRROR_SIGNALS[i] for i in LEFT_SIGNALS]  # the same pairs' mirrors, in order
+TEMPORAL_LEFT = chain_signals("LL")  # against its mirror RL for synchrony
+TEMPORAL_RIGHT = [MIRROR_SIGNALS[i] for i in TEMPORAL_LEFT]
 
 
 def signal_groups(signal_names: list[str]) -> list[tuple[str, list[int]]]:
     """(name, signal positions) of each location group: the 4 chains, then the extras."""
-    groups = [(c, list(range(i * schema.PAIRS_PER_CHAIN, (i + 1) * schema.PAIRS_PER_CHAIN)))
-              for i, c in enumerate(schema.CHAIN_NAMES)]
+    groups = [(c, chain_signals(c)) for c in schema.CHAIN_NAMES]
     midline = [i for i, n in enumerate(signal_names) if n in {f"{a}-{b}" for a, b in schema.MIDLINE_PAIRS}]
     if midline:
         groups.append(("midline", midline))
@@ -128,5 +123,5 @@ class EEGFeatures(nn.Module):
         corr = (z @ z.transpose(1, 2) / x.shape[-1]).abs()  # (B, 16, 16)
         upper = torch.triu_indices(x.shape[1], x.shape[1], offset=1, device=x.device)
         pairs = corr[:, upper[0], upper[1]].mean(1)
-        left_right = corr[:, TEMPORAL_LEFT, _mirrored(TEMPORAL_LEFT)].mean(1)
+        left_right = corr[:, TEMPORAL_LEFT, TEMPORAL_RIGHT].mean(1)
         return torch.stack([pairs, left_right], dim=1)
