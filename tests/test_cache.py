@@ -269,3 +269,23 @@ def test_truncated_parquet_names_the_file(mini, tmp_path):
     test = io.read_test_csv(broken / schema.TEST_CSV)
     with pytest.raises(io.HMSDataError, match=victim.name):
         build_cache(_cfg(tmp_path), broken, "test", "eeg", test, workers=1, progress=False)
+
+
+def test_a_train_file_damaged_past_its_footer_stops_prepare_with_the_way_on(mini, tmp_path):
+    """validate reads footers: a file whose data pages are damaged passes it, and prepare must
+    say how to go on, not only which file."""
+    import shutil
+
+    from hms.data.validate import preflight
+
+    broken = tmp_path / "data"
+    shutil.copytree(mini, broken)
+    train = io.read_train_csv(broken / schema.TRAIN_CSV)
+    victim = io.eeg_path(broken, "train", int(train.eeg_id.iloc[0]))
+    raw = bytearray(victim.read_bytes())
+    raw[4:3000] = np.random.default_rng(0).integers(0, 256, 2996, dtype=np.uint8).tobytes()  # footer intact
+    victim.write_bytes(bytes(raw))
+    preflight(broken, tmp_path / "work")  # passes: footers only
+    with pytest.raises(io.HMSDataError) as err:
+        build_cache(_cfg(tmp_path), broken, "train", "eeg", train, workers=1, progress=False)
+    assert victim.name in str(err.value) and "--skip-bad" in str(err.value) and "hms download" in str(err.value)

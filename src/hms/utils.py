@@ -1,4 +1,4 @@
-"""Small helpers shared by every stage: atomic writes, seeding, timing."""
+"""Small helpers shared by every stage: atomic writes, file locks, seeding, timing."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 
 @contextmanager
@@ -73,26 +74,24 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
-@contextmanager
-def file_lock(path: str | Path, what: str | None = None, timeout_s: float | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (filelock's FileLock: an OS lock, released if the holder
-    dies, and seen by other machines on shared storage whose filesystem supports fcntl/flock
-    locks: NFSv4, Lustre and GPFS as usually mounted). Says once when it has to wait; waits
-    forever unless timeout_s, then raises TimeoutError naming `what`."""
-    from filelock import FileLock, Timeout
+LOCK_TIMEOUT_S = 6 * 3600.0  # longer than a first real cache build (the longest thing built under a lock)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+
+@contextmanager
+def file_lock(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S, what: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` for the block, so that of several processes
+    (on one machine, or Slurm tasks on shared storage) one builds `path` while the others wait
+    and then find it built. A filelock.FileLock, not a hand-made one: it is released when its
+    process dies, so a killed build never blocks the next. Waiting longer than timeout_s raises
+    TimeoutError naming the lock file, what it guards and who to look for."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=timeout_s)
     try:
-        lock.acquire(timeout=0)
+        lock.acquire()
     except Timeout:
-        print(f"[hms] waiting for another process to finish {what or path} (lock {path})", flush=True)
-        try:
-            lock.acquire(timeout=-1 if timeout_s is None else timeout_s)
-        except Timeout:
-            raise TimeoutError(f"{what or path}: still locked by another process after {timeout_s} s "
-                               f"(lock file {path})") from None
+        raise TimeoutError(f"waited {timeout_s:g} s for {lock_path} (another process is building "
+                           f"{what or Path(path).name}); if none is running, delete the lock file") from None
     try:
         yield
     finally:

@@ -218,7 +218,7 @@ def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: p
     missing = [str(p) for p in paths if not p.is_file()]
     if missing and not skip_bad:
         raise io.HMSDataError(f"{len(missing)} {kind} files missing, e.g. {missing[0]}")
-    with file_lock(root.parent / ".locks" / f"{root.name}.lock", what=f"the {kind} {split} cache {root.name}"):
+    with file_lock(root.parent / ".locks" / root.name, what=f"the {kind} {split} cache {root.name}"):
         if not (root / "meta.json").is_file():  # another process may have built it while we waited
             _note_older_caches(root, kind, split)
             _build(cfg, root, kind, split, _layout(items, kind), paths,
@@ -242,7 +242,12 @@ def _build(cfg, root: Path, kind: str, split: str, items: pd.DataFrame, paths: l
     params = _params(cfg, kind)
     jobs = [(kind, int(i), str(paths[i]), float(items.t0.iat[i]), int(items.start.iat[i]),
              int(items.length.iat[i]), params, str(partial), skip_bad) for i in todo]
-    reasons = _run_jobs(jobs, done, done_path, workers, progress, f"prepare {kind} {split}")
+    try:
+        reasons = _run_jobs(jobs, done, done_path, workers, progress, f"prepare {kind} {split}")
+    except io.HMSDataError as exc:  # a file the footer-only pre-flight could not see is damaged
+        raise io.HMSDataError(f"{exc}\n  `hms validate` reads footers only, so it passed this file. Replace it "
+                              "(`hms download`), or delete it and run with --skip-bad (validate.skip_bad=true), "
+                              "which then leaves out every train.csv row that names it") from None
     if reasons:
         atomic_write_json(root / BAD_REASONS_JSON, {str(int(items.id.iat[i])): r for i, r in reasons.items()})
     index = items.assign(nan_share=done[:, 0], t0=done[:, 1])[list(INDEX_COLUMNS)]
