@@ -1,4 +1,4 @@
-"""Small helpers shared by every stage: atomic writes, seeding, timing."""
+"""Small helpers shared by every stage: atomic writes, file locks, seeding, timing."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 
 @contextmanager
@@ -71,6 +72,30 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+LOCK_TIMEOUT_S = 6 * 3600.0  # longer than a first real cache build (the longest thing built under a lock)
+
+
+@contextmanager
+def file_lock(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S, what: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` for the block, so that of several processes
+    (on one machine, or Slurm tasks on shared storage) one builds `path` while the others wait
+    and then find it built. A filelock.FileLock, not a hand-made one: it is released when its
+    process dies, so a killed build never blocks the next. Waiting longer than timeout_s raises
+    TimeoutError naming the lock file, what it guards and who to look for."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=timeout_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TimeoutError(f"waited {timeout_s:g} s for {lock_path} (another process is building "
+                           f"{what or Path(path).name}); if none is running, delete the lock file") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def seed_everything(seed: int) -> None:
