@@ -84,6 +84,24 @@ def test_a_students_jobs_wait_for_the_teacher_jobs_they_read(tmp_path):
     assert jobs["student full0"].args[-2:] == ["--full", "0"]
 
 
+def test_tiny_folds_say_once_which_class_a_fold_lacks_without_sklearns_warning(capsys):
+    import warnings
+
+    from hms.data.folds import make_folds
+
+    from conftest import train_frame
+
+    train = train_frame(n_patients=12)
+    train.loc[train.expert_consensus == "Seizure", "expert_consensus"] = "Other"
+    train.loc[train.eeg_id == train.eeg_id.iloc[0], "expert_consensus"] = "Seizure"  # one Seizure eeg_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's "least populated class" warning would raise here
+        make_folds(train, 3, seed=0)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "some folds have no eeg_id whose experts' majority is" in out[0]
+    assert "Seizure (1 eeg_id, in 1 of 3 folds)" in out[0]
+
+
 # ---------------------------------------------------------------- hms run over two slots
 
 @pytest.mark.slow
@@ -100,6 +118,7 @@ def test_two_cpu_slots_run_every_fold_once_and_give_the_serial_oof(tiny_synth, t
     for run_name in ("fold0", "fold1", "full0"):
         log = (exp / run_name / "train.log").read_text()
         assert log.count("==== ") == 1 and "\r" not in log  # one process ran it; no progress-bar noise
+        assert "stage 0 epoch 0: loss" in log  # one line per epoch instead
         assert len(pd.read_csv(exp / run_name / "log.csv")) == 1  # one epoch, trained once
     ours, theirs = (pd.read_csv(w / "tiny" / "oof.csv") for w in (tmp_path / "slots", tmp_path / "serial"))
     assert list(ours.eeg_id) == list(theirs.eeg_id)

@@ -36,13 +36,7 @@ from hms.training.pseudo import pseudo_labelled
 from hms.training.runs import RunSpec
 from hms.training.tracking import EpochLogger
 from hms.training.workdir import exp_dir
-from hms.utils import atomic_path, atomic_to_csv, atomic_write_json
-
-
-def bars(progress: bool) -> bool | None:
-    """tqdm's `disable`: bars on a terminal only (None: tqdm turns itself off when stderr is not a
-    TTY), so a log file gets the one line per epoch instead of carriage-return noise."""
-    return None if progress else True
+from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, bars_off
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -254,7 +248,8 @@ class FoldRun:
                 loader.sampler.set_epoch(epoch + 1000 * s_idx)
             low_w = low_vote_weight_at(stage, epoch, self.cfg.labels.low_vote_weight) if scheduled else None
             loss_sum, steps = torch.zeros((), device=self.device), 0
-            for batch in tqdm(loader, desc=f"{self.tag} s{s_idx} e{epoch}", disable=bars(self.progress), leave=False):
+            bar = tqdm(loader, desc=f"{self.tag} s{s_idx} e{epoch}", disable=bars_off(self.progress), leave=False)
+            for batch in bar:
                 loss_sum += train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device,
                                        low_vote_weight=low_w)
                 steps += 1
@@ -373,7 +368,7 @@ def feature_matrix(net, loader, device, progress: bool = False, desc: str = "fea
     """(n_items, n_features) float64: the fitted-once core's features of each item, in order."""
     net.eval()
     out = []
-    for batch in tqdm(loader, desc=desc, disable=bars(progress), leave=False):
+    for batch in tqdm(loader, desc=desc, disable=bars_off(progress), leave=False):
         batch = to_device(batch, device)
         out.append(net.core.features(net.model_signal(batch["signal"]), batch["spec"]).cpu().numpy())
     return np.concatenate(out)
