@@ -102,6 +102,65 @@ def test_tiny_folds_say_once_which_class_a_fold_lacks_without_sklearns_warning(c
     assert "Seizure (1 eeg_id, in 1 of 3 folds)" in out[0]
 
 
+STAND_IN = """
+import pathlib, sys, time
+key, out, failing = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+(out / f"{key}.start").write_text(repr(time.time()))
+time.sleep(0.2)
+if key == failing:
+    print("boom: a stand-in failure")
+    sys.exit(3)
+(out / f"{key}.end").write_text(repr(time.time()))
+"""
+
+
+def stand_in_jobs(tmp_path, failing=""):
+    """A teacher and its student (2 folds and a full fit each), on two slots named a and b,
+    each job a stand-in process that records when it started and ended."""
+    from hms.config import load_config
+    from hms.training.schedule import Scheduler, plan_jobs
+
+    common = [f"paths.work_dir={tmp_path}", "folds.n_folds=2", "train.full_fits=1"]
+    cfgs = [load_config([], ["name=teacher", *common]),
+            load_config([], ["name=student", "labels.pseudo.from=[teacher]", *common])]
+    jobs = plan_jobs(cfgs, {"teacher": "t.yaml", "student": "s.yaml"}, [])
+    (tmp_path / "marks").mkdir()
+    collected = []
+    command = lambda job: [sys.executable, "-c", STAND_IN, job.key, str(tmp_path / "marks"), failing]  # noqa: E731
+    return Scheduler(cfgs, jobs, ["a", "b"], lambda cfg: collected.append(cfg.name), command), jobs, collected
+
+
+def mark(tmp_path, key, what):
+    path = tmp_path / "marks" / f"{key}.{what}"
+    return float(path.read_text()) if path.is_file() else None
+
+
+def test_the_scheduler_runs_each_job_once_after_what_it_needs_on_both_slots(tmp_path):
+    scheduler, jobs, collected = stand_in_jobs(tmp_path)
+    scheduler.run()
+    for job in jobs:
+        assert mark(tmp_path, job.key, "end") is not None
+        for need in job.needs:
+            assert mark(tmp_path, need, "end") <= mark(tmp_path, job.key, "start"), (need, job.key)
+        log = (tmp_path / job.exp / job.run / "train.log").read_text()
+        assert log.count("==== ") == 1  # started once
+    headers = [(tmp_path / "teacher" / f"fold{k}" / "train.log").read_text() for k in (0, 1)]
+    assert "on device a: " in headers[0] and "on device b: " in headers[1]  # both slots at once
+    assert collected == ["teacher", "student"]  # each OOF written once its last job was done
+
+
+def test_the_scheduler_stops_at_the_first_failure_and_names_the_job_and_its_log(tmp_path):
+    from hms.training.schedule import RunFailed
+
+    scheduler, jobs, collected = stand_in_jobs(tmp_path, failing="teacher fold1")
+    log = tmp_path / "teacher" / "fold1" / "train.log"
+    with pytest.raises(RunFailed, match=f"teacher fold1 failed \\(exit 3\\) on device b; its log: {log}"):
+        scheduler.run()
+    assert "boom: a stand-in failure" in log.read_text()
+    assert [j.key for j in jobs if mark(tmp_path, j.key, "start")] == ["teacher fold0", "teacher fold1"]
+    assert collected == [] and not scheduler.running
+
+
 # ---------------------------------------------------------------- hms run over two slots
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ others and names the job and its log. Caches, folds and the validate report are 
 before (hms.run_all), so the jobs only read them."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from hms.training.runs import cv_runs
 from hms.training.workdir import TRAIN_LOG, exp_dir, is_complete
 
 CPU_SLOT = "cpu"  # a device slot that trains on the CPU (tests; a machine with no GPU)
-POLL_S = 1.0
+POLL_S = 0.2  # seconds between looks at the running jobs
 
 
 class RunFailed(RuntimeError):
@@ -96,6 +97,10 @@ def plan_jobs(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[s
     return jobs
 
 
+def train_command(job: Job) -> list[str]:
+    return [sys.executable, "-m", "hms", "train", *job.args]
+
+
 def job_done(cfg: DictConfig, job: Job) -> bool:
     runs = [r.name for r in cv_runs(cfg, [int(job.run[4:])])] if job.run.startswith("fold") else [job.run]
     return all(is_complete(exp_dir(cfg) / name) for name in runs)
@@ -104,12 +109,14 @@ def job_done(cfg: DictConfig, job: Job) -> bool:
 class Scheduler:
     """Runs jobs on device slots, one job per slot at a time, each as soon as what it needs is done."""
 
-    def __init__(self, cfgs: list[DictConfig], jobs: list[Job], slots: list[str], on_experiment_done=None):
+    def __init__(self, cfgs: list[DictConfig], jobs: list[Job], slots: list[str], on_experiment_done=None,
+                 command=train_command):
         self.cfgs = {c.name: c for c in cfgs}
+        self.command = command  # job -> argv (tests run stand-ins)
         self.pending, self.slots = list(jobs), list(slots)
         self.total = len(jobs)
         self.done: set[str] = set()
-        self.running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
+        self.running: dict[int, tuple[Job, subprocess.Popen, float, object]] = {}  # by slot index: names may repeat
         self.on_experiment_done = on_experiment_done or (lambda cfg: None)
         self.n_cpu = sum(s == CPU_SLOT for s in slots)
 
@@ -129,41 +136,47 @@ class Scheduler:
             self.stop_all()
 
     def start_ready(self) -> None:
-        for slot in [s for s in self.slots if s not in self.running]:
+        for slot in [i for i in range(len(self.slots)) if i not in self.running]:
             ready = next((j for j in self.pending if j.needs <= self.done), None)
             if ready is None:
                 return
             self.pending.remove(ready)
             self.start(ready, slot)
 
-    def start(self, job: Job, slot: str) -> None:
+    def start(self, job: Job, slot: int) -> None:
         log = self.log_path(job)
         log.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "hms", "train", *job.args]
+        command = self.command(job)
         fh = open(log, "a")
-        fh.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} on device {slot}: {' '.join(command[1:])}\n")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        fh.write(f"==== {started} on device {self.slots[slot]}: {' '.join(command[1:])}\n")
         fh.flush()
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=slot_env(slot, self.n_cpu))
+                                env=slot_env(self.slots[slot], self.n_cpu))
         self.running[slot] = (job, proc, time.perf_counter(), fh)
 
-    def wait_any(self) -> str:
+    def wait_any(self) -> int:
         while True:
             for slot, (_, proc, _, _) in self.running.items():
                 if proc.poll() is not None:
                     return slot
             time.sleep(POLL_S)
 
-    def reap(self, slot: str) -> None:
+    def reap(self, slot: int) -> None:
         job, proc, t0, fh = self.running.pop(slot)
         fh.close()
         if proc.returncode != 0:
-            self.fail(job, slot, proc.returncode)
+            self.fail(job, self.slots[slot], proc.returncode)
         self.done.add(job.key)
-        print(f"[hms run] {job.key} done on device {slot} in {time.perf_counter() - t0:.0f} s "
-              f"({len(self.done)}/{self.total} jobs)", flush=True)
+        print(f"[hms run] {job.key} done on device {self.slots[slot]} in {time.perf_counter() - t0:.0f} s"
+              f"{self.score(job)} ({len(self.done)}/{self.total} jobs)", flush=True)
         if not self.unfinished(job.exp):
             self.on_experiment_done(self.cfgs[job.exp])
+
+    def score(self, job: Job) -> str:
+        metrics = exp_dir(self.cfgs[job.exp]) / job.run / "metrics.json"
+        kl = json.loads(metrics.read_text()).get("val_kl_high") if metrics.is_file() else None
+        return f", high-vote val KL {kl:.4f}" if kl is not None else ""
 
     def unfinished(self, exp: str) -> bool:
         return any(j.exp == exp for j in self.pending) or any(j.exp == exp for j, *_ in self.running.values())
@@ -178,7 +191,7 @@ class Scheduler:
 
     def stop_all(self) -> list[str]:
         stopped = []
-        for slot, (job, proc, _, fh) in list(self.running.items()):
+        for job, proc, _, fh in list(self.running.values()):
             proc.terminate()
             try:
                 proc.wait(timeout=30)
