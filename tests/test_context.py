@@ -197,7 +197,7 @@ def test_the_dataset_hands_a_context_model_the_panels_it_asks_for(tiny_synth, tm
 
 @pytest.mark.slow
 def test_a_trained_context_fold_predicts_the_same_after_reloading(tiny_synth, tmp_path):
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
     from hms.training.network import load_fold_network
 
     cfg = tiny_config(tiny_synth, tmp_path, "context.enabled=true", "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}]")

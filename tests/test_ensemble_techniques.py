@@ -55,7 +55,7 @@ def test_run_folders_are_named_once_and_found_by_the_loaders(tmp_path):
 
 @pytest.fixture(scope="module")
 def seeded(tiny_synth, tmp_path_factory):
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     work = tmp_path_factory.mktemp("seeded")
     cfg = tiny_config(tiny_synth, work, "train.n_seeds=2", "train.full_fits=1")
@@ -77,7 +77,7 @@ def test_seeds_average_into_the_oof_and_every_run_into_the_test_mean(seeded):
 
 
 def test_test_runs_full_keeps_the_full_fits_alone_and_the_loaders_follow(seeded):
-    from hms.training.loop import collect_experiment
+    from hms.training.experiment import collect_experiment
     from hms.training.runs import run_dirs
 
     cfg, _, root = seeded
@@ -147,13 +147,13 @@ def test_pseudo_targets_mix_votes_and_oof_on_low_vote_rows_only():
 
 
 def test_pseudo_stage_needs_its_teacher_trained_first(tiny_synth, tmp_path):
-    from hms.training.loop import pseudo_labelled
+    from hms.training.pseudo import pseudo_labelled
     from hms.training.runs import RunSpec
 
     cfg = tiny_config(tiny_synth, tmp_path, "labels.pseudo.from=[teacher]")
     for run, missing in ((RunSpec("fold0", 0, 1), "fold0 is not trained"), (RunSpec("full0", None, 1), "oof.csv not found")):
         with pytest.raises(FileNotFoundError, match=f"{missing}; train 'teacher' first"):
-            pseudo_labelled(pd.DataFrame(), cfg, run, (None, None), torch.device("cpu"))
+            pseudo_labelled(pd.DataFrame(), cfg, run, torch.device("cpu"))
 
 
 def test_a_students_fold_learns_only_from_teachers_that_never_saw_that_fold(seeded, tiny_synth, tmp_path):
@@ -161,23 +161,19 @@ def test_a_students_fold_learns_only_from_teachers_that_never_saw_that_fold(seed
     fold model and the OOF leaves them as they were. A full fit takes the teacher's OOF."""
     import shutil
 
-    from hms.cache.prepare import prepare
-    from hms.cache.store import open_cache
     from hms.data.tables import load_train
-    from hms.training.loop import pseudo_labelled
+    from hms.training.pseudo import pseudo_labelled
     from hms.training.runs import RunSpec
 
     cfg, _, root = seeded
     shutil.copytree(root, tmp_path / "teacher")
     scfg = OmegaConf.merge(cfg, {"name": "student", "paths": {"work_dir": str(tmp_path)},
                                  "labels": {"pseudo": {"from": ["teacher"], "weight": 1.0}}})
-    caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
-    caches = (open_cache(caches["eeg"]), open_cache(caches["spec"]))
     train = load_train(cfg)
     rows = train[train.fold != 0]
     low = ~labels.high_vote_mask(rows, cfg.labels.min_votes_high)
     assert low.any() and (~low).any()
-    before = pseudo_labelled(rows, scfg, RunSpec("fold0", 0, 1), caches, torch.device("cpu"))
+    before = pseudo_labelled(rows, scfg, RunSpec("fold0", 0, 1), torch.device("cpu"))
     np.testing.assert_array_equal(before[~low][VOTES].to_numpy(), rows[~low][VOTES].to_numpy())
     assert not np.allclose(before[low][VOTES].to_numpy(), rows[low][VOTES].to_numpy())
     state = torch.load(tmp_path / "teacher" / "fold1" / "best.pt", weights_only=True)
@@ -186,9 +182,9 @@ def test_a_students_fold_learns_only_from_teachers_that_never_saw_that_fold(seed
     oof = pd.read_csv(tmp_path / "teacher" / "oof.csv")
     oof[VOTES] = 1 / 6
     oof.to_csv(tmp_path / "teacher" / "oof.csv", index=False)
-    after = pseudo_labelled(rows, scfg, RunSpec("fold0", 0, 1), caches, torch.device("cpu"))
+    after = pseudo_labelled(rows, scfg, RunSpec("fold0", 0, 1), torch.device("cpu"))
     np.testing.assert_allclose(after[VOTES].to_numpy(), before[VOTES].to_numpy(), atol=1e-12)
-    full = pseudo_labelled(train, scfg, RunSpec("full0", None, 1), caches, torch.device("cpu"))
+    full = pseudo_labelled(train, scfg, RunSpec("full0", None, 1), torch.device("cpu"))
     np.testing.assert_allclose(full[~labels.high_vote_mask(train, 10)][VOTES].to_numpy(), 1 / 6, atol=1e-9)
 
 

@@ -117,7 +117,7 @@ def test_cleaner_with_an_extra_band_pass_matches_the_cpu():
 def test_a_fold_trained_on_cuda_predicts_the_same_on_the_cpu(tiny_synth, tmp_path):
     """Loader workers with pinned memory, AMP, EMA and channels_last on the GPU; the best.pt it
     saves loads on the CPU (the Kaggle notebook may run there) and gives the same probabilities."""
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
     from hms.training.network import load_fold_network
     from hms.training.predict import to_device
 

@@ -20,7 +20,7 @@ def packaged(tiny_synth, tmp_path_factory):
     from hms.inference.ensemble import write_submission
     from hms.kaggle import notebook, package
     from hms.data.tables import load_test
-    from hms.training.loop import exp_dir, train_experiment
+    from hms.training.experiment import exp_dir, train_experiment
 
     root = tmp_path_factory.mktemp("kaggle")
     cfg = tiny_config(tiny_synth, root / "work")

@@ -209,7 +209,7 @@ def test_real_schema_dataset_through_validate_prepare_train_predict_and_notebook
     from hms.kaggle import notebook, package
     from hms.data.tables import load_test
     from hms.cache.prepare import prepare
-    from hms.training.loop import exp_dir, train_experiment
+    from hms.training.experiment import exp_dir, train_experiment
 
     report = validate_dataset(real_schema)
     assert report.problems == [] and report.files_checked == 2 + 8 + 6 + 2  # tables, train eeg+spec, test pair

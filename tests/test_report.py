@@ -18,7 +18,7 @@ def trained_tiny_work(tiny_synth, tmp_path_factory):
     by this module and test_app.py (built once per session, in the session's base temp dir)."""
     from hms.inference.ensemble import write_submission
     from hms.data.tables import load_test
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     work = tmp_path_factory.getbasetemp() / "report_work"
     cfg = tiny_config(tiny_synth, work, f"paths.submission_dir={work / 'submissions'}",

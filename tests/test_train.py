@@ -97,7 +97,7 @@ def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path
 
 @pytest.fixture(scope="module")
 def trained(tiny_synth, tmp_path_factory):
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     work = tmp_path_factory.mktemp("work")
     cfg = tiny_config(tiny_synth, work)
@@ -132,7 +132,7 @@ def test_fold_artefacts_and_test_predictions(trained, tiny_synth):
 
 
 def test_finished_fold_is_skipped_unless_forced(trained):
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     cfg, _, work = trained
     best = work / "tiny" / "fold0" / "best.pt"
@@ -145,6 +145,7 @@ def test_finished_fold_is_skipped_unless_forced(trained):
 
 def test_killed_run_resumes_from_its_last_epoch(tiny_synth, tmp_path, monkeypatch, capsys):
     import hms.training.loop as train_mod
+    from hms.training.experiment import train_experiment
 
     cfg = tiny_config(tiny_synth, tmp_path)
     real_save = train_mod.FoldRun.save_state
@@ -156,10 +157,10 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_synth, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_mod.FoldRun, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_mod.train_experiment(cfg, folds=[0], progress=False)
+        train_experiment(cfg, folds=[0], progress=False)
     assert (tmp_path / "tiny" / "fold0" / "last.pt").is_file()
     monkeypatch.setattr(train_mod.FoldRun, "save_state", real_save)
-    train_mod.train_experiment(cfg, folds=[0], progress=True)
+    train_experiment(cfg, folds=[0], progress=True)
     assert "resuming at stage 0 epoch 1" in capsys.readouterr().out
     log = pd.read_csv(tmp_path / "tiny" / "fold0" / "log.csv")
     assert list(zip(log.stage, log.epoch)) == [(0, 0), (0, 1), (1, 0)]

@@ -123,7 +123,7 @@ def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
     from hms.models.factory import uses_kaggle_spec
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     cfg = tiny_config(tiny_synth, tmp_path, "train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]")
     assert cfg.infer.tta_lr_swap
@@ -145,7 +145,7 @@ def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
 def test_tensorboard_logger_writes_each_epoch_as_log_csv_has_it(tiny_synth, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     cfg = tiny_config(tiny_synth, tmp_path, "train.logger=tensorboard",
                       "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}, {rows: high, epochs: 1, lr: 1.0e-3}]")
@@ -170,7 +170,7 @@ def test_unknown_logger_is_a_clear_error(tmp_path):
 def test_a_bare_cuda_device_gets_an_index_for_set_device():
     """torch.cuda.set_device(torch.device("cuda")) raises in torch 2.11: every single-GPU run
     died before its first step (found on an H200)."""
-    from hms.training.loop import cuda_indexed
+    from hms.training.dist import cuda_indexed
 
     assert cuda_indexed(torch.device("cuda"), local_rank=1) == torch.device("cuda", 1)
     assert cuda_indexed(torch.device("cuda", 2)) == torch.device("cuda", 2)

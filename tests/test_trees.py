@@ -165,14 +165,14 @@ TREES = ["model={kind: qeeg_trees, max_iter: 20, min_samples_leaf: 5}", "train.f
 
 @pytest.fixture(scope="module")
 def trees_experiment(tiny_synth, tmp_path_factory):
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     cfg = tiny_config(tiny_synth, tmp_path_factory.mktemp("trees"), *TREES)
     return cfg, train_experiment(cfg, progress=False)
 
 
 def test_a_trees_experiment_runs_through_folds_full_fit_and_oof(trees_experiment):
-    from hms.training.loop import exp_dir
+    from hms.training.experiment import exp_dir
 
     cfg, summary = trees_experiment
     root = exp_dir(cfg)
@@ -188,7 +188,7 @@ def test_a_trees_experiment_runs_through_folds_full_fit_and_oof(trees_experiment
 
 def test_hms_predict_reruns_the_saved_trees_like_the_run(trees_experiment, tiny_synth):
     from hms.inference.predict import predict_experiment
-    from hms.training.loop import exp_dir
+    from hms.training.experiment import exp_dir
 
     cfg, _ = trees_experiment
     root = exp_dir(cfg)

@@ -26,24 +26,33 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
+    from hms.config import ConfigError
     from hms.run_all import experiment_configs
-    from hms.training.loop import train_experiment
+    from hms.training.experiment import train_experiment
 
     files, overrides = _split_items(args)
     if not files:
         raise FileNotFoundError("hms train needs at least one experiment config, e.g. configs/demo/conv1d.yaml")
+    if args.fold is not None and args.full is not None:
+        raise ConfigError("--fold and --full select different runs; give one of them")
     for cfg in experiment_configs(files, overrides):
-        train_experiment(cfg, folds=args.fold, force=args.force)
+        train_experiment(cfg, folds=args.fold, force=args.force, full=args.full)
     return 0
 
 
 def cmd_run(args) -> int:
     from hms.run_all import run_all
+    from hms.training.schedule import RunFailed
 
     files, overrides = _split_items(args)
     if not files:
         files = sorted(str(p) for p in Path("configs/demo").glob("*.yaml"))
-    run_all(files, overrides, force=args.force)
+    devices = [d for d in args.devices.split(",") if d] if args.devices else None
+    try:
+        run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices)
+    except RunFailed as exc:  # the failed job's log tail is printed above: one line names it
+        print(f"hms run: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -235,11 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
                   "seeds (train.n_seeds), then full-data fits (train.full_fits)", config=True)
     p.add_argument("--fold", type=int, action="append", default=None,
                    help="only this fold, under every seed; no full fits (repeatable)")
+    p.add_argument("--full", type=int, action="append", default=None,
+                   help="only full-data fit I (train.full_fits; the CV runs must be finished) (repeatable)")
     p.add_argument("--force", action="store_true", help="retrain finished runs (old ones are kept aside)")
 
     p = _register(sub, "run", cmd_run, "the main job: data, caches, all folds of all experiments, "
-                  "ensemble, submission, summary (default: configs/demo/*.yaml)", config=True)
+                  "ensemble, submission, summary (default: configs/demo/*.yaml); with several GPUs, one "
+                  "process per GPU, each run's output in <work>/<exp>/<run>/train.log", config=True)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--gpus", default="all", help="how many of the visible GPUs (CUDA_VISIBLE_DEVICES, else "
+                   "all) to spread the runs over, one process each: N or all (default)")
+    p.add_argument("--devices", default=None, help="the device slots, comma-separated, instead of --gpus: "
+                   "GPU ids as CUDA_VISIBLE_DEVICES takes them, or cpu (a CPU process), e.g. 0,1 or cpu,cpu")
 
     p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")

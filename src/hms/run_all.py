@@ -10,22 +10,49 @@ from omegaconf import DictConfig
 
 from hms import config as C
 from hms.inference.ensemble import write_submission
-from hms.data.tables import load_test
+from hms.data.tables import load_test, load_train
 from hms.cache.prepare import prepare
 from hms.inference.summary import load_answers, summary_table, test_scores
-from hms.training.loop import experiment_name, exp_dir, train_experiment
+from hms.training.dist import launched_world_size
+from hms.training.experiment import collect_experiment, train_experiment
+from hms.training.schedule import device_slots, schedule
+from hms.training.workdir import exp_dir, experiment_name
 
 
 def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[DictConfig]:
-    cfgs = []
+    return [cfg for cfg, _ in experiment_sources(config_paths, overrides)]
+
+
+def experiment_sources(config_paths: list[str], overrides: list[str]) -> list[tuple[DictConfig, str]]:
+    """(config, its file) per experiment, teachers first."""
+    cfgs, files = [], {}
     for path in config_paths:
         cfg = C.load_config([path], overrides)
         cfg.name = experiment_name(cfg, path)
         cfgs.append(cfg)
+        files[cfg.name] = path
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise C.ConfigError(f"experiment names must differ, got {names}")
-    return teachers_first(cfgs)
+    return [(cfg, files[cfg.name]) for cfg in teachers_first(cfgs)]
+
+
+def refuse_torchrun() -> None:
+    """`hms run` starts its own processes, one per device; under torchrun every rank would run
+    the whole job. DDP trains one experiment: say how, before anything is built."""
+    if launched_world_size() > 1:
+        raise C.ConfigError("hms run schedules its own processes (one per GPU: --gpus N|all) and cannot run "
+                            "under torchrun. To train one experiment with DDP over several GPUs or nodes: "
+                            "torchrun --nproc_per_node=N -m hms train CONFIG [key=value], then "
+                            "hms ensemble EXP [EXP...]")
+
+
+def build_once(cfgs: list[DictConfig]) -> None:
+    """Every experiment's validate report, caches (train and test) and the folds, built before
+    any parallel work: the jobs then only read them."""
+    for cfg in cfgs:
+        prepare(cfg)
+        load_train(cfg)
 
 
 def pseudo_sources(cfg: DictConfig) -> list[str]:
@@ -49,13 +76,30 @@ def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
     return ordered
 
 
-def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False) -> dict:
+def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False, gpus: str | int = "all",
+            devices: list[str] | None = None) -> dict:
+    """The main job. With two or more device slots (the visible GPUs, `gpus` of them, or the
+    `devices` given) the runs are scheduled over them, one process each
+    (hms.training.schedule); else they train here, one after another."""
+    refuse_torchrun()
     t0 = time.perf_counter()
-    cfgs = experiment_configs(config_paths, list(overrides))
+    sources = experiment_sources(config_paths, list(overrides))
+    cfgs = [cfg for cfg, _ in sources]
     base = cfgs[0]
-    prepare(base)
-    print(f"[hms] caches ready ({time.perf_counter() - t0:.0f} s)")
-    summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
+    build_once(cfgs)
+    print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
+    slots = device_slots(gpus, devices)
+    if devices or len(slots) > 1:
+        collected = {}  # each experiment's summary, written as soon as its last run is done
+
+        def collect(cfg):
+            collected[cfg.name] = collect_experiment(cfg)
+
+        schedule(cfgs, {cfg.name: path for cfg, path in sources}, list(overrides), slots, force=force,
+                 on_experiment_done=collect)
+        summaries = [collected[cfg.name] for cfg in cfgs]
+    else:
+        summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
     dirs = [exp_dir(cfg) for cfg in cfgs]
     test = load_test(base)
     report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high)

@@ -98,6 +98,13 @@ def file_lock(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S, what: str | N
         lock.release()
 
 
+def bars_off(progress: bool) -> bool | None:
+    """tqdm's `disable` for a bar shown when `progress`: on a terminal only (None makes tqdm turn
+    itself off when its stream is not a TTY), so a log file gets the caller's one line per epoch
+    or stage instead of carriage-return noise."""
+    return None if progress else True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

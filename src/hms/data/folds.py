@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from hms.data import schema
 from hms.data.io import HMSDataError
-from hms.utils import atomic_to_csv, atomic_write_json
+from hms.utils import atomic_to_csv, atomic_write_json, file_lock
 
 FOLD_COLUMNS = ("eeg_id", "patient_id", "fold")
 METHODS = ("group", "multilabel")
@@ -37,12 +38,29 @@ def eeg_vote_mass(train: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_fold_of(per_eeg: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
-    """StratifiedGroupKFold: strata are each eeg_id's majority class, groups its patient."""
+    """StratifiedGroupKFold: strata are each eeg_id's majority class, groups its patient.
+    sklearn's warning about a class with fewer members than folds is silenced here:
+    make_folds says it once, in words, when a fold really lacks a class."""
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.full(len(per_eeg), -1, dtype=np.int64)
-    for k, (_, val_idx) in enumerate(splitter.split(per_eeg, per_eeg["label"], per_eeg["patient_id"])):
-        fold[val_idx] = k
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for k, (_, val_idx) in enumerate(splitter.split(per_eeg, per_eeg["label"], per_eeg["patient_id"])):
+            fold[val_idx] = k
     return fold
+
+
+def missing_classes(per_eeg: pd.DataFrame) -> str | None:
+    """One line naming the majority classes that some folds have no eeg_id of, or None when
+    every fold has every class the data has."""
+    counts = pd.crosstab(per_eeg["label"], per_eeg["fold"])
+    short = counts[(counts == 0).any(axis=1)]
+    if short.empty:
+        return None
+    described = ", ".join(f"{label} ({int(row.sum())} eeg_id{'s' * (int(row.sum()) != 1)}, in {int((row > 0).sum())} "
+                          f"of {counts.shape[1]} folds)" for label, row in short.iterrows())
+    return (f"[hms] folds: some folds have no eeg_id whose experts' majority is {described}; "
+            "their validation scores say little about those classes")
 
 
 def multilabel_fold_of(per_eeg: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
@@ -68,6 +86,9 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int, method: str = "grou
     if n_patients < n_folds:
         raise HMSDataError(f"train.csv: {n_patients} patients cannot fill {n_folds} folds")
     per_eeg["fold"] = (group_fold_of if method == "group" else multilabel_fold_of)(per_eeg, n_folds, seed)
+    note = missing_classes(per_eeg)
+    if note:
+        print(note, flush=True)
     return per_eeg[list(FOLD_COLUMNS)]
 
 
@@ -86,8 +107,15 @@ def class_mix_spread(train: pd.DataFrame, folds: pd.DataFrame) -> dict:
 def load_or_make_folds(train: pd.DataFrame, path: Path, n_folds: int, seed: int,
                        method: str = "group") -> pd.DataFrame:
     """Reuse folds.csv when it covers exactly this train set and was made with this n_folds,
-    seed and method (kept in a `.json` beside it); else rebuild it, keeping the old one aside."""
+    seed and method (kept in a `.json` beside it); else rebuild it, keeping the old one aside.
+    Under a file lock: of concurrent processes (hms run's jobs, a Slurm array's tasks) one
+    builds it and the others wait and reuse it, so folds.csv and its .json always match."""
     path = Path(path)
+    with file_lock(path, what="the folds"):
+        return _load_or_make_folds(train, path, n_folds, seed, method)
+
+
+def _load_or_make_folds(train: pd.DataFrame, path: Path, n_folds: int, seed: int, method: str) -> pd.DataFrame:
     made_with = {"n_folds": int(n_folds), "seed": int(seed)}
     if method != "group":  # folds.json files written before methods existed stay valid
         made_with["method"] = method

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hms.data import io, schema
-from hms.utils import atomic_to_csv, atomic_write_json
+from hms.utils import atomic_to_csv, atomic_write_json, file_lock
 
 PROBLEM_KINDS = {
     "bad_table": "train.csv or test.csv unreadable or with wrong columns",
@@ -220,8 +220,14 @@ def preflight(data_dir: Path, work_dir: Path, skip_bad: bool = False, quiet: boo
     """Validate (or reuse the report of an unchanged dataset), write it to the work dir, and
     stop on train problems, listing all of them; with skip_bad, list the bad train files in
     the work dir instead (their rows leave training) and say so loudly. Test problems are
-    reported: inference gives such rows the prior, and stops when too many do."""
+    reported: inference gives such rows the prior, and stops when too many do. Under a file lock:
+    of concurrent processes one validates and writes the report, the others wait and reuse it."""
     work_dir = Path(work_dir)
+    with file_lock(work_dir / REPORT_JSON, what="the validate report"):
+        return _preflight(data_dir, work_dir, skip_bad, quiet)
+
+
+def _preflight(data_dir: Path, work_dir: Path, skip_bad: bool, quiet: bool) -> Report:
     saved = work_dir / REPORT_JSON
     report, files_signature = None, signature(data_dir)
     if saved.is_file():

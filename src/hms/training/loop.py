@@ -1,101 +1,53 @@
-"""`hms train`: every run of one experiment (its CV folds, their extra seeds, full-data fits:
-see hms.training.runs).
+"""How one run of an experiment trains (a CV fold, one of its extra seeds, or a full-data fit;
+see hms.training.runs): FoldRun's stages and epochs, the optimiser step, early stopping,
+resume from last.pt; TreeRun for a model fitted once. The experiment around it (caches,
+folds, which runs, the OOF) is hms.training.experiment; the scheduling of runs over devices
+is hms.training.schedule.
 
 Per run, in $HMS_WORK_DIR/<exp>/<run>/: best.pt (plain state_dict, loads with
 weights_only=True), last.pt (resume state), metrics.json, log.csv, config.yaml, val_pred.csv,
-test_pred.csv (full fits: no val_pred.csv). Per experiment: oof.csv (one row per eeg_id and
-vote vector, each eeg_id in exactly one fold, a fold's seeds averaged) and test_pred.csv (mean
-over every run, in test.csv order).
+test_pred.csv (full fits: no val_pred.csv).
 """
 from __future__ import annotations
 
 import math
-import os
 import time
-from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from hms import config as C
-from hms.training.augment import augment_batch
 from hms.cache.store import open_cache
 from hms.data import labels, schema
-from hms.training.dataset import HMSDataset, make_loader, training_set
-from hms.training.predict import predict_probs, predict_test, to_device
-from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, predicting_runs
-from hms.training.tracking import EpochLogger
-from hms.training.losses import kl_loss
 from hms.metric import kl_score
-from hms.training.network import build_network, load_fold_network
 from hms.models.factory import fitted_once, uses_kaggle_spec
-from hms.data.tables import load_train
-from hms.cache.prepare import prepare
-from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, seed_everything
+from hms.training.augment import augment_batch
+from hms.training.dataset import HMSDataset, make_loader, training_set
+from hms.training.dist import barrier, broadcast_from_main, cuda_indexed, init_distributed, launched_world_size
+from hms.training.losses import kl_loss
+from hms.training.network import build_network
+from hms.training.predict import predict_probs, predict_test, to_device
+from hms.training.pseudo import pseudo_labelled
+from hms.training.runs import RunSpec
+from hms.training.tracking import EpochLogger
+from hms.training.workdir import exp_dir
+from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, bars_off
 
 
-def experiment_name(cfg: DictConfig, config_path: str | None = None) -> str:
-    if cfg.get("name"):
-        return str(cfg.name)
-    if config_path:
-        return Path(config_path).stem
-    raise ValueError("the experiment has no name: set `name:` in its config")
-
-
-def exp_dir(cfg: DictConfig) -> Path:
-    return C.work_dir(cfg) / str(cfg.name)
-
-
-def is_complete(fold_dir: Path) -> bool:
-    metrics = fold_dir / "metrics.json"
-    return metrics.is_file() and '"complete": true' in metrics.read_text()
-
-
-# ---------------------------------------------------------------- distributed (torchrun)
-
-def init_distributed(timeout_minutes: float = 120.0) -> tuple[int, int, int]:
-    """(rank, world size, local rank); joins the process group when launched by torchrun.
-    The timeout covers rank 0 building the caches while the others wait in a barrier (a first
-    real `hms prepare` takes longer than NCCL's default 10 minutes)."""
-    world, local_rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)  # before any collective: each rank on its own GPU
-        dist.init_process_group(backend, timeout=timedelta(minutes=float(timeout_minutes)))
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"[hms] DDP: {world} processes, {backend}, collective timeout {timeout_minutes:g} min", flush=True)
-    return int(os.environ.get("RANK", 0)), world, local_rank
-
-
-def broadcast_from_main(obj):
-    """Rank 0's value on every rank: decisions (scores, early stopping, best epoch) are taken
-    once, so ranks can never disagree and hang or desync."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+def check_launch(cfg: DictConfig) -> None:
+    """A model fitted once has no gradient steps to share over processes: refuse torchrun before
+    anything is built (its parameterless network would fail DDP's wrap with a less clear error)."""
+    if launched_world_size() > 1 and fitted_once(cfg):
+        raise C.ConfigError(f"{cfg.name}: a {cfg.model.kind} experiment is fitted once, in one process; run it "
+                            "without torchrun (`hms train CONFIG --fold K`, or `hms run` for every fold)")
 
 
 # ---------------------------------------------------------------- data
-
 def stage_rows(train: pd.DataFrame, stage: DictConfig, min_votes: int) -> pd.DataFrame:
     if stage.rows == "all":
         return train
@@ -112,45 +64,6 @@ def low_vote_weight_at(stage, epoch: int, default: float) -> float:
         return float(w)
     start, end = (float(v) for v in w)
     return start + (end - start) * epoch / max(1, int(stage.epochs) - 1)
-
-
-def pseudo_labelled(rows: pd.DataFrame, cfg: DictConfig, run: RunSpec, caches: tuple, device) -> pd.DataFrame:
-    """rows with the low-vote rows' targets mixed with the predictions of the experiments in
-    labels.pseudo.from (8th place: 0.1 votes + 0.9 teachers). A CV run for fold k asks each
-    teacher's own fold-k model, which never saw fold k, so nothing of the validation fold's
-    labels reaches the student through its targets (teachers' OOF predictions would carry it:
-    the other folds' models trained on fold k). A full fit, with nothing held out, takes the
-    teachers' OOF. Validation always keeps the experts' votes."""
-    sources = list(cfg.labels.get("pseudo", {}).get("from") or [])
-    if not sources:
-        return rows
-    predictions = [teacher_predictions(C.work_dir(cfg) / name, rows, cfg, run, caches, device) for name in sources]
-    return labels.mix_pseudo_targets(rows, predictions, float(cfg.labels.pseudo.weight), cfg.labels.min_votes_high)
-
-
-def teacher_predictions(teacher: Path, rows: pd.DataFrame, cfg: DictConfig, run: RunSpec, caches: tuple,
-                        device) -> pd.DataFrame:
-    """A teacher's predictions for the low-vote items of rows (eeg_id, <class>_target, votes):
-    its fold-k model's for a fold-k run, its OOF for a full fit."""
-    if run.is_full:
-        path = teacher / "oof.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"labels.pseudo.from: {path} not found; train {teacher.name!r} first "
-                                    "(list it before this experiment)")
-        return pd.read_csv(path)
-    fold_dir = teacher / f"fold{run.fold}"
-    if not is_complete(fold_dir):
-        raise FileNotFoundError(f"labels.pseudo.from: {fold_dir} is not trained; train {teacher.name!r} first "
-                                "(list it before this experiment)")
-    teacher_cfg, net = load_fold_network(fold_dir, {}, device)
-    low = rows[~labels.high_vote_mask(rows, cfg.labels.min_votes_high)]
-    ds = HMSDataset(low, *caches, train=False, use_spec=uses_kaggle_spec(teacher_cfg), signal_cfg=teacher_cfg.signal)
-    probs = predict_probs(net, make_loader(ds, cfg, shuffle=False), device,
-                          tta_lr_swap=bool(teacher_cfg.infer.tta_lr_swap), amp=device.type == "cuda")
-    out = ds.items[["eeg_id"]].copy()
-    out[[f"{c}_target" for c in schema.CLASSES]] = ds.targets
-    out[list(schema.VOTE_COLUMNS)] = probs
-    return out.reset_index(drop=True)
 
 
 def val_mask_high(items: pd.DataFrame, min_votes: int) -> np.ndarray:
@@ -219,16 +132,6 @@ def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True
     return loss.detach()
 
 
-def cuda_indexed(device: torch.device, local_rank: int | None = None) -> torch.device:
-    """A CUDA device with an index: torchrun's local rank, else the configured one, else the
-    current one. torch.cuda.set_device rejects a bare "cuda" (torch 2.11 raises ValueError)."""
-    if device.type != "cuda":
-        return device
-    if local_rank is not None:
-        return torch.device("cuda", local_rank)
-    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-
-
 # ---------------------------------------------------------------- one fold
 
 class FoldRun:
@@ -236,6 +139,7 @@ class FoldRun:
     resumable from last.pt after every epoch."""
 
     def __init__(self, cfg: DictConfig, run: RunSpec, train: pd.DataFrame, caches: dict, progress: bool):
+        check_launch(cfg)
         self.rank, self.world, local_rank = init_distributed(cfg.train.ddp_timeout_minutes)
         self.is_main = self.rank == 0
         self.cfg, self.run_spec, self.progress = cfg, run, progress and self.is_main
@@ -253,7 +157,7 @@ class FoldRun:
         eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
         self.caches = (eeg, spec)
         self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg, run,
-                                          self.caches, self.device)
+                                          self.device)
         self.val_set = None if run.is_full else HMSDataset(
             train[train.fold == run.fold], eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
             signal_cfg=cfg.signal)
@@ -344,7 +248,8 @@ class FoldRun:
                 loader.sampler.set_epoch(epoch + 1000 * s_idx)
             low_w = low_vote_weight_at(stage, epoch, self.cfg.labels.low_vote_weight) if scheduled else None
             loss_sum, steps = torch.zeros((), device=self.device), 0
-            for batch in tqdm(loader, desc=f"{self.tag} s{s_idx} e{epoch}", disable=not self.progress, leave=False):
+            bar = tqdm(loader, desc=f"{self.tag} s{s_idx} e{epoch}", disable=bars_off(self.progress), leave=False)
+            for batch in bar:
                 loss_sum += train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device,
                                        low_vote_weight=low_w)
                 steps += 1
@@ -430,9 +335,6 @@ class TreeRun(FoldRun):
     any other experiment. Only the first of train.stages applies (its rows and low_vote_weight)."""
 
     def run(self) -> dict:
-        if self.world > 1:
-            raise C.ConfigError(f"{self.tag}: a {self.cfg.model.kind} experiment fits in one process; "
-                                "run it without torchrun")
         self.dir.mkdir(parents=True, exist_ok=True)
         C.save_resolved(self.cfg, self.dir / "config.yaml")
         state = {"stage": 0, "epoch": -1, "best": float("inf"), "bad_epochs": 0, "history": []}
@@ -466,92 +368,7 @@ def feature_matrix(net, loader, device, progress: bool = False, desc: str = "fea
     """(n_items, n_features) float64: the fitted-once core's features of each item, in order."""
     net.eval()
     out = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=bars_off(progress), leave=False):
         batch = to_device(batch, device)
         out.append(net.core.features(net.model_signal(batch["signal"]), batch["spec"]).cpu().numpy())
     return np.concatenate(out)
-
-
-# ---------------------------------------------------------------- experiment
-
-def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: bool = False,
-                     progress: bool = True) -> dict:
-    """Train the requested folds (default: all, then the full-data fits), every seed of each,
-    skipping finished runs unless forced; write the experiment's oof.csv and test_pred.csv
-    once every run is done."""
-    seed_everything(cfg.seed)
-    _, world, _ = init_distributed(cfg.train.ddp_timeout_minutes)
-    if world > 1:  # rank 0 builds caches and folds.csv first; the others then just find them
-        if is_main_process():
-            prepare(cfg, progress=progress)
-            load_train(cfg)
-        barrier()
-    caches = prepare(cfg, progress=progress and world == 1)
-    train = load_train(cfg)
-    for run in cv_runs(cfg, folds):
-        train_run(cfg, run, train, caches, force, progress)
-    if folds is None and cfg.train.get("full_fits", 0):  # full fits need every CV run's best epoch first
-        for run in full_runs(cfg, full_fit_epochs(cv_logs(cfg), len(cfg.train.stages))):
-            train_run(cfg, run, train, caches, force, progress)
-    return collect_experiment(cfg) if is_main_process() else {"name": cfg.name, "complete": False}
-
-
-def train_run(cfg, run: RunSpec, train, caches, force: bool, progress: bool) -> dict | None:
-    run_dir = exp_dir(cfg) / run.name
-    if is_complete(run_dir) and not force:
-        print(f"[{cfg.name} {run.name}] already complete: skipped (use --force to retrain)")
-        return None
-    if force and run_dir.exists() and is_main_process():
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{int(time.time())}"))
-    barrier()
-    seed_everything(run.seed)
-    if run.is_full:
-        print(f"[{cfg.name} {run.name}] full-data fit, epochs per stage {list(run.stage_epochs)} (from the CV runs)")
-    runner = TreeRun if fitted_once(cfg) else FoldRun
-    return runner(cfg, run, train, caches, progress).run()
-
-
-def cv_logs(cfg) -> list[pd.DataFrame]:
-    return [pd.read_csv(exp_dir(cfg) / run.name / "log.csv") for run in cv_runs(cfg)]
-
-
-def collect_experiment(cfg: DictConfig) -> dict:
-    """Merge run outputs once every run is complete: OOF (each fold's seeds averaged) with its
-    KL on all and high-vote rows, and the test mean over the predicting runs."""
-    root = exp_dir(cfg)
-    cv = cv_runs(cfg)
-    runs = cv + full_runs(cfg, [])
-    if not all(is_complete(root / r.name) for r in runs):
-        return {"name": cfg.name, "complete": False}
-    oof = pd.concat([seed_mean([pd.read_csv(root / r.name / "val_pred.csv") for r in cv if r.fold == k])
-                     for k in range(cfg.folds.n_folds)], ignore_index=True)
-    atomic_to_csv(oof, root / "oof.csv")
-    predicting = predicting_runs(cfg, runs)
-    atomic_to_csv(seed_mean([pd.read_csv(root / r.name / "test_pred.csv") for r in predicting]), root / "test_pred.csv")
-    summary = {"name": cfg.name, "complete": True, "runs": [r.name for r in predicting],
-               **oof_scores(oof, cfg.labels.min_votes_high),
-               "prior": labels.prior(load_train(cfg), cfg.labels.min_votes_high).tolist()}
-    atomic_write_json(root / "summary.json", summary)
-    print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}"
-          f"  ({len(cv)} CV runs; test mean of {len(predicting)} runs)")
-    return summary
-
-
-def seed_mean(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The first frame with its class probabilities replaced by the mean over frames (rows in
-    the same order: the same fold's validation set, or test.csv's)."""
-    for f in frames[1:]:
-        if not np.array_equal(f["eeg_id"].to_numpy(), frames[0]["eeg_id"].to_numpy()):
-            raise ValueError("runs to average predict different rows (stale predictions?)")
-    mean = frames[0].copy()
-    mean[list(schema.VOTE_COLUMNS)] = np.mean([f[list(schema.VOTE_COLUMNS)].to_numpy() for f in frames], axis=0)
-    return mean
-
-
-def oof_scores(oof: pd.DataFrame, min_votes: int) -> dict:
-    target = oof[[f"{c}_target" for c in schema.CLASSES]].to_numpy()
-    probs = oof[list(schema.VOTE_COLUMNS)].to_numpy()
-    high = oof[labels.TOTAL_VOTES].to_numpy() >= min_votes
-    return {"oof_kl": kl_score(target, probs),
-            "oof_kl_high": kl_score(target[high], probs[high]) if high.any() else float("nan"),
-            "n_oof": len(oof), "n_oof_high": int(high.sum())}

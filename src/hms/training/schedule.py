@@ -1,0 +1,227 @@
+"""How `hms run` spreads an experiment's runs over several devices: one `hms train CONFIG
+--fold K` (or `--full I`) process per device at a time, teachers' folds before their
+students', full fits after their experiment's CV runs. Each job's output goes to
+$HMS_WORK_DIR/<exp>/<run>/train.log; one line per finished job; the first failure stops the
+others and names the job and its log. Caches, folds and the validate report are built once
+before (hms.run_all), so the jobs only read them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from hms import config as C
+from hms.training.experiment import all_runs, set_aside
+from hms.training.runs import cv_runs
+from hms.training.workdir import TRAIN_LOG, exp_dir, is_complete
+
+CPU_SLOT = "cpu"  # a device slot that trains on the CPU (tests; a machine with no GPU)
+POLL_S = 0.2  # seconds between looks at the running jobs
+
+
+class RunFailed(RuntimeError):
+    """A scheduled job exited non-zero; the message names it and its log."""
+
+
+@dataclass
+class Job:
+    exp: str
+    run: str  # the run folder its log goes to: fold{k} (with fold k's extra seeds) or full{i}
+    args: list[str]  # `hms train` arguments: config file, overrides, --fold/--full
+    needs: set[str] = field(default_factory=set)  # keys of the jobs to finish first
+
+    @property
+    def key(self) -> str:
+        return f"{self.exp} {self.run}"
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES's entries when it is set (indices,
+    UUIDs or MIG ids, kept as they are), else torch's device count."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def device_slots(gpus: str | int = "all", devices: list[str] | None = None) -> list[str]:
+    """The device slots to schedule over: `devices` as given (GPU ids, or `cpu` for a CPU
+    process), else the first `gpus` visible GPUs (all by default)."""
+    if devices:
+        return list(devices)
+    visible = visible_gpus()
+    if str(gpus) == "all":
+        return visible
+    n = int(gpus)
+    if not 1 <= n <= len(visible):
+        raise C.ConfigError(f"--gpus {n}: {len(visible)} GPUs are visible ({visible or 'none'})")
+    return visible[:n]
+
+
+def slot_env(slot: str, n_cpu_slots: int) -> dict[str, str]:
+    """The environment of a job on this slot: one GPU visible to it (as cuda:0), or the CPU with
+    a share of the cores."""
+    env = dict(os.environ)
+    if slot == CPU_SLOT:
+        env.update(HMS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="",
+                   OMP_NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)) // max(1, n_cpu_slots))))
+    else:
+        env.update(HMS_DEVICE="cuda", CUDA_VISIBLE_DEVICES=slot)
+    return env
+
+
+def plan_jobs(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[str]) -> list[Job]:
+    """Every unfinished job of the experiments (teachers first, as given): fold k waits for the
+    fold k of each teacher in this run (its pseudo-labels come from that model); full fits wait
+    for their own experiment's folds and for every job of their teachers (they read the
+    teacher's OOF)."""
+    names = {c.name for c in cfgs}
+    jobs: list[Job] = []
+    for cfg in cfgs:
+        teachers = [str(t) for t in (cfg.labels.get("pseudo", {}).get("from") or []) if str(t) in names]
+        base = [sources[cfg.name], *overrides]
+        folds = [Job(cfg.name, f"fold{k}", [*base, "--fold", str(k)], {f"{t} fold{k}" for t in teachers})
+                 for k in range(cfg.folds.n_folds)]
+        teacher_jobs = {j.key for j in jobs if j.exp in teachers}
+        fulls = [Job(cfg.name, f"full{i}", [*base, "--full", str(i)], {j.key for j in folds} | teacher_jobs)
+                 for i in range(int(cfg.train.get("full_fits", 0)))]
+        jobs += folds + fulls
+    return jobs
+
+
+def train_command(job: Job) -> list[str]:
+    return [sys.executable, "-m", "hms", "train", *job.args]
+
+
+def job_done(cfg: DictConfig, job: Job) -> bool:
+    runs = [r.name for r in cv_runs(cfg, [int(job.run[4:])])] if job.run.startswith("fold") else [job.run]
+    return all(is_complete(exp_dir(cfg) / name) for name in runs)
+
+
+class Scheduler:
+    """Runs jobs on device slots, one job per slot at a time, each as soon as what it needs is done."""
+
+    def __init__(self, cfgs: list[DictConfig], jobs: list[Job], slots: list[str], on_experiment_done=None,
+                 command=train_command):
+        self.cfgs = {c.name: c for c in cfgs}
+        self.command = command  # job -> argv (tests run stand-ins)
+        self.pending, self.slots = list(jobs), list(slots)
+        self.total = len(jobs)
+        self.done: set[str] = set()
+        self.running: dict[int, tuple[Job, subprocess.Popen, float, object]] = {}  # by slot index: names may repeat
+        self.on_experiment_done = on_experiment_done or (lambda cfg: None)
+        self.n_cpu = sum(s == CPU_SLOT for s in slots)
+
+    def log_path(self, job: Job) -> Path:
+        return exp_dir(self.cfgs[job.exp]) / job.run / TRAIN_LOG
+
+    def run(self) -> None:
+        print(f"[hms run] {self.total} jobs on {len(self.slots)} devices {self.slots}; each job's output: "
+              f"<work>/<exp>/<run>/{TRAIN_LOG}", flush=True)
+        try:
+            while self.pending or self.running:
+                self.start_ready()
+                if not self.running:
+                    raise RunFailed(f"jobs {[j.key for j in self.pending]} wait for jobs that never run")
+                self.reap(self.wait_any())
+        finally:
+            self.stop_all()
+
+    def start_ready(self) -> None:
+        for slot in [i for i in range(len(self.slots)) if i not in self.running]:
+            ready = next((j for j in self.pending if j.needs <= self.done), None)
+            if ready is None:
+                return
+            self.pending.remove(ready)
+            self.start(ready, slot)
+
+    def start(self, job: Job, slot: int) -> None:
+        log = self.log_path(job)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command(job)
+        fh = open(log, "a")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        fh.write(f"==== {started} on device {self.slots[slot]}: {' '.join(command[1:])}\n")
+        fh.flush()
+        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=slot_env(self.slots[slot], self.n_cpu))
+        self.running[slot] = (job, proc, time.perf_counter(), fh)
+
+    def wait_any(self) -> int:
+        while True:
+            for slot, (_, proc, _, _) in self.running.items():
+                if proc.poll() is not None:
+                    return slot
+            time.sleep(POLL_S)
+
+    def reap(self, slot: int) -> None:
+        job, proc, t0, fh = self.running.pop(slot)
+        fh.close()
+        if proc.returncode != 0:
+            self.fail(job, self.slots[slot], proc.returncode)
+        self.done.add(job.key)
+        print(f"[hms run] {job.key} done on device {self.slots[slot]} in {time.perf_counter() - t0:.0f} s"
+              f"{self.score(job)} ({len(self.done)}/{self.total} jobs)", flush=True)
+        if not self.unfinished(job.exp):
+            self.on_experiment_done(self.cfgs[job.exp])
+
+    def score(self, job: Job) -> str:
+        metrics = exp_dir(self.cfgs[job.exp]) / job.run / "metrics.json"
+        kl = json.loads(metrics.read_text()).get("val_kl_high") if metrics.is_file() else None
+        return f", high-vote val KL {kl:.4f}" if kl is not None else ""
+
+    def unfinished(self, exp: str) -> bool:
+        return any(j.exp == exp for j in self.pending) or any(j.exp == exp for j, *_ in self.running.values())
+
+    def fail(self, job: Job, slot: str, code: int) -> None:
+        stopped = self.stop_all()
+        log = self.log_path(job)
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+        also = f"; stopped {stopped} (they resume from last.pt on the next run)" if stopped else ""
+        raise RunFailed(f"{job.key} failed (exit {code}) on device {slot}; its log: {log}{also}")
+
+    def stop_all(self) -> list[str]:
+        stopped = []
+        for job, proc, _, fh in list(self.running.values()):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            fh.close()
+            stopped.append(job.key)
+        self.running.clear()
+        return stopped
+
+
+def schedule(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[str], slots: list[str],
+             force: bool = False, on_experiment_done=None) -> None:
+    """Train every run of the experiments (teachers first) over the device slots, one process
+    per slot. force: earlier run folders are set aside first (<run>.old-<time>), so the jobs
+    train them afresh. on_experiment_done(cfg) runs in this process once an experiment's last
+    job has finished (it writes the OOF that students' full fits read)."""
+    if force:
+        for cfg in cfgs:
+            for run in all_runs(cfg):
+                set_aside(exp_dir(cfg) / run.name)
+    jobs = plan_jobs(cfgs, sources, overrides)
+    todo = [j for j in jobs if not job_done(next(c for c in cfgs if c.name == j.exp), j)]
+    finished = {j.key for j in jobs} - {j.key for j in todo}
+    for j in todo:
+        j.needs -= finished
+    if finished:
+        print(f"[hms run] {len(finished)} jobs already complete: skipped (use --force to retrain)", flush=True)
+    for cfg in cfgs:
+        if not any(j.exp == cfg.name for j in todo) and on_experiment_done:
+            on_experiment_done(cfg)
+    Scheduler(cfgs, todo, slots, on_experiment_done).run()
