@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+import hms
 from hms.data import labels, schema
 
 from conftest import TINY_TRAIN
@@ -26,7 +27,7 @@ TINY_TREES = ["folds.n_folds=2", "model.max_iter=20", "model.min_samples_leaf=5"
 def hms_env(data: Path, work: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HMS_")}
     env.update(HMS_DATA_DIR=str(data), HMS_WORK_DIR=str(work), HMS_SUBMISSION_DIR=str(work / "submissions"),
-               HMS_DEVICE="cpu", PYTHONPATH=str(REPO / "src"))
+               HMS_DEVICE="cpu", PYTHONPATH=str(Path(hms.__file__).parents[1]))  # the hms under test
     return env
 
 
