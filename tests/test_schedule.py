@@ -219,9 +219,8 @@ def test_concurrent_folds_build_caches_and_folds_once(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    for k in (0, 1):
-        serial = run_hms(*args, "--fold", str(k), data=data, work=tmp_path / "serial")
-        assert serial.returncode == 0, serial.stderr[-2000:]
+    serial = run_hms(*args, "--fold", "0", data=data, work=tmp_path / "serial")  # builds all the shared things
+    assert serial.returncode == 0, serial.stderr[-2000:]
     parallel, serial = built_files(tmp_path / "parallel"), built_files(tmp_path / "serial")
     assert any("/" in name for name in serial) and "folds.csv" in serial
     assert parallel.keys() == serial.keys()
