@@ -1,2 +1,4 @@
 """Stage 5, `hms train`: datasets over the caches, augmentations, the network wrapper (device-side
-cleaning, image building), the KL loss, batched prediction and the fold loop."""
+cleaning, image building), the KL loss, batched prediction; how one run trains (loop), the
+experiment around its runs (experiment), pseudo-label teachers (pseudo), runs spread over
+several devices (schedule) and torchrun's helpers (dist)."""

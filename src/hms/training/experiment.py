@@ -20,7 +20,7 @@ from hms.models.factory import fitted_once
 from hms.training.dist import barrier, init_distributed, is_main_process, launched_world_size
 from hms.training.loop import FoldRun, TreeRun, check_launch
 from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, predicting_runs
-from hms.training.workdir import exp_dir, experiment_name, is_complete  # noqa: F401 (experiment_name: re-exported)
+from hms.training.workdir import exp_dir, is_complete
 from hms.utils import atomic_to_csv, atomic_write_json, seed_everything
 
 

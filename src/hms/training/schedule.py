@@ -79,7 +79,7 @@ def slot_env(slot: str, n_cpu_slots: int) -> dict[str, str]:
 
 
 def plan_jobs(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[str]) -> list[Job]:
-    """Every unfinished job of the experiments (teachers first, as given): fold k waits for the
+    """Every job of the experiments (teachers first, as given): fold k waits for the
     fold k of each teacher in this run (its pseudo-labels come from that model); full fits wait
     for their own experiment's folds and for every job of their teachers (they read the
     teacher's OOF)."""
@@ -214,8 +214,9 @@ def schedule(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[st
         for cfg in cfgs:
             for run in all_runs(cfg):
                 set_aside(exp_dir(cfg) / run.name)
+    by_name = {cfg.name: cfg for cfg in cfgs}
     jobs = plan_jobs(cfgs, sources, overrides)
-    todo = [j for j in jobs if not job_done(next(c for c in cfgs if c.name == j.exp), j)]
+    todo = [j for j in jobs if not job_done(by_name[j.exp], j)]
     finished = {j.key for j in jobs} - {j.key for j in todo}
     for j in todo:
         j.needs -= finished
