@@ -117,3 +117,28 @@ def test_the_calibration_is_fitted_only_for_the_predictor_the_oof_measures(tmp_p
     (two_fits[0] / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="summary.json: no list of the runs"):
         fit_ensemble(two_fits, min_votes=10)
+
+
+@pytest.mark.slow
+def test_the_main_job_names_the_predictor_each_blend_score_measures(tiny_synth, tmp_path, capsys):
+    """`hms run` on data with answers: the printed lines say the nested score is the CV runs'
+    blend, what each experiment submits, why the calibration is off, and what the blend not
+    chosen would score on the test."""
+    from hms.run_all import run_all
+
+    config = tmp_path / "trees.yaml"
+    config.write_text("model: {kind: qeeg_trees, max_iter: 20, min_samples_leaf: 5}\n"
+                      "train:\n  full_fits: 2\n  test_runs: full\n"
+                      "  stages: [{rows: all, epochs: 1, lr: 0.0, low_vote_weight: 0.5}]\n")
+    out = run_all([str(config)], [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tmp_path / 'work'}",
+                                  f"paths.submission_dir={tmp_path / 'sub'}", "folds.n_folds=2", "input.downsample=4"])
+    printed = capsys.readouterr().out
+    report = out["ensemble"]
+    assert report["submitted"] == {"trees": "mean of 2 full fits"} and report["blend"] == "simplex"
+    assert "OOF KL of the CV runs' simplex blend" in printed
+    assert ("submitted: that blend of trees: mean of 2 full fits; calibration off: the OOF measures another "
+            "predictor than the submitted one (trees submits the mean of 2 full fits, its OOF rows average 1 run)") in printed
+    ensemble_kl = out["rows"][-1]["test_kl"]
+    assert f"test KL of the submitted simplex blend {ensemble_kl:.4f}; the calibrated one would score" in printed
+    saved = json.loads((tmp_path / "sub" / "ensemble.json").read_text())
+    assert saved["alternative"]["blend"] == "calibrated" and saved["alternative"]["temperature"] != 1.0

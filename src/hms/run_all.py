@@ -9,7 +9,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from hms import config as C
-from hms.inference.ensemble import describe, write_submission
+from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data.tables import load_test
 from hms.cache.prepare import prepare
 from hms.inference.summary import load_answers, summary_table, test_scores
@@ -63,6 +63,12 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     print(summary_table(rows))
     for line in describe(report):
         print(f"[hms] {line}")
+    if "test_kl" in rows[-1]:  # simulated data: the answers check the calibration choice
+        other = report["alternative"]
+        other_kl = test_scores(blend_test(dirs, other, test), load_answers(C.data_dir(base)),
+                               np.asarray(summaries[0]["prior"]))["test_kl"]
+        print(f"[hms] test KL of the submitted {report['blend']} blend {rows[-1]['test_kl']:.4f}; "
+              f"the {other['blend']} one would score {other_kl:.4f}")
     print(f"[hms] wrote {C.submission_dir(base) / 'submission.csv'} in {time.perf_counter() - t0:.0f} s")
     return {"rows": rows, "ensemble": report}
 

@@ -185,11 +185,15 @@ def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3, c
     per_fold = {int(k): fit_weights(preds[:, rows & (keys.fold.to_numpy() == k)],
                                     target[rows & (keys.fold.to_numpy() == k)]).round(4).tolist()
                 for k in sorted(keys.fold.unique()) if (rows & (keys.fold.to_numpy() == k)).any()}
+    other = fit_blend(preds[:, rows], target[rows], "simplex" if calibrate else "calibrated", min_gain)
     oof = apply_blend(preds, params)
     return {
         "experiments": [Path(d).name for d in exp_dirs],
         **{k: params[k] for k in ("weights", "fitted_weights", "used", "temperature", "bias")}, "blend": kind,
         "calibration": why, "submitted": {m["name"]: submitted_predictor(m) for m in members},
+        # the blend not chosen, fitted on the same rows: on data with answers its test KL checks the choice
+        "alternative": {"blend": "simplex" if calibrate else "calibrated",
+                        **{k: other[k] for k in ("weights", "temperature", "bias")}},
         "nested_oof_kl_high": nested, "oof_kl_high_nested": nested.get(kind, float("nan")),
         "per_fold_weights": per_fold,
         "weight_std_over_folds": np.std(list(per_fold.values()), axis=0).round(4).tolist(),
