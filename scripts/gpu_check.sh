@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU path end to end, in about 6 minutes on one H100/H200, on the embedded dataset (made
 # here when input/ holds no data; nothing is downloaded, every model starts from random weights):
-#   1. tests/test_gpu.py: every shipped config's AMP steps, GPU mels vs librosa, a fold on CUDA
-#   2. hms bench spectrogram / train / infer: throughput, one JSON line each
+#   1. tests/test_gpu.py: every shipped config's AMP steps (a fitted-once one: its tree fit on
+#      CUDA against the CPU's), GPU mels vs librosa, a fold on CUDA
+#   2. hms bench spectrogram / train / infer: throughput, one JSON line each (bench train: the
+#      configs/exp/ configs trained by steps; a fitted-once one has no steps to time)
 #   3. a short run of the starter-recipe EfficientNet-B0 mosaic (5 folds x 2 epochs), ensembled
 #   4. the demo main job on the GPU, timed
 # Everything lands in $GPU_CHECK_DIR (default working/gpu_check): check.log, bench.jsonl and the
@@ -40,7 +42,8 @@ if wanted bench; then
   hms prepare configs/demo/conv1d.yaml 2>&1 | tail -n 3 | tee -a "$LOG" || status=1
   step "bench spectrogram (the starter's 128-mel recipe, batch 256)"
   hms bench spectrogram --batch 256 2>&1 | tee -a "$LOG" | grep '^{' >> "$BENCH" || status=1
-  for cfg in configs/exp/*.yaml; do
+  stepped=$("$HMS_PY" -c "import glob, sys; from hms.bench import split_by_training; print(*split_by_training(sorted(glob.glob('configs/exp/*.yaml')))[0])") || status=1
+  for cfg in $stepped; do
     step "bench train $cfg"
     random_weights=(); grep -q "pretrained: true" "$cfg" && random_weights=(model.pretrained=false)
     hms bench train "$cfg" "${random_weights[@]}" --steps 10 2>&1 | tee -a "$LOG" | grep '^{' >> "$BENCH" || status=1

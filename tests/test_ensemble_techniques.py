@@ -18,18 +18,23 @@ TARGETS = [f"{c}_target" for c in schema.CLASSES]
 
 # ---------------------------------------------------------------- seeds and full-data fits
 
-def test_epochs_to_best_counts_each_stage_up_to_the_best_checkpoint():
+def test_epochs_to_best_counts_each_stage_up_to_its_own_best_checkpoint():
     from hms.training.runs import epochs_to_best, full_fit_epochs
 
     # best at stage 0 epoch 2 (stage 0 ran 5 epochs, then stage 1 never improved)
     a = pd.DataFrame({"stage": [0, 0, 0, 0, 0, 1], "epoch": [0, 1, 2, 3, 4, 0],
                       "best": [True, True, True, False, False, False]})
-    # best in stage 1 epoch 1, after a stage 0 of 4 epochs
+    # best in stage 1 epoch 1; stage 0 ran 4 epochs but its best was epoch 2, and stage 1 started
+    # from that checkpoint, not from epoch 3's weights: the full fit runs 3 epochs of stage 0
     b = pd.DataFrame({"stage": [0, 0, 0, 0, 1, 1], "epoch": [0, 1, 2, 3, 0, 1],
                       "best": [True, False, True, False, False, True]})
+    # stage 1 never improved, so stage 2 started from stage 0's epoch 1: stage 1 counts nothing
+    c = pd.DataFrame({"stage": [0, 0, 0, 0, 1, 1, 2], "epoch": [0, 1, 2, 3, 0, 1, 0],
+                      "best": [True, True, False, False, False, False, True]})
     assert epochs_to_best(a, 2) == [3, 0]
-    assert epochs_to_best(b, 2) == [4, 2]
-    assert full_fit_epochs([a, b, b], 2) == [4, 2]  # per-stage median over runs
+    assert epochs_to_best(b, 2) == [3, 2]
+    assert epochs_to_best(c, 3) == [2, 0, 1]
+    assert full_fit_epochs([a, b, b], 2) == [3, 2]  # per-stage median over runs
     with pytest.raises(ValueError, match="no best epoch"):
         epochs_to_best(a.assign(best=False), 2)
 

@@ -71,6 +71,24 @@ def test_kernel_metadata_fields(packaged):
     assert meta["dataset_sources"] == ["tester/hms-weights"]
     assert meta["competition_sources"] == [schema.KAGGLE_SLUG]
     assert meta["language"] == "python" and meta["kernel_type"] == "notebook" and meta["is_private"] is True
+    # enable_gpu alone may get a P100, whose sm_60 the image's torch cannot run
+    assert meta["machine_shape"] == "NvidiaTeslaT4"
+
+
+def test_kernel_machine_shape_is_an_option_and_a_p100_is_refused(packaged, tmp_path):
+    from hms.cli import main
+    from hms.config import ConfigError
+    from hms.kaggle.notebook import kernel_metadata
+
+    assert kernel_metadata("u", "u/w", machine_shape="NvidiaL4")["machine_shape"] == "NvidiaL4"
+    cpu = kernel_metadata("u", "u/w", machine_shape="none")
+    assert cpu["enable_gpu"] is False and "machine_shape" not in cpu
+    with pytest.raises(ConfigError, match="sm_60"):
+        kernel_metadata("u", "u/w", machine_shape="NvidiaTeslaP100")
+    out = tmp_path / "nb"
+    assert main(["kaggle", "notebook", "--dir", str(out), "--package", str(packaged["root"] / "dataset"),
+                 "--accelerator", "NvidiaL4"]) == 0
+    assert json.loads((out / "kernel-metadata.json").read_text())["machine_shape"] == "NvidiaL4"
 
 
 def test_hms_wheel_installs_offline(packaged, tmp_path):
@@ -174,10 +192,22 @@ def test_upload_creates_then_versions_with_zip_dir_mode(packaged, fake_kaggle):
     assert upload(pkg) == "create"
     assert upload(pkg, "second") == "version"
     push(packaged["notebook"].parent)
+    push(packaged["notebook"].parent, "NvidiaL4")
     assert fake_kaggle.read_text().splitlines() == [
         "datasets status tester/hms-weights",
         f"datasets create -p {pkg} --dir-mode zip",
         "datasets status tester/hms-weights",
         f"datasets version -p {pkg} -m second --dir-mode zip",
-        f"kernels push -p {packaged['notebook'].parent}",
+        f"kernels push -p {packaged['notebook'].parent} --accelerator NvidiaTeslaT4",  # the metadata's shape
+        f"kernels push -p {packaged['notebook'].parent} --accelerator NvidiaL4",
     ]
+
+
+def test_hms_kaggle_push_passes_the_accelerator_and_refuses_a_p100(packaged, fake_kaggle, capsys):
+    from hms.cli import main
+
+    nb = str(packaged["notebook"].parent)
+    assert main(["kaggle", "push", "--dir", nb, "--accelerator", "NvidiaTeslaT4"]) == 0
+    assert main(["kaggle", "push", "--dir", nb, "--accelerator", "NvidiaTeslaP100"]) == 2
+    assert "sm_60" in capsys.readouterr().err
+    assert fake_kaggle.read_text().splitlines() == [f"kernels push -p {nb} --accelerator NvidiaTeslaT4"]

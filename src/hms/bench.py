@@ -61,6 +61,20 @@ def print_json(result: dict) -> None:
     print(json.dumps(result))
 
 
+def split_by_training(config_paths: list[str], root=".") -> tuple[list[str], list[str]]:
+    """(the configs trained by gradient steps, those fitted once) among config_paths, relative to
+    root: the first have training steps to time and AMP steps to check, the second a fit."""
+    from pathlib import Path
+
+    from hms.config import load_config
+    from hms.models.factory import fitted_once
+
+    stepped, fitted = [], []
+    for path in config_paths:
+        (fitted if fitted_once(load_config([str(Path(root) / path)], [])) else stepped).append(path)
+    return stepped, fitted
+
+
 def _train_setup(cfg):
     from hms.cache.store import open_cache
     from hms.training.dataset import training_set
@@ -71,8 +85,9 @@ def _train_setup(cfg):
     from hms.models.factory import fitted_once
 
     if fitted_once(cfg):
-        raise ConfigError(f"model kind {cfg.model.kind!r} is fitted once, not trained by steps: "
-                          "`hms train` prints each run's fit time")
+        raise ConfigError(f"{cfg.get('name') or cfg.model.kind} has no training steps to time: model kind "
+                          f"{cfg.model.kind!r} is fitted once per run, not trained by steps "
+                          "(`hms train` prints each run's fit time)")
     caches = prepare(cfg, ("train",), progress=False)["train"]
     ds = training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
                       (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))

@@ -186,10 +186,11 @@ def cmd_kaggle(args) -> int:
     elif args.action == "upload":
         print(f"kaggle datasets {package.upload(Path(args.dir), args.message)}: done")
     elif args.action == "notebook":
-        path = notebook.write_notebook(Path(args.dir), Path(args.package), args.user)
+        path = notebook.write_notebook(Path(args.dir), Path(args.package), args.user,
+                                       args.accelerator or notebook.DEFAULT_MACHINE_SHAPE)
         print(f"wrote {path} and {path.parent / 'kernel-metadata.json'}")
     else:
-        package.push(Path(args.dir))
+        package.push(Path(args.dir), args.accelerator)
         print("kaggle kernels push: done")
     return 0
 
@@ -277,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="Kaggle user name (default: from credentials)")
     p.add_argument("--slug", default="hms-weights", help="dataset slug")
     p.add_argument("--message", default="new weights", help="upload: version message")
+    p.add_argument("--accelerator", default=None,
+                   help="notebook: kernel-metadata.json's machine_shape (default NvidiaTeslaT4; 'none': a CPU "
+                        "kernel); push: kaggle's --accelerator (default: that machine_shape). Not NvidiaTeslaP100: "
+                        "Kaggle's torch has no kernels for it")
 
     from hms.report.commands import register as register_report
 

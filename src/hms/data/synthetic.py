@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sp_fft
+from scipy.integrate import trapezoid  # numpy.trapezoid needs numpy 2; requirements allow 1.26
 from scipy.signal import resample_poly
 
 from hms.data import schema as S
@@ -387,7 +388,7 @@ def _bg_psd(f, p: Patient):
     def shape(x):
         return (x**2 + 1) ** (-p.beta / 2) * x**2 / (x**2 + 0.09) / (1 + (x / 60) ** 8)
     grid = np.linspace(0, 100, 4001)
-    return shape(f) * p.bg_rms**2 / np.trapezoid(shape(grid), grid)
+    return shape(f) * p.bg_rms**2 / trapezoid(shape(grid), grid)
 
 
 def _spatial_mix(p: Patient) -> np.ndarray:

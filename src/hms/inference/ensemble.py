@@ -1,7 +1,14 @@
 """Blend experiments with weights on the simplex fit to minimise OOF KL on the high-vote
-rows, and write the submission in test.csv order."""
+rows, and write the submission in test.csv order.
+
+The OOF measures each experiment's CV runs (a row: the mean of its fold's n_seeds runs); the
+submission blends each experiment's test mean (summary.json's runs: full fits with
+train.test_runs: full). Weights carry over between the two; a temperature does not, since a mean
+of several models is softer than one model, so the calibration layer is fitted only where each
+experiment's test mean averages as many runs as its OOF rows (`predictor_mismatch`)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +113,64 @@ def nested_oof(preds: np.ndarray, target: np.ndarray, folds: np.ndarray, rows: n
     return out
 
 
-def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3) -> dict:
+def describe_members(exp_dirs: list[Path]) -> list[dict]:
+    """Per experiment, what its predictions average: {"name", "oof_runs": runs per OOF row
+    (train.n_seeds), "test_runs": the runs behind test_pred.csv (summary.json)}."""
+    from omegaconf import OmegaConf
+
+    members = []
+    for d in map(Path, exp_dirs):
+        summary = d / "summary.json"
+        runs = json.loads(summary.read_text()).get("runs") if summary.is_file() else None
+        if not runs:
+            raise FileNotFoundError(f"{summary}: no list of the runs behind test_pred.csv (train every run first)")
+        cfg = OmegaConf.load(d / runs[0] / "config.yaml")
+        members.append({"name": d.name, "oof_runs": int(cfg.train.get("n_seeds", 1)), "test_runs": list(runs)})
+    return members
+
+
+def submitted_predictor(member: dict) -> str:
+    """What an experiment submits, in words: 'mean of 2 full fits', '1 full fit', 'mean of 5 CV runs'."""
+    n, full = len(member["test_runs"]), sum(r.startswith("full") for r in member["test_runs"])
+    kind = "full fit" if full == n else "CV run" if full == 0 else "run (CV and full)"
+    return f"{n} {kind}" if n == 1 else f"mean of {n} {kind}s"
+
+
+def predictor_mismatch(members: list[dict]) -> str | None:
+    """Why a calibration fitted on the OOF would not fit the submitted predictor, or None: a mean
+    of k models is softer than a mean of j != k, so a temperature fitted on one misjudges the other."""
+    off = [m for m in members if len(m["test_runs"]) != m["oof_runs"]]
+    if not off:
+        return None
+    return "; ".join(f"{m['name']} submits the {submitted_predictor(m)}, its OOF rows average "
+                     f"{m['oof_runs']} run{'s' * (m['oof_runs'] > 1)}" for m in off)
+
+
+CALIBRATION = ("matched", "nested", "off")  # nested CV decides where the predictors match | always | never
+
+
+def calibration_choice(nested: dict, min_gain: float, mismatch: str | None, calibration: str) -> tuple[bool, str]:
+    """(whether the blend gets its calibration layer, why, in words)."""
+    if calibration == "off":
+        return False, "calibration off (asked)"
+    if calibration == "matched" and mismatch:
+        return False, f"calibration off: the OOF measures another predictor than the submitted one ({mismatch})"
+    if not nested:
+        return False, "calibration off: one fold, no nested CV to judge it"
+    gain = nested["simplex"] - nested["calibrated"]
+    return gain >= min_gain, f"calibration {'on' if gain >= min_gain else 'off'}: nested CV gain {gain:.4f} KL " \
+                             f"({'at least' if gain >= min_gain else 'under'} {min_gain})"
+
+
+def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3, calibration: str = "matched") -> dict:
     """Fit the blend on the high-vote OOF rows: simplex weights, plus a calibration layer when
-    nested CV (fit on the other folds, score each fold) says it gains min_gain KL. The chosen
-    blend's nested score is reported beside the in-sample one; per-fold refits show stability."""
+    nested CV (fit on the other folds, score each fold) says it gains min_gain KL and, with
+    calibration 'matched', every experiment submits the same kind of predictor its OOF measures.
+    The chosen blend's nested score is reported beside the in-sample one; per-fold refits show
+    stability."""
+    if calibration not in CALIBRATION:
+        raise ValueError(f"calibration must be one of {CALIBRATION}, got {calibration!r}")
+    members = describe_members(exp_dirs)
     keys, preds = load_oofs(exp_dirs)
     target = keys[TARGET_COLUMNS].to_numpy()
     high = keys[labels.TOTAL_VOTES].to_numpy() >= min_votes
@@ -117,16 +178,22 @@ def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3) -
     folds = keys.fold.to_numpy()
     nested = ({kind: kl_score(target[rows], nested_oof(preds, target, folds, rows, kind, min_gain)[rows])
                for kind in BLENDS} if len(np.unique(folds)) > 1 else {})
-    kind = "calibrated" if nested and nested["simplex"] - nested["calibrated"] >= min_gain else "simplex"
+    calibrate, why = calibration_choice(nested, min_gain, predictor_mismatch(members), calibration)
+    kind = "calibrated" if calibrate else "simplex"
     params = fit_blend(preds[:, rows], target[rows], kind, min_gain)
     kl_equal = kl_score(target[rows], blend(preds[:, rows], np.full(len(exp_dirs), 1 / len(exp_dirs))))
     per_fold = {int(k): fit_weights(preds[:, rows & (keys.fold.to_numpy() == k)],
                                     target[rows & (keys.fold.to_numpy() == k)]).round(4).tolist()
                 for k in sorted(keys.fold.unique()) if (rows & (keys.fold.to_numpy() == k)).any()}
+    other = fit_blend(preds[:, rows], target[rows], "simplex" if calibrate else "calibrated", min_gain)
     oof = apply_blend(preds, params)
     return {
         "experiments": [Path(d).name for d in exp_dirs],
         **{k: params[k] for k in ("weights", "fitted_weights", "used", "temperature", "bias")}, "blend": kind,
+        "calibration": why, "submitted": {m["name"]: submitted_predictor(m) for m in members},
+        # the blend not chosen, fitted on the same rows: on data with answers its test KL checks the choice
+        "alternative": {"blend": "simplex" if calibrate else "calibrated",
+                        **{k: other[k] for k in ("weights", "temperature", "bias")}},
         "nested_oof_kl_high": nested, "oof_kl_high_nested": nested.get(kind, float("nan")),
         "per_fold_weights": per_fold,
         "weight_std_over_folds": np.std(list(per_fold.values()), axis=0).round(4).tolist(),
@@ -135,6 +202,17 @@ def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3) -
         "oof_kl_high": kl_score(target[rows], oof[rows]), "oof_kl": kl_score(target, oof),
         "equal_weights_oof_kl_high": kl_equal,
     }
+
+
+def describe(report: dict) -> list[str]:
+    """The blend's printed lines, each score named by the predictor it measures."""
+    nested = {k: round(v, 4) for k, v in report["nested_oof_kl_high"].items()}
+    weights = dict(zip(report["experiments"], [round(w, 3) for w in report["weights"]]))
+    submitted = ", ".join(f"{name}: {what}" for name, what in report["submitted"].items())
+    return [f"ensemble high-vote OOF KL of the CV runs' {report['blend']} blend: {report['oof_kl_high']:.4f} "
+            f"in-sample, {report['oof_kl_high_nested']:.4f} by nested CV (nested: {nested})",
+            f"ensemble weights {weights} ({report['used']}); submitted: that blend of {submitted}; "
+            f"{report['calibration']}"]
 
 
 def blend_test(exp_dirs: list[Path], params: dict, test: pd.DataFrame) -> pd.DataFrame:

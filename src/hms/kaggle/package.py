@@ -11,9 +11,11 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from hms.config import ConfigError
 from hms.data import schema
 from hms.training.runs import run_dirs
 from hms.kaggle.client import KaggleError, run_kaggle
+from hms.kaggle.notebook import NO_ACCELERATOR, check_machine_shape
 from hms.kaggle.offline import PACKAGE_MARKER
 from hms.utils import atomic_dir, atomic_write_json
 
@@ -100,5 +102,13 @@ def upload(dataset_dir: Path, message: str = "new weights") -> str:
     return "create"
 
 
-def push(notebook_dir: Path) -> None:
-    run_kaggle(["kernels", "push", "-p", str(notebook_dir)])
+def push(notebook_dir: Path, accelerator: str | None = None) -> None:
+    """`kaggle kernels push`, with --accelerator (default: kernel-metadata.json's machine_shape):
+    the kaggle CLI sends the flag when given, else the field; passing the field as the flag too
+    makes the request explicit in the command (and in the test's record of it)."""
+    meta = json.loads((Path(notebook_dir) / "kernel-metadata.json").read_text())
+    accelerator = check_machine_shape(accelerator) if accelerator else meta.get("machine_shape")
+    if accelerator == NO_ACCELERATOR:
+        raise ConfigError(f"--accelerator {NO_ACCELERATOR}: write a CPU kernel with "
+                         f"`hms kaggle notebook --accelerator {NO_ACCELERATOR}` instead")
+    run_kaggle(["kernels", "push", "-p", str(notebook_dir), *(["--accelerator", accelerator] if accelerator else [])])

@@ -68,16 +68,15 @@ def predicting_runs(cfg, runs: list[RunSpec]) -> list[RunSpec]:
 
 
 def epochs_to_best(log: pd.DataFrame, n_stages: int) -> list[int]:
-    """Epochs each stage ran up to and including the run's best checkpoint (later stages: 0)."""
+    """Per stage, the epochs a full fit must run to copy this CV run: up to and including the
+    stage's own last improving epoch, since the next stage starts from best.pt (the best so far),
+    not from the stage's last weights; 0 for a stage that never improved (the next stage then
+    starts from an earlier stage's best) and for every stage after the run's best."""
     best = log[log["best"].astype(bool)]
     if best.empty:
         raise ValueError("a CV run's log.csv has no best epoch")
-    best_stage, best_epoch = int(best["stage"].iloc[-1]), int(best["epoch"].iloc[-1])
-    counts = []
-    for s in range(n_stages):
-        ran = log[log["stage"] == s]
-        counts.append(len(ran) if s < best_stage else best_epoch + 1 if s == best_stage else 0)
-    return counts
+    last_best = best.groupby("stage")["epoch"].max()
+    return [int(last_best[s]) + 1 if s in last_best.index else 0 for s in range(n_stages)]
 
 
 def full_fit_epochs(logs: list[pd.DataFrame], n_stages: int) -> list[int]:
