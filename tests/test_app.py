@@ -46,3 +46,32 @@ def test_app_renders_in_headless_chromium(app_env, tmp_path):
     assert 0 < state["loads"][0]["first_view_s"] <= state["loads"][0]["complete_view_s"]
     assert state["server_warm_s"] >= state["server_start_s"] > 0  # the warm-up thread finished
     assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def test_killing_hms_app_by_its_pid_stops_the_server(tmp_path):
+    """`kill <pid of hms app>` (SIGTERM) frees the port: no server child is left holding it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from hms.app.browser import answers, free_port, wait_until
+
+    port = free_port()
+    log = tmp_path / "app.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hms", "app", "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "HMS_WORK_DIR": str(tmp_path)})
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/_stcore/health"), proc, 60, "hms app answering", log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) is not None
+        assert not answers(f"http://127.0.0.1:{port}/_stcore/health")
+        with socket.socket() as s:  # as a new server binds (TIME_WAIT allowed): fails while one listens
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

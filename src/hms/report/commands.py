@@ -100,8 +100,11 @@ def cmd_app(args) -> int:
     flags = getattr(args, "streamlit_flags", {})
     command = app_command(args.port, args.address, flags)
     address, port = flags.get("server.address", args.address), flags.get("server.port", args.port)
-    print(f"HMS viewer on http://{address}:{port} (Ctrl-C stops it)")
-    return subprocess.call(command, env={**os.environ, **app_env(_cfg(args))})
+    env = {**os.environ, **app_env(_cfg(args))}
+    print(f"HMS viewer on http://{address}:{port} (Ctrl-C or kill {os.getpid()} stops it)", flush=True)
+    if os.name == "posix":  # the server replaces this process: its PID is the server's, so kill stops it
+        os.execve(command[0], command, env)
+    return subprocess.call(command, env=env)
 
 
 def register(sub, add_config_args) -> None:
