@@ -189,9 +189,14 @@ def explain_section(work_dir: str, eeg_id: int, preds: dict[str, pd.DataFrame]) 
     from hms.report import explain as X
 
     st.subheader("Model explanation (Grad-CAM / occlusion)")
-    exps = [e for e in preds if e != ENSEMBLE and (Path(work_dir) / e / "fold0").is_dir()]
+    trained = [e for e in preds if e != ENSEMBLE and (Path(work_dir) / e / "fold0" / "config.yaml").is_file()]
+    refused = {e: X.unsupported_reason(X.saved_config(Path(work_dir) / e)) for e in trained}
+    exps = [e for e in trained if not refused[e]]
+    for e in trained:
+        if refused[e]:
+            st.caption(f"{e} is not offered: {refused[e]}")
     if not exps:
-        st.info("no trained experiment in the work dir")
+        st.info("no explainable trained experiment in the work dir")
         return
     wanted = st.query_params.get("exp")
     exp = st.selectbox("experiment", exps, index=exps.index(wanted) if wanted in exps else 0)

@@ -32,7 +32,26 @@ class Explanation:
     times: np.ndarray | None  # occlusion: window centres, seconds in the 50 s window
 
 
+class ExplainError(ValueError):
+    """An experiment or eeg_id that `hms explain` cannot explain (a user error, one line)."""
+
+
 # ---------------------------------------------------------------- loading
+
+def unsupported_reason(cfg: DictConfig) -> str | None:
+    """Why a trained experiment cannot be explained, or None: explain rebuilds the 16
+    double-banana pairs from the parquet files, not the extra signals some models read."""
+    extras = list(cfg.signal.extras or [])
+    if extras:
+        return (f"it reads signal.extras {extras} beside the 16 double-banana pairs; "
+                "explain rebuilds only those 16")
+    return None
+
+
+def saved_config(exp_dir: Path, fold: int = 0) -> DictConfig:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(Path(exp_dir) / f"fold{fold}" / "config.yaml")
 
 def fold_of(exp_dir: Path, eeg_id: int) -> int:
     """The fold that held eeg_id out (its honest, out-of-fold model); fold 0 when unknown."""
@@ -67,8 +86,18 @@ def window_row(cfg: DictConfig, eeg_id: int, split: str = "train") -> pd.Series:
         train = io.read_train_csv(data_dir(cfg) / schema.TRAIN_CSV)
         rows = labels.dedup_per_eeg(labels.add_targets(train[train.eeg_id == int(eeg_id)]))
     if rows.empty:
-        raise ValueError(f"eeg_id {eeg_id} is not in the {split} table")
+        other = "test" if split == "train" else "train"
+        hint = f" (it is a {other} eeg_id: add --split {other})" if _in_table(cfg, eeg_id, other) else ""
+        raise ExplainError(f"eeg_id {eeg_id} is not in the {split} table{hint}")
     return rows.iloc[0]
+
+
+def _in_table(cfg: DictConfig, eeg_id: int, split: str) -> bool:
+    from hms.config import data_dir
+
+    name = schema.TEST_CSV if split == "test" else schema.TRAIN_CSV
+    path = data_dir(cfg) / name
+    return path.is_file() and int(eeg_id) in set(pd.read_csv(path, usecols=["eeg_id"]).eeg_id)
 
 
 def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
@@ -80,8 +109,8 @@ def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
 
     row = window_row(cfg, eeg_id, split)
     raw = views.bipolar_window(data_dir(cfg), int(row.eeg_id), float(row.eeg_label_offset_seconds), split)
-    if cfg.signal.extras:
-        raise NotImplementedError("explain reads the 16 double-banana pairs; signal.extras is not supported")
+    if unsupported_reason(cfg):
+        raise ExplainError(f"cannot explain this experiment: {unsupported_reason(cfg)}")
     signal = filters.prepare_window(raw, cfg.signal)
     spec = views.spectrogram_window(data_dir(cfg), int(row.spectrogram_id), float(row.spectrogram_label_offset_seconds),
                                     split, tuple(cfg.kaggle_spec.log_clip))
@@ -206,6 +235,11 @@ def explain(exp_dir: Path, eeg_id: int, fold: int | None = None, paths: DictConf
     (default exp_dir/explain). Returns the JSON dict (with 'explanation' and 'figure' objects)."""
     exp_dir = Path(exp_dir)
     fold = fold_of(exp_dir, eeg_id) if fold is None else int(fold)
+    if not (exp_dir / f"fold{fold}" / "config.yaml").is_file():
+        raise ExplainError(f"no trained fold {fold} in {exp_dir}")
+    reason = unsupported_reason(saved_config(exp_dir, fold))
+    if reason:
+        raise ExplainError(f"cannot explain {exp_dir.name}: {reason}")
     cfg, net = load_fold(exp_dir, fold, paths)
     batch = sample_for(cfg, eeg_id, split)
     exp = explain_sample(cfg, net, batch, target_class)
