@@ -114,12 +114,13 @@ def plot_bipolar(signals: np.ndarray, title: str = "", t_start: float = 0.0, t_e
 def _scale_bar(ax, spacing: float, bottom: float) -> None:
     """A vertical bar of a round number of µV at the right edge, below the last trace: every
     trace shares this scale."""
-    height = float(10 ** np.floor(np.log10(spacing / 2)))
-    height *= 5 if 5 * height <= spacing / 2 else 2 if 2 * height <= spacing / 2 else 1
-    x = ax.get_xlim()[1]
-    y0 = bottom - 1.2 * spacing
-    ax.plot([x, x], [y0, y0 + height], color="black", lw=2.5, clip_on=False, solid_capstyle="butt")
-    ax.annotate(f"{height:g} µV", (x, y0 + height / 2), xytext=(-5, 0), textcoords="offset points",
+    height = float(10 ** np.floor(np.log10(spacing)))  # the largest 1, 2 or 5 x 10^k within one slot
+    height *= 5 if 5 * height <= spacing else 2 if 2 * height <= spacing else 1
+    left, right = ax.get_xlim()
+    x = right - 0.01 * (right - left)
+    y0 = bottom - 1.3 * spacing
+    ax.plot([x, x], [y0, y0 + height], color="black", lw=3, solid_capstyle="butt")
+    ax.annotate(f"{height:g} µV", (x, y0 + height / 2), xytext=(-6, 0), textcoords="offset points",
                 ha="right", va="center", fontsize=9)
     ax.set_ylim(bottom=min(ax.get_ylim()[0], y0 - 0.2 * spacing))
 
