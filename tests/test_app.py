@@ -49,7 +49,7 @@ def test_app_browses_test_eegs_and_their_submitted_predictions(app_env, tiny_syn
     assert not at.exception, at.exception
     test_ids = sorted(pd.read_csv(tiny_synth / schema.TEST_CSV).eeg_id.unique().tolist())
     eeg_box = next(s for s in at.selectbox if s.label == "eeg_id")
-    assert sorted(eeg_box.options) == test_ids
+    assert sorted(int(o) for o in eeg_box.options) == test_ids
     eeg_box.set_value(test_ids[-1]).run()
     assert not at.exception, at.exception
     assert f"test eeg_id {test_ids[-1]}" in at.markdown[0].value

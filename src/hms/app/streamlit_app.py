@@ -264,7 +264,7 @@ def explain_section(work_dir: str, eeg_id: int, preds: dict[str, pd.DataFrame], 
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
     offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
     show(X.figure(result, f"{exp} fold {fold}: {result.kind} for '{schema.CLASSES[result.target_class]}'",
-                  fs, offset))
+                  fs, offset, float(cfg.signal.scale)))
 
 
 def pick_eeg(options: list[int]) -> int:

@@ -236,9 +236,9 @@ def explain_sample(cfg: DictConfig, net, batch: dict, target_class: int | None =
                        occ["kl"])
 
 
-def figure(exp: Explanation, title: str, fs: float | None = None, offset: float = 0.0):
+def figure(exp: Explanation, title: str, fs: float | None = None, offset: float = 0.0, uv_per_unit: float = 1.0):
     """Grad-CAM: each image channel with the map overlaid; occlusion: the importance curve
-    above the model's input traces."""
+    above the model's input traces (times uv_per_unit, the config's signal.scale: in µV)."""
     if exp.kind == "gradcam":
         n = exp.image.shape[0]
         fig = views.new_figure(min(4 * n, 16), 3.2 if n > 1 else 5)
@@ -262,7 +262,7 @@ def figure(exp: Explanation, title: str, fs: float | None = None, offset: float 
     ax_imp.text(0.0, -0.02, f"Each {width:g} s block of all signals faded to 0 ({OCCLUSION_TAPER_SECONDS:g} s cosine ramps) and predicted "
                 f"again: red, the block argued for {cls}; blue, against.", transform=ax_imp.transAxes,
                 va="top", fontsize=8, color="0.3")
-    views.plot_bipolar(exp.signal[: len(schema.BIPOLAR_PAIRS)], fs=fs, window_start=offset, ax=ax_sig)
+    views.plot_bipolar(exp.signal[: len(schema.BIPOLAR_PAIRS)] * uv_per_unit, fs=fs, window_start=offset, ax=ax_sig)
     return fig
 
 
@@ -284,7 +284,7 @@ def explain(exp_dir: Path, eeg_id: int, fold: int | None = None, paths: DictConf
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
     offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
     fig = figure(exp, f"{exp_dir.name} fold {fold}, eeg_id {eeg_id}: {exp.kind} for '{cls}' "
-                      f"(p={exp.probs[exp.target_class]:.2f})", fs, offset)
+                      f"(p={exp.probs[exp.target_class]:.2f})", fs, offset, float(cfg.signal.scale))
     out_dir = Path(out_dir or exp_dir / "explain")
     stem = f"{eeg_id}_fold{fold}_{exp.kind}_{cls}"  # one file per explained class
     views.save(fig, out_dir / f"{stem}.png", dpi=90)
