@@ -123,8 +123,8 @@ def _fig_reliability(rel: dict):
             ax.plot(pts.pred, pts.observed, marker="o", color="tab:blue")
             # rows per bin along the top, at the bin's centre: readable where the points crowd together
             for r in pts.itertuples():
-                ax.text((r.bin + 0.5) / N_BINS, 1.0, str(r.n), ha="center", va="bottom", fontsize=7,
-                        color="0.3", transform=ax.get_xaxis_transform())
+                ax.text((r.bin + 0.5) / N_BINS, 1.0, str(r.n), ha="center", va="bottom", fontsize=8,
+                        color="0.2", transform=ax.get_xaxis_transform())
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted", ylabel="mean vote share")
         ax.set_title(cls, fontsize=10, pad=14)
     fig.suptitle("reliability per class (numbers on top: rows in each 0.1-wide bin of the prediction)", fontsize=10)
@@ -147,8 +147,8 @@ def _fig_roc_pr(probs: np.ndarray, target: np.ndarray, aucs: dict):
     ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest, majority vote)")
     ax_pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
-    ax_roc.legend(fontsize=7)
-    ax_pr.legend(fontsize=7)
+    ax_roc.legend(fontsize=8)
+    ax_pr.legend(fontsize=8)
     return fig
 
 
