@@ -2,9 +2,11 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from hms.cli import main
+from hms.data import schema
 
 
 def _clean_env(tmp_path):
@@ -71,3 +73,110 @@ def test_app_passes_streamlit_flags_through_and_they_win_over_its_own():
     assert args.items == ["paths.work_dir=/tmp/w"]
     with pytest.raises(SystemExit):
         parse_args(["app", "--server.port"])  # a flag without its value
+
+
+# ---------------------------------------------------------------- user errors: one line, no traceback
+
+def _one_line_error(capsys, argv, *expected) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.count("\n") == 0 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_work(tiny_synth, tmp_path_factory):
+    from test_report import trained_tiny_work
+
+    return trained_tiny_work(tiny_synth, tmp_path_factory)[1]
+
+
+def _saved_experiment(work, config_file):
+    """A run directory as training leaves it, as far as the refusal reads it: fold0/config.yaml."""
+    from hms.config import load_config, save_resolved
+
+    name = load_config([config_file]).name
+    (work / name / "fold0").mkdir(parents=True)
+    save_resolved(load_config([config_file]), work / name / "fold0" / "config.yaml")
+    return name
+
+
+def test_a_misspelled_override_stops_training_in_one_line(capsys):
+    _one_line_error(capsys, ["train", "configs/demo/conv1d.yaml", "train.batchsize=8", "--fold", "0"],
+                    "train.batchsize (did you mean train.batch_size?)")
+
+
+def test_explaining_an_experiment_with_extra_signals_is_refused_in_one_line(tmp_path):
+    name = _saved_experiment(tmp_path, "configs/demo/qeeg_trees.yaml")
+    proc = subprocess.run([sys.executable, "-m", "hms", "explain", "--exp", name, "--eeg-id", "1",
+                           f"paths.work_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot explain qeeg_trees" in proc.stderr and "signal.extras ['midline']" in proc.stderr
+
+
+def test_explaining_a_test_eeg_without_split_test_hints_it(capsys, tiny_synth, tiny_work):
+    test_id = int(pd.read_csv(tiny_synth / schema.TEST_CSV).eeg_id.iloc[0])
+    paths = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tiny_work}"]
+    _one_line_error(capsys, ["explain", "--exp", "tiny", "--eeg-id", str(test_id), *paths],
+                    f"eeg_id {test_id} is not in the train table", "--split test")
+    _one_line_error(capsys, ["explain", "--exp", "tiny", "--eeg-id", str(test_id), "--class", "sz", *paths],
+                    "--class sz: not one of seizure")
+    assert main(["explain", "--exp", "tiny", "--eeg-id", str(test_id), "--split", "test",
+                 "--out", str(tiny_work / "explain_test"), *paths]) == 0
+
+
+def test_a_misspelled_experiment_lists_the_trained_ones(capsys, tiny_work):
+    _one_line_error(capsys, ["predict", "--exp", "tinyy", f"paths.work_dir={tiny_work}"],
+                    "no experiment 'tinyy'", "trained there: tiny")
+
+
+def test_score_with_swapped_arguments_says_so(capsys, tiny_synth, tmp_path):
+    solution = pd.read_csv(tiny_synth / schema.TRAIN_CSV)[["eeg_id", *schema.VOTE_COLUMNS]]
+    submission = solution.assign(**{c: 1 / 6 for c in schema.VOTE_COLUMNS})
+    solution.to_csv(tmp_path / "solution.csv", index=False)
+    submission.to_csv(tmp_path / "submission.csv", index=False)
+    assert main(["score", str(tmp_path / "solution.csv"), str(tmp_path / "submission.csv")]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["score", str(tmp_path / "submission.csv"), str(tmp_path / "solution.csv")],
+                    "between 0 and 1", "look swapped")
+
+
+def test_hms_debug_shows_the_traceback(monkeypatch, tmp_path):
+    name = _saved_experiment(tmp_path, "configs/demo/qeeg_trees.yaml")
+    monkeypatch.setenv("HMS_DEBUG", "1")
+    with pytest.raises(ValueError, match="cannot explain"):
+        main(["explain", "--exp", name, "--eeg-id", "1", f"paths.work_dir={tmp_path}"])
+
+
+def test_one_problem_is_singular():
+    from hms.data.validate import Problem, Report
+
+    one = Report("data", 3, 0.1, "", [Problem("train", "missing_file", "a.parquet", "not there")])
+    assert "data: 1 problem in 3 files" in one.text()
+    assert "2 problems in" in Report("data", 3, 0.1, "", one.problems * 2).text()
+
+
+def test_a_train_parquet_damaged_past_its_footer_gets_a_hint(tmp_path):
+    """Its footer reads (validate passes it) but its data does not: the error says what to do."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hms.cli import _damaged_file_hint
+    from hms.data import io
+
+    path = tmp_path / schema.TRAIN_EEG_DIR / "1.parquet"
+    path.parent.mkdir()
+    values = np.random.default_rng(0).normal(size=(60 * schema.SAMPLING_RATE, len(schema.EEG_CHANNELS)))
+    pq.write_table(pa.table({c: values[:, k].astype(np.float32) for k, c in enumerate(schema.EEG_CHANNELS)}),
+                   path, compression="snappy")
+    data = bytearray(path.read_bytes())
+    data[100: len(data) // 2] = bytes(len(data) // 2 - 100)  # page headers and data zeroed, the footer kept
+    path.write_bytes(bytes(data))
+    pq.read_metadata(path)  # the footer still reads, as validate reads it
+    with pytest.raises(io.HMSDataError) as err:
+        io.read_eeg_array(path)
+    assert "replace it" in _damaged_file_hint(err.value)
+    assert _damaged_file_hint(ValueError("cannot read parquet test_eegs/1.parquet")) == ""

@@ -45,10 +45,23 @@ def test_eda_report_has_every_section_and_its_figures(tiny_synth, tmp_path):
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == len(result["figures"]) >= 4 + 3 * 3  # summary plots + 3 views per example class
     assert all((tmp_path / "eda" / s).is_file() and not s.startswith("/") for s in sources)
+    counts_table = page.split("<h2>Counts</h2>")[1].split("</table>")[0]
+    assert "<th>0</th>" not in counts_table and "<th>rows</th>" in counts_table  # no stray index column
     train = pd.read_csv(tiny_synth / schema.TRAIN_CSV)
     assert result["counts"] == {"rows": len(train), "eeg_ids": train.eeg_id.nunique(),
                                 "spectrogram_ids": train.spectrogram_id.nunique(),
                                 "patients": train.patient_id.nunique()}
+
+
+def test_an_empty_vote_bucket_has_no_class_mix(tiny_synth):
+    from hms.report.eda import class_mix_by_bucket
+
+    train = pd.read_csv(tiny_synth / schema.TRAIN_CSV)
+    total = train[list(schema.VOTE_COLUMNS)].sum(axis=1)
+    mix = class_mix_by_bucket(train[~total.between(8, 9)])
+    assert mix.loc["8-9", "rows"] == 0 and mix.loc["8-9", list(schema.CONSENSUS_NAMES)].isna().all()
+    full = mix.drop(index="8-9")
+    assert np.allclose(full[list(schema.CONSENSUS_NAMES)].sum(axis=1)[full.rows > 0], 1.0, atol=1e-3)
 
 
 def test_vote_buckets_cover_every_count():
@@ -147,11 +160,34 @@ def test_occlusion_curve_of_a_trained_1d_model(tiny_work, tiny_synth):
     assert info["method"] == "occlusion" and info["fold"] == fold_of(work / "tiny", eeg_id)
     n = exp.signal.shape[-1]
     fs = schema.SAMPLING_RATE / cfg.input.downsample
-    assert len(exp.importance) == len(exp.times) == math.ceil(n / (2.0 * fs))  # 2 s windows
-    assert np.all(exp.importance >= -1e-9) and exp.importance.max() > 0
-    saved = json.loads((work / "tiny" / "explain" / f"{eeg_id}_fold{info['fold']}_occlusion.json").read_text())
+    assert len(exp.importance) == len(exp.times) == len(exp.kl) == math.ceil(n / (2.0 * fs))  # 2 s windows
+    assert np.all(exp.kl >= -1e-9) and exp.kl.max() > 0 and np.abs(exp.importance).max() > 0
+    cls = info["explained_class"]
+    stem = work / "tiny" / "explain" / f"{eeg_id}_fold{info['fold']}_occlusion_{cls}"
+    saved = json.loads(stem.with_suffix(".json").read_text())
     assert saved["prediction"] == pytest.approx(dict(zip(schema.CLASSES, exp.probs.round(6))))
-    assert (work / "tiny" / "explain" / f"{eeg_id}_fold{info['fold']}_occlusion.png").is_file()
+    assert saved["occlusion"][f"drop_in_p_{cls}"] == pytest.approx(exp.importance.tolist())
+    assert stem.with_suffix(".png").is_file()
+    # another class: its own numbers (p_k - p_k without the block) and its own files
+    other = next(k for k in range(schema.N_CLASSES) if schema.CLASSES[k] != cls)
+    again = explain(work / "tiny", eeg_id, paths=cfg.paths, target_class=other)
+    assert again["png"] != info["png"] and stem.with_suffix(".png").is_file()
+    np.testing.assert_allclose(again["explanation"].kl, exp.kl)  # class-free: the same
+    assert not np.allclose(again["explanation"].importance, exp.importance)
+
+
+def test_occlusion_masks_fade_each_block_smoothly():
+    from hms.report.explain import occlusion_masks
+
+    masks, starts = occlusion_masks(n=500, win=100, taper=20)
+    assert masks.shape == (5, 500) and list(starts) == [0, 100, 200, 300, 400]
+    m = masks.numpy()
+    assert np.all(m[1, 110:190] == 0) and np.all(m[1, :90] == 1) and np.all(m[1, 210:] == 1)  # block 100..199
+    assert m[1, 100] == pytest.approx(0.5) and m[1, 200] == pytest.approx(0.5)  # ramps centred on the edges
+    assert np.abs(np.diff(m, axis=1)).max() < 0.1  # no step anywhere
+    assert np.all(m[0, :90] == 0) and np.all(m[-1, 410:] == 0)  # no ramp at the window's own ends
+    hard, _ = occlusion_masks(n=500, win=100, taper=0)
+    assert set(np.unique(hard.numpy())) == {0.0, 1.0} and hard.numpy()[1, 100:200].max() == 0
 
 
 def test_registered_commands_run_from_the_cli_parser(tiny_work, tiny_synth, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,10 +90,28 @@ def cmd_download(args) -> int:
 def cmd_score(args) -> int:
     import pandas as pd
 
-    from hms.metric import score_frames
+    from hms.metric import ParticipantVisibleError, score_frames
 
-    print(f"{score_frames(pd.read_csv(args.solution), pd.read_csv(args.submission)):.6f}")
+    solution, submission = pd.read_csv(args.solution), pd.read_csv(args.submission)
+    try:
+        print(f"{score_frames(solution, submission):.6f}")
+    except ParticipantVisibleError as exc:
+        if _looks_like_votes(submission) and not _looks_like_votes(solution):
+            raise ParticipantVisibleError(
+                f"{exc}; {args.submission} holds vote counts and {args.solution} probabilities: the arguments "
+                "look swapped (hms score SOLUTION.csv SUBMISSION.csv)") from exc
+        raise
     return 0
+
+
+def _looks_like_votes(frame) -> bool:
+    """Vote counts (a solution), not probabilities (a submission): whole numbers, some above 1."""
+    from hms.data import schema
+
+    if not set(schema.VOTE_COLUMNS) <= set(frame.columns):
+        return False
+    values = frame[list(schema.VOTE_COLUMNS)].to_numpy(dtype=float, na_value=float("nan"))
+    return bool((values == values.round()).all() and (values > 1).any())
 
 
 def cmd_folds(args) -> int:
@@ -161,13 +180,14 @@ def cmd_bench(args) -> int:
 
 def cmd_predict(args) -> int:
     from hms import config as C
-    from hms.inference.predict import predict_experiment
+    from hms.inference.predict import experiment_dir, predict_experiment
     from hms.data.tables import ensure_dataset
     from hms.utils import atomic_to_csv
 
     cfg = _config(args)
+    exp_dir = experiment_dir(C.work_dir(cfg), args.exp)  # before any dataset is made: a typo fails at once
     data_dir = ensure_dataset(cfg)
-    pred = predict_experiment(C.work_dir(cfg) / args.exp, data_dir, C.work_dir(cfg), device=args.device,
+    pred = predict_experiment(exp_dir, data_dir, C.work_dir(cfg), device=args.device,
                               tta_lr_swap=args.tta)
     out = Path(args.out) if args.out else C.work_dir(cfg) / args.exp / "predict.csv"
     atomic_to_csv(pred, out)
@@ -331,5 +351,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (HMSDataError, KaggleError, ParticipantVisibleError, ConfigError, FileNotFoundError) as exc:
-        print(f"hms {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(args, exc)
+    except (ValueError, NotImplementedError) as exc:  # bad input reaching a library check: one line
+        return _user_error(args, exc, f" ({DEBUG_ENV}=1 shows the traceback)")
+
+
+def _damaged_file_hint(exc: Exception) -> str:
+    """A train parquet whose footer reads but whose data does not: `hms validate` (footers only)
+    passed it, so --skip-bad, which leaves out what validate found, does not cover it yet."""
+    from hms.data import schema
+
+    text = str(exc)
+    if "cannot read parquet" not in text or not any(f"/{d}/" in text for d in (schema.TRAIN_EEG_DIR,
+                                                                             schema.TRAIN_SPEC_DIR)):
+        return ""
+    return (" (the file is damaged past its footer, which hms validate does not read: replace it "
+            "(re-download), or remove the train.csv rows naming it)")
+
+
+DEBUG_ENV = "HMS_DEBUG"  # 1: errors raise with their traceback instead of one line
+
+
+def _user_error(args, exc: Exception, suffix: str = "") -> int:
+    if os.environ.get(DEBUG_ENV) == "1":
+        raise exc
+    suffix = _damaged_file_hint(exc) + suffix
+    print(f"hms {args.command}: error: {str(exc) or type(exc).__name__}{suffix}", file=sys.stderr)
+    return 2

@@ -2,6 +2,7 @@
 then HMS_* environment variables for paths and device."""
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -43,6 +44,66 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
+FREE_FORM_KEY = "free_form"  # base.yaml's list of sections that take any keys
+
+
+def _known_paths(base, prefix: str = "") -> set[str]:
+    """Every dotted key base.yaml defines, sections included, for "did you mean"."""
+    paths = set()
+    if OmegaConf.is_dict(base):
+        for key, value in base.items_ex(resolve=False):
+            path = f"{prefix}{key}"
+            paths |= {path, *_known_paths(value, f"{path}.")}
+    elif OmegaConf.is_list(base):
+        for entry in base:
+            paths |= _known_paths(entry, f"{prefix[:-1]}[].")
+    return paths
+
+
+def _list_entry_shape(base_list) -> DictConfig | None:
+    """A list of mappings in base.yaml (train.stages) gives its entries' keys: the union of them."""
+    entries = [e for e in base_list if OmegaConf.is_dict(e)]
+    return OmegaConf.merge(*entries) if entries else None
+
+
+def _unknown_keys(layer, base, free: set[str], prefix: str = "") -> list[str]:
+    """Dotted keys of `layer` that base.yaml does not define (free-form sections aside)."""
+    if prefix.rstrip(".") in free or base is None:  # null in base: any value (e.g. image.image_size)
+        return []
+    if OmegaConf.is_dict(layer) and OmegaConf.is_dict(base):
+        unknown = []
+        for key, value in layer.items_ex(resolve=False):
+            path = f"{prefix}{key}"
+            if key not in base:
+                unknown.append(path)
+            else:
+                unknown += _unknown_keys(value, base[key], free, f"{path}.")
+        return unknown
+    if OmegaConf.is_list(layer) and OmegaConf.is_list(base):
+        shape = _list_entry_shape(base)
+        if shape is None:
+            return []
+        return [k for entry in layer for k in _unknown_keys(entry, shape, free, f"{prefix[:-1]}[].")]
+    return []
+
+
+def check_keys(layer: DictConfig, base: DictConfig, source: str) -> None:
+    """A ConfigError naming each key of `layer` (a file or the overrides) that base.yaml lacks."""
+    free = set(base.get(FREE_FORM_KEY) or ())
+    unknown = _unknown_keys(layer, base, free)
+    if not unknown:
+        return
+    known = sorted(_known_paths(base) - {FREE_FORM_KEY})
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    raise ConfigError(
+        f"unknown config key{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(hints)}; "
+        f"every key must exist in {config_dir() / 'base.yaml'} (free-form sections: {', '.join(sorted(free))})"
+    )
+
+
 def _merge_layer(cfg: DictConfig, layer: DictConfig, replace: tuple[str, ...]) -> DictConfig:
     cfg = OmegaConf.merge(cfg, layer)
     for key in replace:  # another model kind takes other keys: replace the section, never mix
@@ -53,15 +114,21 @@ def _merge_layer(cfg: DictConfig, layer: DictConfig, replace: tuple[str, ...]) -
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> DictConfig:
     """base.yaml <- each file <- key=value overrides <- HMS_* environment."""
-    cfg = OmegaConf.load(config_dir() / "base.yaml")
+    base = OmegaConf.load(config_dir() / "base.yaml")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got: {bad}")
+    cfg = base.copy()
     for f in files:
-        cfg = _merge_layer(cfg, _load_yaml(Path(f)), REPLACED_SECTIONS)
+        layer = _load_yaml(Path(f))
+        check_keys(layer, base, str(f))
+        cfg = _merge_layer(cfg, layer, REPLACED_SECTIONS)
     # `model={...}` replaces the section; `model.drop_rate=0.5` merges into it
     whole = tuple(k for k in REPLACED_SECTIONS if any(o.split("=", 1)[0] == k for o in overrides))
-    cfg = _merge_layer(cfg, OmegaConf.from_dotlist(list(overrides)), whole)
+    layer = OmegaConf.from_dotlist(list(overrides))
+    check_keys(layer, base, "the key=value overrides")
+    cfg = _merge_layer(cfg, layer, whole)
+    cfg.pop(FREE_FORM_KEY, None)
     for env, key in ENV_PATHS.items():
         if os.environ.get(env):
             OmegaConf.update(cfg, key, os.environ[env])

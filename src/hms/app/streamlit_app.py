@@ -1,5 +1,7 @@
 """HMS viewer: pick an eeg_id, look at its bipolar EEG, its spectrograms, the votes next to
-every experiment's and the ensemble's out-of-fold prediction, and a model's explanation.
+every experiment's and the ensemble's out-of-fold prediction, and a model's explanation. The
+test recordings (sidebar "recordings: test", or ?split=test) show the experiments' test
+predictions and the submitted one (submission_dir/submission.csv) instead of votes.
 
 Run with `hms app` (or `streamlit run src/hms/app/streamlit_app.py`). Paths come from the
 HMS_* environment like every hms command; files are read lazily and cached per session."""
@@ -18,6 +20,11 @@ from hms.report import views
 TITLE = "HMS viewer"
 TARGETS = [f"{c}_target" for c in schema.CLASSES]
 ENSEMBLE = "ensemble"
+SUBMISSION, SUBMISSION_CSV = "submission", "submission.csv"
+VOTES = "votes"
+VOTES_COLOUR = "#8c8c8c"  # the truth in a neutral grey; predictions take the category colours after it
+PREDICTION_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+SPLITS = ("train", "test")
 DPI = 80  # st.pyplot renders at 200 dpi: 6x the pixels and most of a view's time
 
 
@@ -81,13 +88,32 @@ def ensemble_oof(work_dir: str, submission_dir: str) -> pd.DataFrame | None:
 
 
 @st.cache_data
-def raw_window(data_dir: str, eeg_id: int, offset: float) -> np.ndarray:
-    return views.bipolar_window(data_dir, eeg_id, offset)
+def test_table(data_dir: str) -> pd.DataFrame:
+    """One row per test eeg_id, its window at offset 0 (the test's 50 s files and 10-min spectrograms)."""
+    from hms.data import io
+
+    test = io.read_test_csv(Path(data_dir) / schema.TEST_CSV).drop_duplicates("eeg_id").set_index("eeg_id")
+    return test.assign(eeg_label_offset_seconds=0.0, spectrogram_label_offset_seconds=0.0)
 
 
 @st.cache_data
-def spec_window(data_dir: str, spectrogram_id: int, offset: float) -> np.ndarray:
-    return views.spectrogram_window(data_dir, spectrogram_id, offset)
+def test_predictions(work_dir: str, submission_dir: str) -> dict[str, pd.DataFrame]:
+    """{name: test predictions indexed by eeg_id}: each experiment's test_pred.csv and, last,
+    the submitted blend (submission_dir/submission.csv)."""
+    paths = {p.parent.name: p for p in sorted(Path(work_dir).glob("*/test_pred.csv"))}
+    if (Path(submission_dir) / SUBMISSION_CSV).is_file():
+        paths[SUBMISSION] = Path(submission_dir) / SUBMISSION_CSV
+    return {name: pd.read_csv(p).drop_duplicates("eeg_id").set_index("eeg_id") for name, p in paths.items()}
+
+
+@st.cache_data
+def raw_window(data_dir: str, eeg_id: int, offset: float, split: str = "train") -> np.ndarray:
+    return views.bipolar_window(data_dir, eeg_id, offset, split)
+
+
+@st.cache_data
+def spec_window(data_dir: str, spectrogram_id: int, offset: float, split: str = "train") -> np.ndarray:
+    return views.spectrogram_window(data_dir, spectrogram_id, offset, split)
 
 
 @st.cache_resource
@@ -146,20 +172,48 @@ def sidebar_filters(table: pd.DataFrame, preds: dict[str, pd.DataFrame]) -> pd.D
 
 # ---------------------------------------------------------------- sections
 
-def votes_section(row: pd.Series, eeg_id: int, preds: dict[str, pd.DataFrame]) -> None:
-    st.subheader("Votes vs predictions")
-    # numbered names: the chart sorts categories alphabetically, this keeps submission order
-    names = [f"{k + 1} {c}" for k, c in enumerate(schema.CLASSES)]
-    frame = pd.DataFrame({"votes": row[list(schema.VOTE_COLUMNS)].to_numpy(np.float64)}, index=names)
+def prediction_chart(frame: pd.DataFrame):
+    """Grouped bars per class (class order as submitted, labels upright), one bar per source in
+    the frame's column order: the votes first in grey, then each prediction."""
+    import altair as alt
+
+    sources = list(frame.columns)
+    palette = [VOTES_COLOUR if name == VOTES else None for name in sources]
+    rest = iter(PREDICTION_COLOURS * 4)
+    palette = [c or next(rest) for c in palette]
+    long = frame.rename_axis("class").reset_index().melt("class", var_name="source", value_name="share")
+    return alt.Chart(long, height=260).mark_bar().encode(
+        x=alt.X("class:N", sort=list(schema.CLASSES), axis=alt.Axis(labelAngle=0, title=None, labelFontSize=12)),
+        xOffset=alt.XOffset("source:N", sort=sources),
+        y=alt.Y("share:Q", scale=alt.Scale(domain=[0, 1]),
+                title="vote share / probability" if VOTES in sources else "probability"),
+        color=alt.Color("source:N", sort=sources, scale=alt.Scale(domain=sources, range=palette),
+                        legend=alt.Legend(orient="top", title=None, labelFontSize=12)),
+        tooltip=["source", "class", alt.Tooltip("share:Q", format=".3f")],
+    )
+
+
+def votes_section(row: pd.Series | None, eeg_id: int, preds: dict[str, pd.DataFrame]) -> None:
+    """The votes (train) beside every prediction of eeg_id, and each prediction's KL to the votes."""
+    st.subheader("Votes vs predictions" if row is not None else "Test predictions")
+    frame = pd.DataFrame(index=list(schema.CLASSES))
+    if row is not None:
+        frame[VOTES] = row[list(schema.VOTE_COLUMNS)].to_numpy(np.float64)
     for name, pred in preds.items():
         if eeg_id in pred.index:
             frame[name] = pred.loc[eeg_id, list(schema.VOTE_COLUMNS)].to_numpy(np.float64)
-    st.bar_chart(frame, stack=False, height=260)
-    if len(frame.columns) > 1:
+    if frame.empty or not len(frame.columns):
+        st.info("no predictions for this eeg_id")
+        return
+    st.altair_chart(prediction_chart(frame), width="stretch")
+    if row is None:
+        st.dataframe(frame.T.style.format("{:.3f}"))
+    elif len(frame.columns) > 1:
         from hms.metric import kl_rows
 
-        kl = {c: float(kl_rows(frame[["votes"]].T.to_numpy(), frame[[c]].T.to_numpy())[0]) for c in frame.columns[1:]}
-        st.dataframe(pd.DataFrame({"KL": kl}).T)
+        names = list(frame.columns[1:])  # the legend's order
+        kl = kl_rows(np.repeat(frame[[VOTES]].T.to_numpy(), len(names), 0), frame[names].T.to_numpy())
+        st.dataframe(pd.DataFrame([kl], index=["KL to the votes"], columns=names).style.format("{:.4f}"))
 
 
 def eeg_section(signals: np.ndarray) -> np.ndarray:
@@ -175,23 +229,28 @@ def eeg_section(signals: np.ndarray) -> np.ndarray:
     return clean
 
 
-def spectrogram_section(data_dir: str, row: pd.Series, clean: np.ndarray) -> None:
+def spectrogram_section(data_dir: str, row: pd.Series, clean: np.ndarray, split: str = "train") -> None:
     st.subheader("Spectrograms")
     left, right = st.columns(2)
-    spec = spec_window(data_dir, int(row.spectrogram_id), float(row.spectrogram_label_offset_seconds))
+    spec = spec_window(data_dir, int(row.spectrogram_id), float(row.spectrogram_label_offset_seconds), split)
     show(views.plot_kaggle_spectrogram(spec, f"Kaggle spectrogram {int(row.spectrogram_id)}"), left)
     with right, st.spinner("EEG mel panels (torch)"):  # drawn last: everything above is already on screen
         mel = views.mel_panels(clean, config().mel, mel_module())
         show(views.plot_mel(mel, config().mel), right)
 
 
-def explain_section(work_dir: str, eeg_id: int, preds: dict[str, pd.DataFrame]) -> None:
+def explain_section(work_dir: str, eeg_id: int, preds: dict[str, pd.DataFrame], split: str = "train") -> None:
     from hms.report import explain as X
 
     st.subheader("Model explanation (Grad-CAM / occlusion)")
-    exps = [e for e in preds if e != ENSEMBLE and (Path(work_dir) / e / "fold0").is_dir()]
+    trained = [e for e in preds if e not in (ENSEMBLE, SUBMISSION) and (Path(work_dir) / e / "fold0" / "config.yaml").is_file()]
+    refused = {e: X.unsupported_reason(X.saved_config(Path(work_dir) / e)) for e in trained}
+    exps = [e for e in trained if not refused[e]]
+    for e in trained:
+        if refused[e]:
+            st.caption(f"{e} is not offered: {refused[e]}")
     if not exps:
-        st.info("no trained experiment in the work dir")
+        st.info("no explainable trained experiment in the work dir")
         return
     wanted = st.query_params.get("exp")
     exp = st.selectbox("experiment", exps, index=exps.index(wanted) if wanted in exps else 0)
@@ -201,11 +260,65 @@ def explain_section(work_dir: str, eeg_id: int, preds: dict[str, pd.DataFrame]) 
     exp_dir = Path(work_dir) / exp
     fold = X.fold_of(exp_dir, eeg_id)
     cfg, net = fold_model(str(exp_dir), fold)
-    result = X.explain_sample(cfg, net, X.sample_for(cfg, eeg_id))
+    result = X.explain_sample(cfg, net, X.sample_for(cfg, eeg_id, split))
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
     offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
     show(X.figure(result, f"{exp} fold {fold}: {result.kind} for '{schema.CLASSES[result.target_class]}'",
-                  fs, offset))
+                  fs, offset, float(cfg.signal.scale)))
+
+
+def pick_eeg(options: list[int]) -> int:
+    wanted = st.query_params.get("eeg_id")  # ?eeg_id=...: shareable links to one recording
+    start = options.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in options else 0
+    return st.selectbox("eeg_id", options, index=start)
+
+
+def recording_sections(data_dir: str, work_dir: str, eeg_id: int, row: pd.Series,
+                       preds: dict[str, pd.DataFrame], split: str) -> None:
+    votes_section(row if split == "train" else None, eeg_id, preds)
+    clean = eeg_section(raw_window(data_dir, int(eeg_id), float(row.eeg_label_offset_seconds), split))
+    spectrogram_section(data_dir, row, clean, split)
+    explain_section(work_dir, int(eeg_id), preds, split)
+
+
+def train_view(data_dir: str, work_dir: str, submission_dir: str) -> None:
+    table = eeg_table(data_dir)
+    preds = predictions(work_dir, submission_dir)
+    shown = sidebar_filters(table, preds)
+    st.caption(f"dataset {data_dir} · work dir {work_dir} · {len(shown)} of {len(table)} train EEGs match "
+               "the filters")
+    if shown.empty:
+        st.warning("no eeg_id matches the filters")
+        return
+    eeg_id = pick_eeg(shown.index.tolist())
+    row = table.loc[eeg_id]
+    st.markdown(f"**eeg_id {eeg_id}** · patient {int(row.patient_id)} · majority **{row.majority}** · "
+                f"{int(row.total_votes)} votes · window at {row.eeg_label_offset_seconds:g} s")
+    recording_sections(data_dir, work_dir, eeg_id, row, preds, "train")
+
+
+def test_view(data_dir: str, work_dir: str, submission_dir: str) -> None:
+    """Test recordings (no votes): their 50 s EEG, spectrogram and every test prediction, the
+    submitted one last."""
+    table = test_table(data_dir)
+    preds = test_predictions(work_dir, submission_dir)
+    shown = table
+    if SUBMISSION in preds:
+        sub = preds[SUBMISSION].reindex(table.index)
+        predicted = pd.Series(np.array(schema.CLASSES)[sub[list(schema.VOTE_COLUMNS)].fillna(0).to_numpy()
+                                                        .argmax(1)], index=table.index)
+        st.sidebar.header("Filters")
+        classes = st.sidebar.multiselect("submitted class (argmax)", list(schema.CLASSES), default=list(schema.CLASSES))
+        shown = table[predicted.isin(classes)]
+    where = f"{submission_dir}/{SUBMISSION_CSV}" if SUBMISSION in preds else f"no {SUBMISSION_CSV} in {submission_dir}"
+    st.caption(f"dataset {data_dir} · {where} · {len(shown)} of {len(table)} test EEGs shown")
+    if shown.empty:
+        st.warning("no eeg_id matches the filters")
+        return
+    eeg_id = pick_eeg(shown.index.tolist())
+    row = table.loc[eeg_id]
+    st.markdown(f"**test eeg_id {eeg_id}** · patient {int(row.patient_id)} · spectrogram {int(row.spectrogram_id)}")
+    recording_sections(data_dir, work_dir, eeg_id, row, preds, "test")
 
 
 def main() -> None:
@@ -219,24 +332,11 @@ def main() -> None:
     if not (Path(data_dir) / schema.TRAIN_CSV).is_file():
         st.error(f"no dataset at {data_dir}: run `hms run` (embedded dataset) or set HMS_DATA_DIR")
         return
-    table = eeg_table(data_dir)
-    preds = predictions(work_dir, str(cfg.paths.submission_dir))
-    shown = sidebar_filters(table, preds)
-    st.caption(f"dataset {data_dir} · work dir {work_dir} · {len(shown)} of {len(table)} EEGs match the filters")
-    if shown.empty:
-        st.warning("no eeg_id matches the filters")
-        return
-    options = shown.index.tolist()
-    wanted = st.query_params.get("eeg_id")  # ?eeg_id=...: shareable links to one recording
-    start = options.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in options else 0
-    eeg_id = st.selectbox("eeg_id", options, index=start)
-    row = table.loc[eeg_id]
-    st.markdown(f"**eeg_id {eeg_id}** · patient {int(row.patient_id)} · majority **{row.majority}** · "
-                f"{int(row.total_votes)} votes · window at {row.eeg_label_offset_seconds:g} s")
-    votes_section(row, eeg_id, preds)
-    clean = eeg_section(raw_window(data_dir, int(eeg_id), float(row.eeg_label_offset_seconds)))
-    spectrogram_section(data_dir, row, clean)
-    explain_section(work_dir, int(eeg_id), preds)
+    wanted = st.query_params.get("split", "train")  # ?split=test links to the test recordings
+    split = st.sidebar.radio("recordings", SPLITS, index=SPLITS.index(wanted) if wanted in SPLITS else 0,
+                             horizontal=True)
+    view = train_view if split == "train" else test_view
+    view(data_dir, work_dir, str(cfg.paths.submission_dir))
 
 
 main()

@@ -34,6 +34,10 @@ PROBLEM_KINDS = {
     "window_past_end": "a labelled window starts or ends past the end of its file",
 }
 REPORT_JSON = "validate.json"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 EXCLUDED_CSV = "excluded_train_files.csv"  # written by --skip-bad; train rows naming these are dropped
 
 
@@ -63,7 +67,7 @@ class Report:
     def text(self, examples: int = 3) -> str:
         if not self.problems:
             return f"{self.data_dir}: {self.files_checked} files checked, no problems ({self.seconds:.1f} s)"
-        lines = [f"{self.data_dir}: {len(self.problems)} problems in {self.files_checked} files checked "
+        lines = [f"{self.data_dir}: {plural(len(self.problems), 'problem')} in {self.files_checked} files checked "
                  f"({self.seconds:.1f} s)"]
         for split in ("train", "test"):
             for kind, n in self.counts(split).items():
@@ -247,7 +251,7 @@ def _preflight(data_dir: Path, work_dir: Path, skip_bad: bool, quiet: bool) -> R
     if train_problems and (fatal or not skip_bad):
         listing = "\n".join(f"  {p.kind}: {p.file}: {p.detail}" for p in (fatal or train_problems))
         hint = "" if fatal else "\n(or run with --skip-bad / validate.skip_bad=true to leave these files out)"
-        raise io.HMSDataError(f"{len(fatal or train_problems)} problems in the training data "
+        raise io.HMSDataError(f"{plural(len(fatal or train_problems), 'problem')} in the training data "
                               f"(report: {saved}):\n{listing}{hint}")
     if train_problems:
         bad = bad_train_files(report)

@@ -14,6 +14,22 @@ from hms.training.predict import predict_test
 from hms.training.runs import run_dirs
 
 
+def trained_experiments(work_dir: Path) -> list[str]:
+    """The experiments in work_dir with at least one run checkpoint (fold*/best.pt, full*/...)."""
+    return sorted({p.parent.parent.name for p in Path(work_dir).glob("*/*/best.pt")})
+
+
+def experiment_dir(work_dir: Path, name: str) -> Path:
+    """work_dir/name, or a FileNotFoundError listing the trained experiments there (a typo in
+    --exp names what exists instead of a bare path)."""
+    exp_dir = Path(work_dir) / name
+    if exp_dir.is_dir():
+        return exp_dir
+    found = trained_experiments(work_dir)
+    raise FileNotFoundError(f"no experiment {name!r} in {work_dir}; trained there: "
+                            f"{', '.join(found) if found else 'none (run hms train first)'}")
+
+
 def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:
     """Each run's config + network (CV folds, their seeds, full fits); `overrides` (paths, device,
     tta) apply to all."""

@@ -31,8 +31,10 @@ def cmd_evaluate(args) -> int:
     from hms.config import data_dir, work_dir
     from hms.report.evaluate import evaluate_experiment, table
 
+    from hms.inference.predict import experiment_dir
+
     cfg = _cfg(args)
-    result = evaluate_experiment(work_dir(cfg) / args.exp, data_dir(cfg), int(cfg.labels.min_votes_high))
+    result = evaluate_experiment(experiment_dir(work_dir(cfg), args.exp), data_dir(cfg), int(cfg.labels.min_votes_high))
     print(table(result))
     print(f"figures and evaluation.json in {work_dir(cfg) / args.exp / 'eval'}")
     return 0
@@ -43,9 +45,13 @@ def cmd_explain(args) -> int:
     from hms.data import schema
     from hms.report.explain import explain
 
+    from hms.inference.predict import experiment_dir
+
     cfg = _cfg(args)
+    if args.cls and args.cls not in schema.CLASSES:
+        raise ValueError(f"--class {args.cls}: not one of {', '.join(schema.CLASSES)}")
     target = schema.CLASSES.index(args.cls) if args.cls else None
-    info = explain(work_dir(cfg) / args.exp, args.eeg_id, args.fold, cfg.paths, target,
+    info = explain(experiment_dir(work_dir(cfg), args.exp), args.eeg_id, args.fold, cfg.paths, target,
                    Path(args.out) if args.out else None, args.split)
     print(json.dumps({k: v for k, v in info.items() if k not in ("explanation", "figure", "occlusion")}, indent=2))
     return 0
@@ -100,8 +106,11 @@ def cmd_app(args) -> int:
     flags = getattr(args, "streamlit_flags", {})
     command = app_command(args.port, args.address, flags)
     address, port = flags.get("server.address", args.address), flags.get("server.port", args.port)
-    print(f"HMS viewer on http://{address}:{port} (Ctrl-C stops it)")
-    return subprocess.call(command, env={**os.environ, **app_env(_cfg(args))})
+    env = {**os.environ, **app_env(_cfg(args))}
+    print(f"HMS viewer on http://{address}:{port} (Ctrl-C or kill {os.getpid()} stops it)", flush=True)
+    if os.name == "posix":  # the server replaces this process: its PID is the server's, so kill stops it
+        os.execve(command[0], command, env)
+    return subprocess.call(command, env=env)
 
 
 def register(sub, add_config_args) -> None:

@@ -35,6 +35,8 @@ def class_mix_by_bucket(train: pd.DataFrame) -> pd.DataFrame:
     bucket = views.vote_bucket(t[labels.TOTAL_VOTES])
     mix = pd.crosstab(bucket, t["expert_consensus"], normalize="index", dropna=False)
     mix = mix.reindex(columns=list(schema.CONSENSUS_NAMES), fill_value=0.0)
+    empty = pd.Series(bucket).value_counts().reindex(mix.index).fillna(0).to_numpy() == 0
+    mix.loc[empty] = np.nan  # a bucket without rows has no class mix (not 0.000 of every class)
     mix.loc["all"] = [labels.class_mix(train)[c] for c in schema.CONSENSUS_NAMES]
     mix["rows"] = [*pd.Series(bucket).value_counts().reindex(mix.index[:-1]).fillna(0).astype(int), len(t)]
     return mix.rename_axis("votes")
@@ -78,21 +80,25 @@ def examples_per_class(train: pd.DataFrame) -> pd.DataFrame:
 def _bar_mix(mix: pd.DataFrame):
     fig = views.new_figure(9, 4)
     ax = fig.add_subplot()
-    shares = mix[list(schema.CONSENSUS_NAMES)]
+    shares = mix[list(schema.CONSENSUS_NAMES)].fillna(0.0)
+    names = [f"{b}\n({n} rows)" for b, n in zip(mix.index.astype(str), mix["rows"])]
     bottom = np.zeros(len(shares))
     for name in schema.CONSENSUS_NAMES:
-        ax.bar(shares.index.astype(str), shares[name], bottom=bottom, label=name)
+        ax.bar(names, shares[name], bottom=bottom, label=name)
         bottom += shares[name].to_numpy()
+    for i, n in enumerate(mix["rows"]):
+        if n == 0:
+            ax.text(i, 0.5, "no rows", ha="center", va="center", fontsize=9, color="0.4")
     ax.set_ylabel("share of rows")
     ax.set_xlabel("total votes of the row")
     ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.15))
     return fig
 
 
-def _hist(values, title: str, xlabel: str, bins, log: bool = False):
+def _hist(values, title: str, xlabel: str, bins):
     fig = views.new_figure(7, 3.5)
     ax = fig.add_subplot()
-    ax.hist(values, bins=bins, color="tab:blue", edgecolor="white", log=log)
+    ax.hist(values, bins=bins, color="tab:blue", edgecolor="white")
     ax.set(title=title, xlabel=xlabel, ylabel="count")
     return fig
 
@@ -120,8 +126,8 @@ class Report:
         if text:
             self.parts.append(f"<p>{html.escape(text)}</p>")
 
-    def table(self, df: pd.DataFrame, fmt: str = "{:.3f}") -> None:
-        self.parts.append(df.to_html(float_format=fmt.format, border=0, classes="t"))
+    def table(self, df: pd.DataFrame, fmt: str = "{:.3f}", index: bool = True) -> None:
+        self.parts.append(df.to_html(float_format=fmt.format, border=0, classes="t", index=index, na_rep="–"))
 
     def figure(self, fig, name: str, caption: str = "") -> None:
         views.save(fig, self.out / name)
@@ -176,7 +182,7 @@ def build_report(data_dir: Path, out: Path, mel_cfg, nan_sample: int = NAN_SAMPL
     rep = Report(out)
     rep.section(SECTIONS[0], f"Dataset: {data_dir}")
     n = counts(train)
-    rep.table(pd.DataFrame([n]))
+    rep.table(pd.DataFrame([n]), index=False)
     rep.section(SECTIONS[1], "Share of expert_consensus per vote bucket; low-vote rows come from a noisier "
                 "annotation round with another class mix than the high-vote rows the test resembles.")
     mix = class_mix_by_bucket(train)
@@ -189,8 +195,10 @@ def build_report(data_dir: Path, out: Path, mel_cfg, nan_sample: int = NAN_SAMPL
     subs = train.groupby("eeg_id").size()
     rep.section(SECTIONS[3], f"median {subs.median():g}, max {subs.max()} labelled 50 s windows per eeg_id "
                 "(near-duplicates: validate one row per eeg_id and vote vector).")
-    rep.figure(_hist(subs, "sub-windows per eeg_id", "labelled windows", min(50, subs.max()), log=True),
-               "subwindows_hist.png", "sub-windows per eeg_id")
+    top = int(min(50, subs.max()))  # a linear count axis from 0; longer EEGs pile into the last bar
+    rep.figure(_hist(subs.clip(upper=top), "sub-windows per eeg_id",
+                     f"labelled windows{f' (last bar: {top} or more)' if subs.max() > top else ''}",
+                     np.arange(0.5, top + 1.5)), "subwindows_hist.png", "sub-windows per eeg_id")
     rep.section(SECTIONS[4], f"A random sample of at most {nan_sample} files of each kind.")
     eeg_nan = nan_shares(data_dir, train.eeg_id.unique(), "eeg", nan_sample)
     spec_nan = nan_shares(data_dir, train.spectrogram_id.unique(), "spec", nan_sample)

@@ -107,7 +107,7 @@ def _fig_confusion(cm: np.ndarray):
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), n in np.ndenumerate(cm):
         ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(schema.N_CLASSES), schema.CLASSES, rotation=45)
+    ax.set_xticks(range(schema.N_CLASSES), schema.CLASSES, fontsize=8)
     ax.set_yticks(range(schema.N_CLASSES), schema.CLASSES)
     ax.set(xlabel="predicted (argmax)", ylabel="majority vote (argmax target)", title="confusion (counts; colour = row share)")
     fig.colorbar(im, ax=ax, fraction=0.046)
@@ -121,9 +121,13 @@ def _fig_reliability(rel: dict):
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
         if len(pts):
             ax.plot(pts.pred, pts.observed, marker="o", color="tab:blue")
+            # rows per bin along the top, at the bin's centre: readable where the points crowd together
             for r in pts.itertuples():
-                ax.annotate(str(r.n), (r.pred, r.observed), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.set(title=cls, xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted", ylabel="mean vote share")
+                ax.text((r.bin + 0.5) / N_BINS, 1.0, str(r.n), ha="center", va="bottom", fontsize=8,
+                        color="0.2", transform=ax.get_xaxis_transform())
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted", ylabel="mean vote share")
+        ax.set_title(cls, fontsize=10, pad=14)
+    fig.suptitle("reliability per class (numbers on top: rows in each 0.1-wide bin of the prediction)", fontsize=10)
     return fig
 
 
@@ -138,13 +142,13 @@ def _fig_roc_pr(probs: np.ndarray, target: np.ndarray, aucs: dict):
             continue
         fpr, tpr, _ = roc_curve(y == k, probs[:, k])
         prec, rec, _ = precision_recall_curve(y == k, probs[:, k])
-        ax_roc.plot(fpr, tpr, label=f"{cls} {aucs[cls]['roc_auc']:.3f}")
-        ax_pr.plot(rec, prec, label=f"{cls} {aucs[cls]['pr_auc']:.3f}")
+        ax_roc.plot(fpr, tpr, label=f"{cls} (AUC {aucs[cls]['roc_auc']:.3f})")
+        ax_pr.plot(rec, prec, label=f"{cls} (AP {aucs[cls]['pr_auc']:.3f})")
     ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest, majority vote)")
     ax_pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
-    ax_roc.legend(fontsize=7)
-    ax_pr.legend(fontsize=7)
+    ax_roc.legend(fontsize=8)
+    ax_pr.legend(fontsize=8)
     return fig
 
 
@@ -208,4 +212,5 @@ def table(result: dict) -> str:
     if result["test"]:
         t = result["test"]
         head += f"\ntest KL {t['test_kl']:.4f}  prior {t['prior_kl']:.4f}  oracle {t['oracle_kl']:.4f}"
+    rows["n_majority"] = rows["n_majority"].astype(int)  # a count, not 454.000
     return head + "\n" + rows.to_string(float_format=lambda x: f"{x:.3f}", na_rep="-")

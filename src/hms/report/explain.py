@@ -2,7 +2,9 @@
 
 2D models (timm2d on the ImageBuilder image, timm_mel on its own mel image): Grad-CAM on
 core.gradcam_target_layer(), upsampled to the input image. 1D models: occlusion by time
-(zero a window of every signal, measure KL(prediction || occluded prediction)). The input is
+(fade every signal to 0 over one 2 s block of the model's cleaned input, predict again; the
+importance of the block for class k is p_k - p_k(occluded), and KL(p || p_occluded), the
+class-free change of the whole prediction, is saved beside it). The input is
 built from the parquet files with the experiment's own signal settings (no cache is read or
 written), so a finished run directory can be explained without touching it."""
 from __future__ import annotations
@@ -26,13 +28,33 @@ class Explanation:
     kind: str                 # 'gradcam' or 'occlusion'
     probs: np.ndarray         # (6,) prediction
     target_class: int         # the class explained (the predicted one unless asked)
-    importance: np.ndarray    # gradcam: (H, W) in [0, 1]; occlusion: (n_windows,) KL increase
+    importance: np.ndarray    # gradcam: (H, W) in [0, 1]; occlusion: (n_windows,) drop in p(target class)
     image: np.ndarray | None  # gradcam: (C, H, W) input image
     signal: np.ndarray | None  # occlusion: (S, T) model input signals
     times: np.ndarray | None  # occlusion: window centres, seconds in the 50 s window
+    kl: np.ndarray | None = None  # occlusion: (n_windows,) KL(p || p_occluded), class-free
+
+
+class ExplainError(ValueError):
+    """An experiment or eeg_id that `hms explain` cannot explain (a user error, one line)."""
 
 
 # ---------------------------------------------------------------- loading
+
+def unsupported_reason(cfg: DictConfig) -> str | None:
+    """Why a trained experiment cannot be explained, or None: explain rebuilds the 16
+    double-banana pairs from the parquet files, not the extra signals some models read."""
+    extras = list(cfg.signal.extras or [])
+    if extras:
+        return (f"it reads signal.extras {extras} beside the 16 double-banana pairs; "
+                "explain rebuilds only those 16")
+    return None
+
+
+def saved_config(exp_dir: Path, fold: int = 0) -> DictConfig:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(Path(exp_dir) / f"fold{fold}" / "config.yaml")
 
 def fold_of(exp_dir: Path, eeg_id: int) -> int:
     """The fold that held eeg_id out (its honest, out-of-fold model); fold 0 when unknown."""
@@ -67,8 +89,18 @@ def window_row(cfg: DictConfig, eeg_id: int, split: str = "train") -> pd.Series:
         train = io.read_train_csv(data_dir(cfg) / schema.TRAIN_CSV)
         rows = labels.dedup_per_eeg(labels.add_targets(train[train.eeg_id == int(eeg_id)]))
     if rows.empty:
-        raise ValueError(f"eeg_id {eeg_id} is not in the {split} table")
+        other = "test" if split == "train" else "train"
+        hint = f" (it is a {other} eeg_id: add --split {other})" if _in_table(cfg, eeg_id, other) else ""
+        raise ExplainError(f"eeg_id {eeg_id} is not in the {split} table{hint}")
     return rows.iloc[0]
+
+
+def _in_table(cfg: DictConfig, eeg_id: int, split: str) -> bool:
+    from hms.config import data_dir
+
+    name = schema.TEST_CSV if split == "test" else schema.TRAIN_CSV
+    path = data_dir(cfg) / name
+    return path.is_file() and int(eeg_id) in set(pd.read_csv(path, usecols=["eeg_id"]).eeg_id)
 
 
 def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
@@ -80,8 +112,8 @@ def sample_for(cfg: DictConfig, eeg_id: int, split: str = "train") -> dict:
 
     row = window_row(cfg, eeg_id, split)
     raw = views.bipolar_window(data_dir(cfg), int(row.eeg_id), float(row.eeg_label_offset_seconds), split)
-    if cfg.signal.extras:
-        raise NotImplementedError("explain reads the 16 double-banana pairs; signal.extras is not supported")
+    if unsupported_reason(cfg):
+        raise ExplainError(f"cannot explain this experiment: {unsupported_reason(cfg)}")
     signal = filters.prepare_window(raw, cfg.signal)
     spec = views.spectrogram_window(data_dir(cfg), int(row.spectrogram_id), float(row.spectrogram_label_offset_seconds),
                                     split, tuple(cfg.kaggle_spec.log_clip))
@@ -129,29 +161,54 @@ def gradcam(head: torch.nn.Module, layer: torch.nn.Module, image: torch.Tensor,
 
 # ---------------------------------------------------------------- occlusion (1D)
 
+OCCLUSION_TAPER_SECONDS = 0.5  # raised-cosine ramps at a block's ends (see occlusion_masks)
+
+
+def occlusion_masks(n: int, win: int, taper: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(n_blocks, n) multipliers, 0 over each consecutive block of `win` samples and 1 far from
+    it, with raised-cosine ramps of `taper` samples centred on the block's inner edges (none at
+    the window's own ends), and the block starts. A hard 0/1 mask puts two steps into a signal
+    the model only ever saw band-passed: the network answers the steps, not the missing stretch."""
+    starts = np.arange(0, n, win)
+    t = np.arange(n)
+    masks = np.ones((len(starts), n))
+    for i, s in enumerate(starts):
+        e = min(n, s + win)
+        inside = np.ones(n)
+        if taper > 0:
+            ramp = 0.5 - 0.5 * np.cos(np.pi * np.clip((t - (s - taper / 2)) / taper, 0, 1))  # 0 -> 1 at s
+            fall = 0.5 + 0.5 * np.cos(np.pi * np.clip((t - (e - taper / 2)) / taper, 0, 1))  # 1 -> 0 at e
+            inside = (ramp if s > 0 else 1.0) * (fall if e < n else 1.0)
+        else:
+            inside = ((t >= s) & (t < e)).astype(float)
+        masks[i] = 1 - inside
+    return torch.from_numpy(masks).float(), starts
+
+
 def occlusion(net, signal: torch.Tensor, window_seconds: float, fs: float, batch_size: int = 16,
-              spec: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zero (the cleaned signals' mean) every channel over consecutive windows; importance =
-    KL(p || p_occluded), how much the prediction changes without that stretch.
-    signal (1, S, T) -> (probs (6,), importance (n_windows,), window centres in seconds).
+              spec: torch.Tensor | None = None, taper_seconds: float = OCCLUSION_TAPER_SECONDS) -> dict:
+    """Occlusion by time: for each consecutive block of window_seconds, replace every signal
+    there by 0 (the band-passed signals' mean), fading in and out over taper_seconds, and
+    predict again. signal: (1, S, T), the model's input (cleaned, cropped, decimated).
+    Returns {'probs' (6,), 'occluded' (n_blocks, 6) probabilities without each block,
+    'kl' (n_blocks,) KL(p || p_occluded): how much the whole prediction changes, class-free,
+    'centres' (n_blocks,) block centres in seconds of the model input}.
     spec (1, 4, 100, 300): the Kaggle panels, for a network with a context branch (whose logits
     join every prediction here, unoccluded)."""
     n = signal.shape[-1]
     win = max(1, int(round(window_seconds * fs)))
-    starts = np.arange(0, n, win)
+    masks, starts = occlusion_masks(n, win, int(round(taper_seconds * fs)))
 
     def probs(x):
         return torch.softmax(net.logits(x, None if spec is None else spec.expand(len(x), -1, -1, -1)), 1)
 
     with torch.no_grad():
         p = probs(signal)
-        masked = signal.repeat(len(starts), 1, 1)
-        for i, s in enumerate(starts):
-            masked[i, :, s: s + win] = 0
-        q = torch.cat([probs(masked[j: j + batch_size]) for j in range(0, len(starts), batch_size)])
+        q = torch.cat([probs(signal * masks[j: j + batch_size, None, :])
+                       for j in range(0, len(starts), batch_size)])
     kl = (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(1)
-    centres = (starts + np.minimum(win, n - starts) / 2) / fs
-    return p[0].double().numpy(), kl.double().numpy(), centres
+    return {"probs": p[0].double().numpy(), "occluded": q.double().numpy(), "kl": kl.double().numpy(),
+            "centres": (starts + np.minimum(win, n - starts) / 2) / fs}
 
 
 # ---------------------------------------------------------------- entry points
@@ -171,15 +228,17 @@ def explain_sample(cfg: DictConfig, net, batch: dict, target_class: int | None =
     # the model input is centre-cropped and downsampled: place it back in the 50 s window
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
     spec = batch.get("spec")
-    probs, importance, centres = occlusion(net, signal, window_seconds, fs, spec=None if spec is None else spec.float())
+    occ = occlusion(net, signal, window_seconds, fs, spec=None if spec is None else spec.float())
     offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
-    k = int(probs.argmax()) if target_class is None else int(target_class)
-    return Explanation("occlusion", probs, k, importance, None, signal[0].numpy(), centres + offset)
+    k = int(occ["probs"].argmax()) if target_class is None else int(target_class)
+    drop = occ["probs"][k] - occ["occluded"][:, k]  # > 0: the block argued for class k
+    return Explanation("occlusion", occ["probs"], k, drop, None, signal[0].numpy(), occ["centres"] + offset,
+                       occ["kl"])
 
 
-def figure(exp: Explanation, title: str, fs: float | None = None, offset: float = 0.0):
+def figure(exp: Explanation, title: str, fs: float | None = None, offset: float = 0.0, uv_per_unit: float = 1.0):
     """Grad-CAM: each image channel with the map overlaid; occlusion: the importance curve
-    above the model's input traces."""
+    above the model's input traces (times uv_per_unit, the config's signal.scale: in µV)."""
     if exp.kind == "gradcam":
         n = exp.image.shape[0]
         fig = views.new_figure(min(4 * n, 16), 3.2 if n > 1 else 5)
@@ -191,12 +250,19 @@ def figure(exp: Explanation, title: str, fs: float | None = None, offset: float 
             ax.set_xticks([]), ax.set_yticks([])
         fig.suptitle(title, fontsize=10)
         return fig
-    fig = views.new_figure(11, 8)
-    ax_imp, ax_sig = fig.subplots(2, 1, sharex=True, height_ratios=[1, 4])
+    fig = views.new_figure(11, 8.5)
+    ax_imp, ax_sig = fig.subplots(2, 1, sharex=True, height_ratios=[1.3, 4])
     width = exp.times[1] - exp.times[0] if len(exp.times) > 1 else 1.0
-    ax_imp.bar(exp.times, exp.importance, width=width * 0.95, color="tab:red")
-    ax_imp.set(ylabel="KL change", title=title)
-    views.plot_bipolar(exp.signal[: len(schema.BIPOLAR_PAIRS)], fs=fs, window_start=offset, ax=ax_sig)
+    cls = schema.CLASSES[exp.target_class]
+    colours = np.where(exp.importance >= 0, "tab:red", "tab:blue")
+    ax_imp.bar(exp.times, exp.importance, width=width * 0.95, color=colours)
+    ax_imp.axhline(0, color="0.3", lw=0.6)
+    ax_imp.set_ylabel(f"drop in p({cls})", fontsize=9)
+    ax_imp.set_title(title, fontsize=10)
+    ax_imp.text(0.0, -0.02, f"Each {width:g} s block of all signals faded to 0 ({OCCLUSION_TAPER_SECONDS:g} s cosine ramps) and predicted "
+                f"again: red, the block argued for {cls}; blue, against.", transform=ax_imp.transAxes,
+                va="top", fontsize=8, color="0.3")
+    views.plot_bipolar(exp.signal[: len(schema.BIPOLAR_PAIRS)] * uv_per_unit, fs=fs, window_start=offset, ax=ax_sig)
     return fig
 
 
@@ -206,6 +272,11 @@ def explain(exp_dir: Path, eeg_id: int, fold: int | None = None, paths: DictConf
     (default exp_dir/explain). Returns the JSON dict (with 'explanation' and 'figure' objects)."""
     exp_dir = Path(exp_dir)
     fold = fold_of(exp_dir, eeg_id) if fold is None else int(fold)
+    if not (exp_dir / f"fold{fold}" / "config.yaml").is_file():
+        raise ExplainError(f"no trained fold {fold} in {exp_dir}")
+    reason = unsupported_reason(saved_config(exp_dir, fold))
+    if reason:
+        raise ExplainError(f"cannot explain {exp_dir.name}: {reason}")
     cfg, net = load_fold(exp_dir, fold, paths)
     batch = sample_for(cfg, eeg_id, split)
     exp = explain_sample(cfg, net, batch, target_class)
@@ -213,15 +284,16 @@ def explain(exp_dir: Path, eeg_id: int, fold: int | None = None, paths: DictConf
     fs = schema.SAMPLING_RATE / int(cfg.input.downsample)
     offset = (schema.EEG_WINDOW_SECONDS - float(cfg.input.signal_seconds)) / 2
     fig = figure(exp, f"{exp_dir.name} fold {fold}, eeg_id {eeg_id}: {exp.kind} for '{cls}' "
-                      f"(p={exp.probs[exp.target_class]:.2f})", fs, offset)
+                      f"(p={exp.probs[exp.target_class]:.2f})", fs, offset, float(cfg.signal.scale))
     out_dir = Path(out_dir or exp_dir / "explain")
-    stem = f"{eeg_id}_fold{fold}_{exp.kind}"
+    stem = f"{eeg_id}_fold{fold}_{exp.kind}_{cls}"  # one file per explained class
     views.save(fig, out_dir / f"{stem}.png", dpi=90)
     info = {"experiment": exp_dir.name, "fold": fold, "eeg_id": int(eeg_id), "method": exp.kind,
             "explained_class": cls, "prediction": dict(zip(schema.CLASSES, exp.probs.round(6).tolist())),
             "target": dict(zip(schema.CLASSES, batch["target"][0].double().numpy().round(6).tolist()))
             if "target" in batch else None, "png": str(out_dir / f"{stem}.png")}
     if exp.kind == "occlusion":
-        info["occlusion"] = {"centres_s": exp.times.round(3).tolist(), "kl_change": exp.importance.tolist()}
+        info["occlusion"] = {"centres_s": exp.times.round(3).tolist(), f"drop_in_p_{cls}": exp.importance.tolist(),
+                             "kl_change": exp.kl.tolist()}
     (out_dir / f"{stem}.json").write_text(json.dumps(info, indent=2))
     return {**info, "explanation": exp, "figure": fig}

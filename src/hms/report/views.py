@@ -102,16 +102,32 @@ def plot_bipolar(signals: np.ndarray, title: str = "", t_start: float = 0.0, t_e
     centre = window_start + schema.EEG_WINDOW_SECONDS / 2
     half = schema.EEG_CENTER_SECONDS / 2
     ax.axvspan(centre - half, centre + half, color="gold", alpha=0.18, label="labelled central 10 s")
-    ax.set_yticks(offsets, ticks, fontsize=7)
+    ax.set_yticks(offsets, ticks, fontsize=9)
     ax.set_xlim(t_start, t_end)
+    _scale_bar(ax, spacing, offsets[-1])
     ax.set_xlabel("seconds in the 50 s window")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper right", fontsize=7)
     return fig if fig is not None else ax.figure
 
 
+def _scale_bar(ax, spacing: float, bottom: float) -> None:
+    """A vertical bar of a round number of µV at the right edge, below the last trace: every
+    trace shares this scale."""
+    height = float(10 ** np.floor(np.log10(spacing)))  # the largest 1, 2 or 5 x 10^k within one slot
+    height *= 5 if 5 * height <= spacing else 2 if 2 * height <= spacing else 1
+    left, right = ax.get_xlim()
+    x = right - 0.01 * (right - left)
+    y0 = bottom - 1.3 * spacing
+    ax.plot([x, x], [y0, y0 + height], color="black", lw=3, solid_capstyle="butt")
+    ax.annotate(f"{height:g} µV", (x, y0 + height / 2), xytext=(-6, 0), textcoords="offset points",
+                ha="right", va="center", fontsize=9)
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], y0 - 0.2 * spacing))
+
+
 def plot_panels(panels: np.ndarray, title: str, extent_x: tuple[float, float], xlabel: str,
-                freq_range: tuple[float, float], cmap: str = "magma", fig_size=(11, 5)):
+                freq_range: tuple[float, float], cmap: str = "magma", fig_size=(11, 5), colour_label: str = "",
+                mark: tuple[float, float, str] | None = None):
     """A 2x2 grid of per-chain heatmaps (LL, RL / LP, RP), low frequencies at the bottom, on one
     colour scale so hemispheres compare at a glance. Fixed margins instead of the constrained
     layout solver: 0.16 s instead of 0.43 s per figure, which the viewer's first view waits for."""
@@ -124,7 +140,14 @@ def plot_panels(panels: np.ndarray, title: str, extent_x: tuple[float, float], x
         image = ax.imshow(panel, origin="lower", aspect="auto", extent=(*extent_x, *freq_range), cmap=cmap,
                           vmin=vmin, vmax=vmax)
         ax.set_title(chain, fontsize=9)
-    fig.colorbar(image, cax=fig.add_axes((0.92, 0.1, 0.015, 0.78)))
+        if mark:  # (start, end, label): a span of the x axis, e.g. where the 50 s EEG window sits
+            for x in mark[:2]:
+                ax.axvline(x, color="white", lw=1.0, ls="--")
+    if mark:
+        axes[0, 0].annotate(mark[2], (mark[1], freq_range[1]), xytext=(3, -3), textcoords="offset points",
+                            ha="left", va="top", fontsize=8, color="white")
+    bar = fig.colorbar(image, cax=fig.add_axes((0.92, 0.1, 0.015, 0.78)))
+    bar.set_label(colour_label, fontsize=9)
     for ax in axes[1]:
         ax.set_xlabel(xlabel)
     for ax in axes[:, 0]:
@@ -135,16 +158,20 @@ def plot_panels(panels: np.ndarray, title: str, extent_x: tuple[float, float], x
 
 def plot_kaggle_spectrogram(panels: np.ndarray, title: str = ""):
     """The 10-minute Kaggle spectrogram, x in minutes relative to the window start."""
-    return plot_panels(panels, title or "Kaggle spectrogram (log power)", (0, schema.SPEC_WINDOW_SECONDS / 60),
+    minutes = schema.SPEC_WINDOW_SECONDS / 60
+    half_eeg = schema.EEG_WINDOW_SECONDS / 60 / 2  # both windows are centred on the labelled moment
+    return plot_panels(panels, title or "Kaggle spectrogram (log power)", (0, minutes),
                        "minutes in the 10-min window",
-                       (float(schema.SPEC_FREQS[0]), float(schema.SPEC_FREQS[-1])))
+                       (float(schema.SPEC_FREQS[0]), float(schema.SPEC_FREQS[-1])),
+                       colour_label="ln(power), clipped", mark=(minutes / 2 - half_eeg, minutes / 2 + half_eeg,
+                                                               "50 s EEG window"))
 
 
 def plot_mel(panels: np.ndarray, mel_cfg, title: str = ""):
     """EEG mel panels (mean of each chain's 4 pairs), x in seconds of the 50 s window."""
-    return plot_panels(panels, title or "EEG mel spectrogram ((dB + 40) / 40)", (0, schema.EEG_WINDOW_SECONDS),
+    return plot_panels(panels, title or "EEG mel spectrogram", (0, schema.EEG_WINDOW_SECONDS),
                        "seconds in the 50 s window", (float(mel_cfg["fmin"]), float(mel_cfg["fmax"])),
-                       cmap="viridis")
+                       cmap="viridis", colour_label="(dB + 40) / 40")
 
 
 def png_bytes(fig, dpi: int) -> bytes:
