@@ -146,6 +146,14 @@ def cmd_validate(args) -> int:
 def cmd_bench(args) -> int:
     from hms import bench
 
+    if args.what == "scale":
+        from hms.bench_scale import bench_scale, default_configs
+
+        if not args.data:
+            raise SystemExit("hms bench scale: --data DIR is required (a dataset from `hms synth --like-kaggle`)")
+        work = Path(args.work) if args.work else Path(args.data).resolve().parent / f"{Path(args.data).name}-work"
+        bench_scale(Path(args.data), work, _split_items(args)[0] or default_configs(), workers=args.workers)
+        return 0
     cfg = _config(args)
     if args.what == "spectrogram":
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
@@ -284,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     register_report(sub, _add_config_args)  # eda, evaluate, explain, app
 
     p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
-    p.add_argument("what", choices=["spectrogram", "train", "infer", "app"])
+    p.add_argument("what", choices=["spectrogram", "train", "infer", "app", "scale"])
     _add_config_args(p)
+    p.add_argument("--data", default=None, help="scale: the dataset (`hms synth --like-kaggle`)")
+    p.add_argument("--work", default=None, help="scale: its work dir (default: DATA-work beside it)")
+    p.add_argument("--workers", type=int, default=None, help="scale: prepare's processes (default: all cores)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default=None)
