@@ -73,6 +73,32 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
+@contextmanager
+def file_lock(path: str | Path, what: str | None = None, timeout_s: float | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (filelock's FileLock: an OS lock, released if the holder
+    dies, and seen by other machines on shared storage whose filesystem supports fcntl/flock
+    locks: NFSv4, Lustre and GPFS as usually mounted). Says once when it has to wait; waits
+    forever unless timeout_s, then raises TimeoutError naming `what`."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[hms] waiting for another process to finish {what or path} (lock {path})", flush=True)
+        try:
+            lock.acquire(timeout=-1 if timeout_s is None else timeout_s)
+        except Timeout:
+            raise TimeoutError(f"{what or path}: still locked by another process after {timeout_s} s "
+                               f"(lock file {path})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -112,6 +112,50 @@ def read_eeg_array(path: str | Path, min_seconds: float = schema.EEG_WINDOW_SECO
     return read_eeg(path, min_seconds).to_numpy(dtype=np.float32)
 
 
+class EEGFile:
+    """An EEG parquet opened once, read in row slices: an hour-long recording is held once, as
+    the decoded Arrow columns (~58 MB), never as several whole float32/pandas copies. The same
+    checks as read_eeg (columns, numeric types, length, not all NaN), from the Arrow table."""
+
+    def __init__(self, path: str | Path, min_seconds: float = schema.EEG_WINDOW_SECONDS):
+        import pyarrow.compute as pc
+        import pyarrow.types as pat
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise HMSDataError(f"{self.path}: file not found")
+        try:
+            table = pq.read_table(self.path)
+        except Exception as exc:  # pyarrow raises several types for truncated/corrupt files
+            raise HMSDataError(f"{self.path}: cannot read parquet ({type(exc).__name__}: {exc})") from exc
+        mapping, problems = eeg_column_map(table.column_names)
+        if problems:
+            raise HMSDataError(f"{self.path}: " + "; ".join(problems))
+        by_channel = {channel: name for name, channel in mapping.items()}
+        columns = [table.column(by_channel[c]) for c in schema.EEG_CHANNELS]
+        bad = [c for c, col in zip(schema.EEG_CHANNELS, columns)
+               if not (pat.is_integer(col.type) or pat.is_floating(col.type))]
+        if bad:
+            raise HMSDataError(f"{self.path}: non-numeric columns {bad[:8]}")
+        # float32 as read_eeg's astype; nulls become NaN (an int column with nulls too)
+        self.columns = [col if col.type == "float" else pc.cast(col, "float32") for col in columns]
+        self.n_samples = table.num_rows
+        min_rows = int(round(min_seconds * schema.SAMPLING_RATE))
+        if self.n_samples < min_rows:
+            raise HMSDataError(
+                f"{self.path}: {self.n_samples} samples ({self.n_samples / schema.SAMPLING_RATE:.1f} s) is "
+                f"shorter than {min_seconds} s at {schema.SAMPLING_RATE} Hz")
+        if not any(pc.any(pc.invert(pc.is_nan(col))).as_py() for col in self.columns):
+            raise HMSDataError(f"{self.path}: every value is NaN")
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) as (n, 20) float32, channels in schema order (nulls as NaN)."""
+        out = np.empty((stop - start, len(self.columns)), np.float32)
+        for j, col in enumerate(self.columns):
+            out[:, j] = col.slice(start, stop - start).to_numpy()
+        return out
+
+
 def read_spectrogram(path: str | Path, min_seconds: float = schema.SPEC_WINDOW_SECONDS) -> pd.DataFrame:
     """A Kaggle spectrogram parquet: `time` (any integer or float dtype) then the 400 chain_freq
     columns under their canonical (real) names, float32. Rows that are NaN throughout are valid

@@ -15,11 +15,20 @@ def log_power(power: np.ndarray, log_clip: tuple[float, float]) -> np.ndarray:
 
 def read_log_window(path, offset: float, n_frames: int, log_clip: tuple[float, float]) -> np.ndarray:
     """(n_frames, 400) log power of a spectrogram file from `offset` on (NaN past its ends)."""
+    return read_log_window_timed(path, offset, n_frames, log_clip)[0]
+
+
+def read_log_window_timed(path, offset: float, n_frames: int,
+                          log_clip: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """read_log_window and the time of its first frame: the file's first frame at or after
+    `offset`, which is not `offset` itself (real frames sit at odd seconds: 1, 3, 5, ...)."""
     from hms.data import io
 
     df = io.read_spectrogram(path)
-    start = window_start(df[schema.SPEC_TIME_COLUMN].iloc[0], offset)
-    return log_power(take_window(df[list(schema.SPEC_COLUMNS)].to_numpy(), start, n_frames), log_clip)
+    first_time = float(df[schema.SPEC_TIME_COLUMN].iloc[0])
+    start = window_start(first_time, offset)
+    window = log_power(take_window(df[list(schema.SPEC_COLUMNS)].to_numpy(), start, n_frames), log_clip)
+    return window, first_time + start * schema.SPEC_STEP_SECONDS
 
 
 def window_start(first_time: float, offset: float) -> int:

@@ -26,7 +26,7 @@ from hms.cache.store import Cache
 from hms.training.augment import MIRROR_PANELS, mirror_order
 from hms.config import resolve_device
 from hms.data import labels, schema
-from hms.signal import filters, kaggle_spec
+from hms.signal import filters, kaggle_spec, montage
 
 DEFAULT_SIGNAL = OmegaConf.create({"fill_nan": "mean", "denoise": {"enabled": False}})
 EMPTY_SPEC = np.zeros((len(schema.CHAIN_NAMES), 1, 1), np.float16)  # placeholder when unused
@@ -77,6 +77,10 @@ class HMSDataset(Dataset):
         self.signal_cfg = signal_cfg if signal_cfg is not None else DEFAULT_SIGNAL
         # spans the cache found NaN in: only their windows need the per-window NaN fill
         self.eeg_with_nan = set() if eeg is None else set(eeg.index.index[eeg.index.nan_share.to_numpy() != 0])
+        # the experiment's own signals out of the cache's (one cache holds every signal any
+        # experiment can ask for)
+        self.signal_columns = None if eeg is None else eeg.columns(
+            montage.montage_names(list(self.signal_cfg.get("extras", None) or [])))
         self.row_columns, self.item_columns = window_columns(self.rows), window_columns(self.items)
 
     def __len__(self) -> int:
@@ -98,7 +102,7 @@ class HMSDataset(Dataset):
     def _signal(self, eeg_id: int, offset: float, mirror: bool) -> np.ndarray:
         entry = self.eeg.row(eeg_id)
         lo = entry.start + int(round((offset - entry.t0) * schema.SAMPLING_RATE))
-        channels = self.eeg.data[lo: lo + schema.EEG_WINDOW_SAMPLES].T  # a view
+        channels = self.eeg.data[lo: lo + schema.EEG_WINDOW_SAMPLES, self.signal_columns].T  # a view if a slice
         # fancy indexing makes the one contiguous copy (mirrored when asked)
         window = channels[mirror_order(len(channels))] if mirror else np.ascontiguousarray(channels)
         if eeg_id in self.eeg_with_nan or self.signal_cfg.denoise.enabled:
