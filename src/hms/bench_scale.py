@@ -2,9 +2,9 @@
 (`hms synth --like-kaggle`), one JSON line per stage: wall seconds, CPU seconds, peak RSS and
 the disk the stage added.
 
-Each stage runs in its own process (`python -m hms.bench_scale STAGE ...`), so its peak RSS is
-its own: os.wait4 reports the largest resident set of the stage's process and of the worker
-processes it waited for (the largest single process, not the sum of concurrent workers).
+Each stage runs in its own process (`python -m hms.bench_scale STAGE ...`), so its peak memory
+is its own: the summed PSS of the stage's process tree, sampled every 0.2 s (TreeRssPeak), or
+the main process's exact high-water mark when that is larger.
 Stages whose work grows with the data also carry `full_size_s`, their wall time scaled by the
 real count over this dataset's (rows, or 2,000 test EEGs), when the dataset is a fraction.
 """
@@ -47,13 +47,17 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() else 0
 
 
-def _rss_bytes(pid: int) -> int:
-    """Resident bytes of one process (0 once it is gone)."""
+def _pss_bytes(pid: int) -> int:
+    """Proportional resident bytes of one process (0 once it is gone): pages shared with the
+    processes it forked count once over all of them, so a sum over workers is no overcount."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
-        return 0
+        pass
+    return 0
 
 
 def tree_pids(root: int) -> list[int]:
@@ -76,8 +80,8 @@ def tree_pids(root: int) -> list[int]:
 
 
 class TreeRssPeak:
-    """Samples the summed RSS of a process and its descendants every `every` seconds, in a
-    thread. The kernel's own high-water marks do not serve: a child started by fork/vfork +
+    """Samples the summed resident memory (PSS) of a process and its descendants every `every`
+    seconds, in a thread. The kernel's own high-water marks do not serve: a child started by fork/vfork +
     exec inherits its parent's peak in ru_maxrss, so each stage would report the largest peak
     so far; and ru_maxrss is one process's, where several workers run at once."""
 
@@ -91,7 +95,7 @@ class TreeRssPeak:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(_rss_bytes(p) for p in tree_pids(self.pid)))
+            self.peak = max(self.peak, sum(_pss_bytes(p) for p in tree_pids(self.pid)))
             self._stop.wait(self.every)
 
     def stop(self) -> int:
@@ -102,7 +106,7 @@ class TreeRssPeak:
 
 def run_stage(stage: str, args: list[str], env: dict, work_dir: Path) -> dict:
     """Run one stage in a child process; wall, CPU (the stage's processes, user + system),
-    peak RSS (GB: the larger of the summed RSS of its processes, sampled, and the main
+    peak RSS (GB: the larger of the summed PSS of its processes, sampled, and the main
     process's exact high-water mark) and the disk it added (GB), plus what the child printed
     as its last JSON line."""
     before = dir_bytes(work_dir)
@@ -146,8 +150,8 @@ def dataset_line(data_dir: Path) -> dict:
 
 
 def bench_scale(data_dir: Path, work_dir: Path, configs: list[str], workers: int | None = None,
-                emit=print) -> list[dict]:
-    """Every stage in order; `emit` gets each line as it is measured."""
+                only: list[str] | None = None, emit=print) -> list[dict]:
+    """Every stage in order (or those named in `only`); `emit` gets each line as it is measured."""
     data_dir, work_dir = Path(data_dir).resolve(), Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HMS_DATA_DIR": str(data_dir), "HMS_WORK_DIR": str(work_dir)}
@@ -161,13 +165,27 @@ def bench_scale(data_dir: Path, work_dir: Path, configs: list[str], workers: int
     stages += [("loader", [c], None) for c in configs]
     stages += [("trees", [c], "rows") for c in configs if _kind(c) == "qeeg_trees"]
     stages += [("notebook", [c], "test") for c in configs]
-    for stage, args, scaled_by in stages:
+    cleared = set()
+    for stage, args, scaled_by in [s for s in stages if not only or s[0] in only]:
+        split = {"prepare": "train", "notebook": "test"}.get(stage)
+        if split and split not in cleared:  # time the builds, not the reuse of an earlier run's caches
+            clear_caches(work_dir, split, emit)
+            cleared.add(split)
         line = run_stage(stage, args, env, work_dir)
         if scaled_by and "full_size_s" not in line and scale[scaled_by] > 1.001:
             line["full_size_s"] = round(line["wall_s"] * scale[scaled_by], 1)
         lines.append(line)
         emit(json.dumps(line))
     return lines
+
+
+def clear_caches(work_dir: Path, split: str, emit=print) -> None:
+    """Remove the bench work dir's caches of one split (said in a line)."""
+    import shutil
+
+    for d in sorted((Path(work_dir) / "cache").glob(f"*-{split}-*")):
+        emit(json.dumps({"note": f"removing {d} so that the build is timed"}))
+        shutil.rmtree(d)
 
 
 def _kind(config: str) -> str:
@@ -186,11 +204,12 @@ def _cfg(config: str):
 
 def stage_validate(config: str) -> dict:
     from hms import config as C
-    from hms.data.validate import preflight
+    from hms.data.validate import REPORT_JSON, preflight
 
     cfg = _cfg(config)
+    (C.work_dir(cfg) / REPORT_JSON).unlink(missing_ok=True)  # time the check, not the reuse of its report
     report = preflight(C.data_dir(cfg), C.work_dir(cfg), skip_bad=False, quiet=True)
-    return {"problems": len(report.problems)}
+    return {"files_checked": report.files_checked, "problems": len(report.problems)}
 
 
 def stage_folds(config: str) -> dict:
@@ -234,6 +253,7 @@ def stage_loader(config: str) -> dict:
     ds = _training_set(cfg)
     build_s = time.perf_counter() - t0
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # as in a DataLoader worker: more threads only spin (4x the CPU per item here)
     loader = DataLoader(ds, batch_size=int(cfg.train.batch_size), shuffle=True, num_workers=0)
     next(iter(loader))  # warm-up: first page faults of the caches' index and memmaps
     items, t0, c0 = 0, time.perf_counter(), time.process_time()

@@ -152,7 +152,8 @@ def cmd_bench(args) -> int:
         if not args.data:
             raise SystemExit("hms bench scale: --data DIR is required (a dataset from `hms synth --like-kaggle`)")
         work = Path(args.work) if args.work else Path(args.data).resolve().parent / f"{Path(args.data).name}-work"
-        bench_scale(Path(args.data), work, _split_items(args)[0] or default_configs(), workers=args.workers)
+        bench_scale(Path(args.data), work, _split_items(args)[0] or default_configs(), workers=args.workers,
+                    only=args.stages)
         return 0
     cfg = _config(args)
     if args.what == "spectrogram":
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="scale: the dataset (`hms synth --like-kaggle`)")
     p.add_argument("--work", default=None, help="scale: its work dir (default: DATA-work beside it)")
     p.add_argument("--workers", type=int, default=None, help="scale: prepare's processes (default: all cores)")
+    p.add_argument("--stages", nargs="+", default=None, help="scale: only these stages (validate folds prepare "
+                   "loader trees notebook)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default=None)
