@@ -155,3 +155,14 @@ def test_stage_peak_rss_is_its_own_not_the_parents():
             assert usage.ru_maxrss * 1024 > 0.9 * ballast.nbytes  # the kernel's figure is the parent's
     assert peaks[0] < 100e6
     assert 300e6 <= peaks[300_000_000] < 400e6
+
+
+def test_a_member_gets_the_h200_rate_of_the_config_it_inherits(tmp_path):
+    from hms.bench_scale import H200_SAMPLES_PER_S, h200_rate
+
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "conv1d_full.yaml").write_text("name: conv1d_full\n")
+    (tmp_path / "member.yaml").write_text("inherit: exp/conv1d_full.yaml\nname: conv1d_200hz\n")
+    (tmp_path / "new.yaml").write_text("name: never_measured\n")
+    assert h200_rate(str(tmp_path / "member.yaml")) == H200_SAMPLES_PER_S["conv1d_full"]
+    assert h200_rate(str(tmp_path / "new.yaml")) is None

@@ -22,8 +22,8 @@ from pathlib import Path
 from hms.data import schema
 from hms.data.like_kaggle import REAL_COUNTS, REAL_TEST_EEGS
 
-# Samples/s of each member's full training step on one H200 (README, "On a GPU"); a member
-# not listed gets no worker estimate. A recipe member's name matches its config's `name`.
+# Samples/s of each member's full training step on one H200 (README, "On a GPU"), by config
+# name; a config inheriting one of these gets its rate (h200_rate), others no worker estimate.
 H200_SAMPLES_PER_S = {"effnet_b0_mosaic": 415, "mixnet_mel": 494, "conv1d_full": 1703, "cnn_gru": 1383,
                       "wavenet": 219}
 GPU_BOX_CORES = 16  # the cores of the GPU machine the loader workers share
@@ -242,6 +242,23 @@ def _training_set(cfg):
                         (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
 
 
+def h200_rate(config: str) -> int | None:
+    """The H200 samples/s measured for this config's name, or for a config it inherits from
+    (a recipe member inherits its model and input from a configs/exp one)."""
+    import yaml
+
+    path = Path(config)
+    while path.is_file():
+        raw = yaml.safe_load(path.read_text()) or {}
+        for name in (raw.get("name"), path.stem):
+            if name in H200_SAMPLES_PER_S:
+                return H200_SAMPLES_PER_S[name]
+        if not raw.get("inherit"):
+            return None
+        path = (path.parent / raw["inherit"]).resolve()
+    return None
+
+
 def stage_loader(config: str) -> dict:
     """Items/s of one loader worker: the dataset's __getitem__ and collation over shuffled
     items, in this process (what each DataLoader worker does), no model, no device."""
@@ -264,7 +281,7 @@ def stage_loader(config: str) -> dict:
                 break
     per_worker = items / (time.perf_counter() - t0)
     per_cpu_s = items / max(time.process_time() - c0, 1e-9)  # what one dedicated core gives
-    gpu = H200_SAMPLES_PER_S.get(str(cfg.name))
+    gpu = h200_rate(config)
     need = math.ceil(gpu / per_cpu_s) if gpu else None
     return {"label": {"config": cfg.name}, "dataset_build_s": round(build_s, 1), "items": len(ds),
             "items_timed": items, "items_per_s_per_worker": round(per_worker, 1),
