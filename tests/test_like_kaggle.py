@@ -151,6 +151,7 @@ def test_stage_peak_rss_is_its_own_not_the_parents():
         sampler = TreeRssPeak(proc.pid, every=0.05)
         _, _, usage = os.wait4(proc.pid, 0)
         peaks[n] = sampler.stop()
+        assert sampler.peak_anon <= sampler.peak and (n == 0 or sampler.peak_anon >= 300e6)  # a bytearray is anonymous
         if n == 0:
             assert usage.ru_maxrss * 1024 > 0.9 * ballast.nbytes  # the kernel's figure is the parent's
     assert peaks[0] < 100e6

@@ -47,17 +47,21 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() else 0
 
 
-def _pss_bytes(pid: int) -> int:
-    """Proportional resident bytes of one process (0 once it is gone): pages shared with the
-    processes it forked count once over all of them, so a sum over workers is no overcount."""
+def _pss_bytes(pid: int) -> tuple[int, int]:
+    """(all, anonymous) proportional resident bytes of one process, (0, 0) once it is gone.
+    Pages shared with the processes it forked count once over all of them, so a sum over
+    workers is no overcount. `all` includes the cache pages a memmap has read (the kernel
+    drops them under pressure); anonymous + shmem is the memory that must stay in RAM."""
+    fields = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Pss_Anon", "Pss_Shmem"):
+                    fields[key] = int(rest.split()[0]) * 1024
     except (OSError, IndexError, ValueError):
-        pass
-    return 0
+        return 0, 0
+    return fields.get("Pss", 0), fields.get("Pss_Anon", 0) + fields.get("Pss_Shmem", 0)
 
 
 def tree_pids(root: int) -> list[int]:
@@ -88,14 +92,16 @@ class TreeRssPeak:
     def __init__(self, pid: int, every: float = 0.2):
         import threading
 
-        self.pid, self.every, self.peak = pid, every, 0
+        self.pid, self.every, self.peak, self.peak_anon = pid, every, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(_pss_bytes(p) for p in tree_pids(self.pid)))
+            sizes = [_pss_bytes(p) for p in tree_pids(self.pid)]
+            self.peak = max(self.peak, sum(a for a, _ in sizes))
+            self.peak_anon = max(self.peak_anon, sum(b for _, b in sizes))
             self._stop.wait(self.every)
 
     def stop(self) -> int:
@@ -107,7 +113,8 @@ class TreeRssPeak:
 def run_stage(stage: str, args: list[str], env: dict, work_dir: Path) -> dict:
     """Run one stage in a child process; wall, CPU (the stage's processes, user + system),
     peak RSS (GB: the larger of the summed PSS of its processes, sampled, and the main
-    process's exact high-water mark) and the disk it added (GB), plus what the child printed
+    process's exact high-water mark; peak_anon_gb: their anonymous memory alone, without the
+    memmapped cache pages) and the disk it added (GB), plus what the child printed
     as its last JSON line."""
     before = dir_bytes(work_dir)
     t0 = time.perf_counter()
@@ -118,14 +125,14 @@ def run_stage(stage: str, args: list[str], env: dict, work_dir: Path) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    sampled = sampler.stop()
+    sampled, anon = sampler.stop(), sampler.peak_anon
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     extra = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0:
         extra["error"] = f"exit status {proc.returncode}"
     peak = max(sampled, extra.pop("main_hwm_bytes", 0))
     return {"stage": stage, **extra.pop("label", {}), "wall_s": round(wall, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_gb": _gb(peak),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_gb": _gb(peak), "peak_anon_gb": _gb(anon),
             "disk_gb": _gb(dir_bytes(work_dir) - before), **extra}
 
 
