@@ -70,10 +70,18 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from hms.data.synthetic import generate
+    from hms.data.synthetic import generate, write_plan
 
-    summary = generate(args.out, n_eegs=args.n_eegs, n_test_eegs=args.n_test_eegs, seed=args.seed,
-                       progress=not args.quiet)
+    if args.like_kaggle:
+        from hms.data.like_kaggle import like_kaggle
+
+        p = like_kaggle(args.fraction, args.n_test_eegs, args.seed)
+        plan = (p.recordings, p.train, p.test, p.train_answers, p.test_answers)
+        summary = write_plan(args.out, plan, args.seed, progress=not args.quiet, workers=args.workers,
+                             signals=args.signals or "noise")
+    else:
+        summary = generate(args.out, n_eegs=args.n_eegs, n_test_eegs=args.n_test_eegs or 200, seed=args.seed,
+                           progress=not args.quiet, workers=args.workers, signals=args.signals or "simulator")
     print(json.dumps(summary, indent=2, default=float))
     return 0
 
@@ -166,6 +174,15 @@ def cmd_validate(args) -> int:
 def cmd_bench(args) -> int:
     from hms import bench
 
+    if args.what == "scale":
+        from hms.bench_scale import bench_scale, default_configs
+
+        if not args.data:
+            raise SystemExit("hms bench scale: --data DIR is required (a dataset from `hms synth --like-kaggle`)")
+        work = Path(args.work) if args.work else Path(args.data).resolve().parent / f"{Path(args.data).name}-work"
+        bench_scale(Path(args.data), work, _split_items(args)[0] or default_configs(), workers=args.workers,
+                    only=args.stages)
+        return 0
     cfg = _config(args)
     if args.what == "spectrogram":
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
@@ -234,9 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _register(sub, "synth", cmd_synth, "write the embedded simulated dataset in Kaggle layout")
     p.add_argument("--out", required=True)
     p.add_argument("--n-eegs", type=int, default=800)
-    p.add_argument("--n-test-eegs", type=int, default=200)
+    p.add_argument("--n-test-eegs", type=int, default=None, help="default: 200; with --like-kaggle "
+                   "2,000 x fraction (the hidden test's size)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--like-kaggle", action="store_true", help="the real train.csv's shape: 106,800 rows, "
+                   "17,089 EEGs, 11,138 shared spectrograms, 1,950 patients (times --fraction); "
+                   "--n-eegs is ignored")
+    p.add_argument("--fraction", type=float, default=1.0, help="--like-kaggle: scale every count, keep "
+                   "every distribution")
+    p.add_argument("--signals", choices=["simulator", "noise"], default=None, help="signal renderer "
+                   "(default: simulator; noise with --like-kaggle, ~10x cheaper, no visible patterns)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
     p = _register(sub, "download", cmd_download, "download the competition data with the kaggle CLI")
     p.add_argument("--out", default=None, help="default: input/hms-harmful-brain-activity-classification")
@@ -308,8 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_report(sub, _add_config_args)  # eda, evaluate, explain, app
 
     p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
-    p.add_argument("what", choices=["spectrogram", "train", "infer", "app"])
+    p.add_argument("what", choices=["spectrogram", "train", "infer", "app", "scale"])
     _add_config_args(p)
+    p.add_argument("--data", default=None, help="scale: the dataset (`hms synth --like-kaggle`)")
+    p.add_argument("--work", default=None, help="scale: its work dir (default: DATA-work beside it)")
+    p.add_argument("--workers", type=int, default=None, help="scale: prepare's processes (default: all cores)")
+    p.add_argument("--stages", nargs="+", default=None, help="scale: only these stages (validate folds prepare "
+                   "loader trees notebook)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default=None)

@@ -227,6 +227,14 @@ def _sample_train_eeg(rng, patient, round_) -> EegPlan:
     slots = np.arange(0, dur - 49, 2)
     k = int(min(len(slots), 1 + rng.poisson(5)))
     offsets = sorted(int(o) for o in rng.choice(slots, size=k, replace=False))
+    events, boundary = draw_events(rng, patient, round_, offsets)
+    return EegPlan(0, 0, dur, offsets, events, boundary)
+
+
+def draw_events(rng, patient: Patient, round_: str, offsets: list[int]) -> tuple[list[Event], float]:
+    """One event for an EEG's windows, or (11% of EEGs with 2+ windows) two, the second
+    taking over at `boundary` (s into the file); returns (events, boundary)."""
+    k = len(offsets)
     cls = int(draw_classes(rng, 1, round_)[0])
     events, boundary = [sample_event(rng, cls, patient.side_pref)], np.inf
     if k >= 2 and rng.random() < TWO_SEGMENT_SHARE / 0.8:
@@ -235,7 +243,7 @@ def _sample_train_eeg(rng, patient, round_) -> EegPlan:
         events.append(sample_event(rng, cls2, patient.side_pref))
         m = int(rng.integers(1, k))
         boundary = (offsets[m - 1] + offsets[m]) / 2 + S.EEG_WINDOW_SECONDS / 2
-    return EegPlan(0, 0, dur, offsets, events, boundary)
+    return events, boundary
 
 
 def _layout_recording(rng, eegs: list[EegPlan]) -> int:
@@ -318,7 +326,14 @@ def make_plan(n_eegs: int, n_test_eegs: int, seed: int):
     pids = _unique_ids(rng, min(n_eegs + n_test_eegs + 8, 65_535), 1, 65_536)
     train, used = _plan_train(rng, n_eegs, pids)
     test, _ = _plan_test(rng, n_test_eegs, pids[used:], len(train))
+    return finish_plan(rng, train, test)
+
+
+def finish_plan(rng, train: list[Recording], test: list[Recording]):
+    """Ids, defects (NaN stretches, flat electrodes), the train/test tables and the answers
+    of planned recordings; returns (recordings, train, test, train answers, test answers)."""
     recs = train + test
+    n_eegs, n_test_eegs = sum(len(r.eegs) for r in train), sum(len(r.eegs) for r in test)
     eeg_ids = _unique_ids(rng, n_eegs + n_test_eegs, 1_000_000, 4_294_967_295)
     spec_ids = _unique_ids(rng, len(recs), 100_000, 2_147_483_647)
     for rec, sid in zip(recs, spec_ids):
@@ -598,10 +613,12 @@ SPEC_TIME_DTYPES = {"train": np.int64, "test": np.int16}
 
 def _render_recording(args) -> int:
     """Render and write one recording's EEG files and spectrogram; returns bytes written."""
-    rec, out_dir, seed = args
+    rec, out_dir, seed, signals = args
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, rec.index)))
     eeg_dir = out_dir / (S.TRAIN_EEG_DIR if rec.split == "train" else S.TEST_EEG_DIR)
     spec_dir = out_dir / (S.TRAIN_SPEC_DIR if rec.split == "train" else S.TEST_SPEC_DIR)
+    if signals == "noise":
+        return _write_noise_recording(rng, rec, eeg_dir, spec_dir)
     low_bands, written = [], 0
     el_cols = [S.EEG_CHANNELS.index(c) for c in ELECTRODES]
     for e in rec.eegs:
@@ -612,12 +629,39 @@ def _render_recording(args) -> int:
         x = np.round(x, 2)  # the real files hold microvolts rounded to 0.01
         written += _write_parquet(eeg_dir / f"{e.eeg_id}.parquet", S.EEG_CHANNELS, x)
     spec = np.round(kaggle_spectrogram(_render_context(rng, rec, low_bands), CTX_FS), 2)
+    return written + _write_spectrogram(rec, spec_dir, spec)
+
+
+def _write_spectrogram(rec: Recording, spec_dir: Path, spec: np.ndarray) -> int:
     if rec.spec_nan is not None:
         spec[rec.spec_nan[0]:rec.spec_nan[0] + rec.spec_nan[1]] = np.nan
     times = (1 + S.SPEC_STEP_SECONDS * np.arange(len(spec))).astype(SPEC_TIME_DTYPES[rec.split])
     names = (S.SPEC_TIME_COLUMN, *S.SPEC_COLUMNS)
-    written += _write_parquet(spec_dir / f"{rec.spectrogram_id}.parquet", names, spec, time=times)
-    return written
+    return _write_parquet(spec_dir / f"{rec.spectrogram_id}.parquet", names, spec, time=times)
+
+
+# noise signals: uV scale of the electrodes and the EKG, log-power spread of the spectrogram
+NOISE_EEG_UV, NOISE_EKG_UV, NOISE_LOG_POWER = 20.0, 300.0, (-1.5, 1.5)
+
+
+def _write_noise_recording(rng, rec: Recording, eeg_dir: Path, spec_dir: Path) -> int:
+    """The cheap renderer of `--signals noise` (the real-size dataset): white noise in the
+    exact file schema (uV rounded to 0.01, NaN stretches, a large EKG column) and lognormal
+    spectrogram power in multiples of 0.01, zeros included. The files cost what real ones
+    cost to read and cache; the labels are the plan's, but no pattern shows in the signal."""
+    written, ekg = 0, S.EEG_CHANNELS.index(S.EKG_CHANNEL)
+    for e in rec.eegs:
+        x = rng.standard_normal((e.dur * FS, len(S.EEG_CHANNELS)), dtype=np.float32) * np.float32(NOISE_EEG_UV)
+        x[:, ekg] *= np.float32(NOISE_EKG_UV / NOISE_EEG_UV)
+        if rec.flat >= 0:
+            x[:, S.EEG_CHANNELS.index(ELECTRODES[rec.flat])] = 0.0
+        if e.nan is not None:
+            x[int(e.nan[0] * FS):int((e.nan[0] + e.nan[1]) * FS)] = np.nan
+        written += _write_parquet(eeg_dir / f"{e.eeg_id}.parquet", S.EEG_CHANNELS, np.round(x, 2))
+    n_frames = rec.dur // S.SPEC_STEP_SECONDS
+    log_power = rng.standard_normal((n_frames, len(S.SPEC_COLUMNS)), dtype=np.float32) * np.float32(NOISE_LOG_POWER[1])
+    spec = np.round(np.exp(log_power + np.float32(NOISE_LOG_POWER[0])), 2)
+    return written + _write_spectrogram(rec, spec_dir, spec)
 
 
 def _prepare_dirs(out_dir: Path, recs) -> None:
@@ -647,17 +691,28 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+SIGNALS = ("simulator", "noise")  # the signal renderers: the full simulator, cheap noise
+
+
 def generate(out_dir: str | Path, n_eegs: int = 800, n_test_eegs: int = 200, seed: int = 42,
-             progress: bool = True, workers: int | None = None) -> dict:
+             progress: bool = True, workers: int | None = None, signals: str = "simulator") -> dict:
     """Write the embedded dataset into out_dir (Kaggle layout + answers/); returns a summary."""
+    return write_plan(out_dir, make_plan(n_eegs, n_test_eegs, seed), seed, progress, workers, signals)
+
+
+def write_plan(out_dir: str | Path, plan: tuple, seed: int, progress: bool = True, workers: int | None = None,
+               signals: str = "simulator") -> dict:
+    """Render a plan (recordings, train, test, train answers, test answers) into out_dir."""
     from tqdm.auto import tqdm
 
+    if signals not in SIGNALS:
+        raise ValueError(f"signals must be one of {SIGNALS}, got {signals!r}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    recs, train_df, test_df, train_ans, test_ans = make_plan(n_eegs, n_test_eegs, seed)
+    recs, train_df, test_df, train_ans, test_ans = plan
     _prepare_dirs(out_dir, recs)
     workers = max(1, min(workers or os.cpu_count() or 1, len(recs)))
-    jobs = [(r, out_dir, seed) for r in recs]
+    jobs = [(r, out_dir, seed, signals) for r in recs]
     with tqdm(total=len(recs), desc="hms synth", unit="rec", disable=not progress) as bar:
         if workers == 1:
             for job in jobs:
@@ -674,7 +729,7 @@ def generate(out_dir: str | Path, n_eegs: int = 800, n_test_eegs: int = 200, see
     atomic_to_csv(sub[list(S.SUBMISSION_COLUMNS)], out_dir / S.SAMPLE_SUBMISSION_CSV)
     atomic_to_csv(test_df, out_dir / S.TEST_CSV)
     atomic_to_csv(train_df, out_dir / S.TRAIN_CSV)
-    return _summary(out_dir, train_df, test_df, time.perf_counter() - t0)
+    return {**_summary(out_dir, train_df, test_df, time.perf_counter() - t0), "signals": signals}
 
 
 def _summary(out_dir: Path, train_df, test_df, seconds) -> dict:
