@@ -21,7 +21,8 @@ TINY = {  # a config per kind trained by gradient steps, small enough for 2 CPU 
     "timm2d": {"kind": "timm2d", "backbone": "efficientnet_b0", "in_chans": 1},
     "timm_mel": {"kind": "timm_mel", "backbone": "mixnet_s", "n_mels": 32, "width": 64,
                  "fmax": 20.0, "layout": "chain_avg_stack"},
-    "eeg_image": {"kind": "eeg_image", "backbone": "resnet10t", "rows_per_signal": 10},  # 160 x 100
+    "eeg_image": {"kind": "eeg_image", "backbone": "resnet10t", "rows_per_signal": 10,
+                  "image_size": [64, 64]},  # 160 x 100, resized
     "conv1d": {"kind": "conv1d", "stage_channels": [16, 32], "kernel_sizes": [3, 9],
                "mix_channels": 8, "chain_channels": 4, "strides": 2, "pools": 4},
     "wavenet": {"kind": "wavenet", "channels": [4, 8], "dilation_levels": [4, 2], "pool": 4,
@@ -377,7 +378,7 @@ def test_a_backbone_whose_features_contradict_its_metadata_is_named():
 
 
 def test_raw_eeg_image_stacks_each_signals_rows_in_order():
-    model = build_model(TINY["eeg_image"])
+    model = build_model({**TINY["eeg_image"], "image_size": None})
     x = torch.arange(16 * 1003, dtype=torch.float32).reshape(1, 16, 1003)
     image = model.signals_to_image(x)
     assert image.shape == (1, 1, 160, 100)  # the 3 samples past the last full row dropped

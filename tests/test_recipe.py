@@ -65,17 +65,20 @@ def test_every_key_outside_model_is_a_base_yaml_key(path):
 
 # ---------------------------------------------------------------- one tiny step per member
 
-def _small_dataset(tiny_synth, root, n_train=4, n_test=2):
-    """tiny_synth's files with train.csv cut to n_train high-vote EEGs of distinct patients (2
-    folds x 2 EEGs: one step of batch 2 per run) and test.csv to n_test EEGs."""
+def _small_dataset(tiny_synth, root, n_test=2):
+    """tiny_synth's files with train.csv cut to 4 high-vote EEGs of distinct patients, two of
+    each of two classes (2 stratified folds x 2 EEGs: one step of batch 2 per run), and
+    test.csv to n_test EEGs."""
     root.mkdir()
     for entry in tiny_synth.iterdir():
         if entry.name not in (schema.TRAIN_CSV, schema.TEST_CSV):
             (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     train = pd.read_csv(tiny_synth / schema.TRAIN_CSV)
-    votes = train[list(schema.VOTE_COLUMNS)].sum(axis=1)
-    first = train[votes >= 10].drop_duplicates("patient_id").eeg_id.head(n_train)
-    train[train.eeg_id.isin(first)].to_csv(root / schema.TRAIN_CSV, index=False)
+    high = train[train[list(schema.VOTE_COLUMNS)].sum(axis=1) >= 10].drop_duplicates("patient_id")
+    pairs = high.groupby("expert_consensus").eeg_id.apply(list)
+    chosen = [eeg for eegs in pairs[pairs.str.len() >= 2].head(2) for eeg in eegs[:2]]
+    assert len(chosen) == 4, pairs
+    train[train.eeg_id.isin(chosen)].to_csv(root / schema.TRAIN_CSV, index=False)
     pd.read_csv(tiny_synth / schema.TEST_CSV).head(n_test).to_csv(root / schema.TEST_CSV, index=False)
     return root
 
