@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 INPUT_KINDS = ("image", "signal")
 _MODELS: dict[str, type] = {}
@@ -32,11 +33,11 @@ def register(kind: str):
 
 
 def _import_all() -> None:
-    """Import every module of hms.models so that each registers its kinds."""
-    import hms.models as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    """Import every module of this package so that each registers its kinds (by path: an
+    import of the package itself would make an import circle through its __init__)."""
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{package}.{info.name}")
 
 
 def registered() -> dict[str, type]:
