@@ -114,3 +114,28 @@ def tiny_config(data_dir, work_dir, *extra):
     base = [o for o in TINY_TRAIN if not (o.startswith("model=") and any(e.startswith("model=") for e in extra))]
     return load_config([], [f"paths.data_dir={data_dir}", f"paths.work_dir={work_dir}", "name=tiny",
                             *base, *extra])
+
+
+def execute_offline_notebook(notebook, data_dir, package_dir, tmp_path, monkeypatch) -> pd.DataFrame:
+    """Execute the offline Kaggle notebook as Kaggle runs it: the competition data and the weights
+    dataset mounted under an input root (the newer /kaggle/input/competitions/... and
+    datasets/<owner>/<slug> layout), internet off; returns its submission.csv."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    input_root = tmp_path / "input"
+    (input_root / "competitions").mkdir(parents=True)
+    (input_root / "competitions" / schema.KAGGLE_SLUG).symlink_to(data_dir, target_is_directory=True)
+    shutil.copytree(package_dir, input_root / "datasets" / "tester" / "hms-weights")
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.setenv("HMS_KAGGLE_INPUT", str(input_root))
+    monkeypatch.setenv("HMS_KAGGLE_WORKING", str(working))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return pd.read_csv(working / "submission.csv")

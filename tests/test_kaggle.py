@@ -3,14 +3,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_config
+from conftest import execute_offline_notebook, tiny_config
 from hms.data import schema
 
 
@@ -101,23 +99,10 @@ def test_hms_wheel_installs_offline(packaged, tmp_path):
 
 
 def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synth, tmp_path, monkeypatch):
-    from nbclient import NotebookClient
-
     from hms.inference.ensemble import apply_blend
     from hms.inference.predict import predict_experiment
 
-    input_root = tmp_path / "input"  # the newer Kaggle mounts
-    (input_root / "competitions").mkdir(parents=True)
-    (input_root / "competitions" / schema.KAGGLE_SLUG).symlink_to(tiny_synth, target_is_directory=True)
-    shutil.copytree(packaged["root"] / "dataset", input_root / "datasets" / "tester" / "hms-weights")
-    working = tmp_path / "working"
-    working.mkdir()
-    monkeypatch.setenv("HMS_KAGGLE_INPUT", str(input_root))
-    monkeypatch.setenv("HMS_KAGGLE_WORKING", str(working))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    nb = nbformat.read(packaged["notebook"], as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    got = pd.read_csv(working / "submission.csv")
+    got = execute_offline_notebook(packaged["notebook"], tiny_synth, packaged["root"] / "dataset", tmp_path, monkeypatch)
 
     test = pd.read_csv(tiny_synth / schema.TEST_CSV)
     assert list(got.eeg_id) == list(test.eeg_id)

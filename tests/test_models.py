@@ -10,23 +10,31 @@ import torch.nn.functional as F
 
 from hms.data.schema import N_CLASSES
 from hms.models import (
-    MODEL_CLASSES, MODEL_INPUT, GeM, OnTheFlyMelNet, TimmSpectrogramNet, TorchMelSpectrogram,
-    build_model, model_input,
+    GeM, OnTheFlyMelNet, TimmSpectrogramNet, TorchMelSpectrogram, build_model, model_input, registered,
 )
+from hms.models import registry
 
 B = 4
 T = 1000  # 5 s at 200 Hz: enough for every 1D model's downsampling
-TINY = {  # (config, input shape) per kind, small enough for 2 CPU cores
-    "timm2d": ({"kind": "timm2d", "backbone": "efficientnet_b0", "in_chans": 1}, (B, 1, 64, 128)),
-    "timm_mel": ({"kind": "timm_mel", "backbone": "mixnet_s", "n_mels": 32, "width": 64,
-                  "fmax": 20.0, "layout": "chain_avg_stack"}, (B, 16, T)),
-    "conv1d": ({"kind": "conv1d", "stage_channels": [16, 32], "kernel_sizes": [3, 9],
-                "mix_channels": 8, "chain_channels": 4, "strides": 2, "pools": 4}, (B, 16, T)),
-    "wavenet": ({"kind": "wavenet", "channels": [4, 8], "dilation_levels": [4, 2], "pool": 4,
-                 "head_hidden": 16}, (B, 16, T)),
-    "cnn_gru": ({"kind": "cnn_gru", "channels": [16, 32], "strides": [4, 4], "hidden": 16,
-                 "rnn_layers": 1}, (B, 16, T)),
+INPUT_SHAPES = {"image": (B, 1, 64, 128), "signal": (B, 16, T)}  # per registered input_kind
+TINY = {  # a config per kind trained by gradient steps, small enough for 2 CPU cores
+    "timm2d": {"kind": "timm2d", "backbone": "efficientnet_b0", "in_chans": 1},
+    "timm_mel": {"kind": "timm_mel", "backbone": "mixnet_s", "n_mels": 32, "width": 64,
+                 "fmax": 20.0, "layout": "chain_avg_stack"},
+    "eeg_image": {"kind": "eeg_image", "backbone": "resnet10t", "rows_per_signal": 10,
+                  "image_size": [64, 64]},  # 160 x 100, resized
+    "conv1d": {"kind": "conv1d", "stage_channels": [16, 32], "kernel_sizes": [3, 9],
+               "mix_channels": 8, "chain_channels": 4, "strides": 2, "pools": 4},
+    "wavenet": {"kind": "wavenet", "channels": [4, 8], "dilation_levels": [4, 2], "pool": 4,
+                "head_hidden": 16},
+    "cnn_gru": {"kind": "cnn_gru", "channels": [16, 32], "strides": [4, 4], "hidden": 16,
+                "rnn_layers": 1},
 }
+
+
+def tiny(kind):
+    """(config, input shape) of a kind: the shape from the registry's input_kind."""
+    return TINY[kind], INPUT_SHAPES[registered()[kind].input_kind]
 
 
 def _batch(shape, seed=0):
@@ -44,18 +52,53 @@ def _batch(shape, seed=0):
     return x, target
 
 
-def test_every_kind_has_an_input_type_and_a_tiny_config():
-    fitted = {k for k, c in MODEL_CLASSES.items() if getattr(c, "fitted_once", False)}
+def test_every_registered_kind_has_an_input_type_and_a_tiny_config():
+    models = registered()
+    fitted = {k for k, c in models.items() if getattr(c, "fitted_once", False)}
     assert fitted == {"qeeg_trees"}  # no gradient steps: tests/test_trees.py holds it
-    assert set(MODEL_INPUT) == set(MODEL_CLASSES) == set(TINY) | fitted
-    assert model_input({"kind": "timm2d"}) == "image"
-    assert model_input({"kind": "wavenet"}) == "signal"
+    assert set(models) == set(TINY) | fitted  # a new kind needs its tiny config here
+    assert {k: c.input_kind for k, c in models.items() if k in ("timm2d", "wavenet", "eeg_image")} == {
+        "timm2d": "image", "wavenet": "signal", "eeg_image": "signal"}
+    assert all(model_input({"kind": k}) == c.input_kind for k, c in models.items())
+    assert {k for k, c in models.items() if getattr(c, "reads_spec", False)} == {"qeeg_trees"}
+
+
+@pytest.mark.parametrize("kind", sorted(registered()))
+def test_every_registered_kind_rejects_an_unknown_key_naming_the_allowed_ones(kind):
+    from hms.models.factory import model_kwargs
+
+    allowed = sorted(model_kwargs(kind))
+    with pytest.raises(ValueError, match=rf"'{kind}'.*\['not_a_key'\].*allowed: \[{allowed[0]!r}"):
+        build_model({"kind": kind, "not_a_key": 1})
+
+
+def test_a_new_kind_is_one_decorated_class(monkeypatch):
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))  # leave the real registry as it was
+
+    @registry.register("toy_mean")
+    class ToyMean(torch.nn.Module):
+        input_kind = "signal"
+
+        def __init__(self, n_signals: int = 16, scale: float = 1.0):
+            super().__init__()
+            self.head = torch.nn.Linear(n_signals, N_CLASSES)
+
+        def forward(self, x):
+            return self.head(x.mean(-1))
+
+    assert ToyMean.kind == "toy_mean" and "toy_mean" in registered()
+    assert model_input({"kind": "toy_mean"}) == "signal"
+    assert build_model({"kind": "toy_mean", "scale": 2.0})(torch.randn(2, 16, 50)).shape == (2, N_CLASSES)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("toy_mean")(type("Other", (torch.nn.Module,), {"input_kind": "signal"}))
+    with pytest.raises(TypeError, match="input_kind"):
+        registry.register("no_input")(type("NoInput", (torch.nn.Module,), {}))
 
 
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_every_kind_returns_finite_logits(kind):
     torch.manual_seed(0)
-    cfg, shape = TINY[kind]
+    cfg, shape = tiny(kind)
     model = build_model(cfg).eval()
     with torch.no_grad():
         out = model(torch.randn(shape))
@@ -67,7 +110,7 @@ def test_every_kind_returns_finite_logits(kind):
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_each_family_overfits_a_tiny_batch(kind):
     torch.manual_seed(0)
-    cfg, shape = TINY[kind]
+    cfg, shape = tiny(kind)
     model = build_model({**cfg, "drop_rate": 0.0}).train()
     x, target = _batch(shape)
     # the tiny WaveNet (gated tanh*sigmoid units, few channels) learns slowly at 3e-3
@@ -243,7 +286,7 @@ def test_factory_accepts_omegaconf():
 
 
 def test_gradcam_target_gets_activations_and_gradients():
-    model = build_model(TINY["timm2d"][0]).eval()
+    model = build_model(TINY["timm2d"]).eval()
     seen = {}
     layer = model.gradcam_target_layer()
 
@@ -255,3 +298,110 @@ def test_gradcam_target_gets_activations_and_gradients():
     model(torch.randn(1, 1, 64, 128))[0, 2].backward()
     assert seen["act"].ndim == 4 and seen["act"].shape[1] == model.backbone.num_features
     assert seen["grad"].shape == seen["act"].shape and seen["grad"].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- timm families: pooling, Grad-CAM
+# Small real timm models (random weights) shrunk through backbone_kwargs where a family's
+# smallest variant is still heavy on 2 cores; 64 x 64 images.
+FAMILIES = {
+    "cnn": ("resnet10t", {}, "NCHW"),
+    "vit_tokens": ("vit_tiny_patch16_224", {"img_size": 64, "depth": 2}, "NLC"),
+    "swin_channels_last": ("swin_tiny_patch4_window7_224",
+                           {"img_size": 64, "window_size": 2, "embed_dim": 24, "depths": (1, 1, 1, 1),
+                            "num_heads": (1, 1, 1, 1)}, "NHWC"),
+    "tiny_vit": ("tiny_vit_5m_224", {"depths": (1, 1, 1, 1)}, "NCHW"),
+    "maxvit": ("maxvit_nano_rw_256", {"img_size": 64}, "NCHW"),
+}
+
+
+def _family(name):
+    backbone, kwargs, fmt = FAMILIES[name]
+    torch.manual_seed(0)
+    model = build_model({"kind": "timm2d", "backbone": backbone, "in_chans": 1, "backbone_kwargs": kwargs})
+    return model.eval(), fmt
+
+
+def _reference_pool(model, raw):
+    """Each family's pooling written out from timm's conventions, on forward_features' raw output."""
+    bb = model.backbone
+    if model.feature_format == "NLC":  # vit_tiny's global_pool 'token': the class token (already normed)
+        assert bb.global_pool == "token"
+        return raw[:, 0]
+    if model.feature_format == "NHWC":  # Swin: average over positions of the LayerNormed map
+        return raw.mean(dim=(1, 2))
+    if model.pool is not None:  # GeM, p = 3
+        return raw.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+    pooled = raw.mean(dim=(2, 3), keepdim=True)  # MaxViT / TinyViT: average, then the head's norm if any
+    norm = getattr(bb.head, "norm", torch.nn.Identity())
+    return norm(pooled).flatten(1)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_timm_family_pools_to_its_width_as_timm_does(name):
+    model, fmt = _family(name)
+    assert model.feature_format == fmt
+    assert (model.pool is not None) == (name == "cnn")  # GeM only on activation maps
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        raw = model.backbone.forward_features(x)
+        feats = model.forward_features(x)
+        pooled = model.pool_features(feats)
+        logits = model(x)
+    assert pooled.shape == (2, model.head.in_features) and logits.shape == (2, N_CLASSES)
+    assert model.head.in_features == model.backbone.num_features
+    torch.testing.assert_close(pooled, _reference_pool(model, raw))
+    if fmt != "NLC":  # Grad-CAM's tap sees (B, C, h, w) for every map family
+        assert feats.ndim == 4 and feats.shape[1] == model.backbone.num_features
+    assert torch.isfinite(logits).all() and logits.std() > 0
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_gradcam_works_on_map_families_and_refuses_tokens_by_name(name):
+    from hms.report.explain import gradcam
+
+    model, fmt = _family(name)
+    image = torch.randn(1, 1, 64, 64)
+    if fmt == "NLC":
+        with pytest.raises(ValueError, match="vit_tiny_patch16_224 gives tokens"):
+            model.gradcam_target_layer()
+        return
+    cam, probs, k = gradcam(model, model.gradcam_target_layer(), image)
+    assert cam.shape == (64, 64) and cam.min() == 0 and cam.max() == pytest.approx(1, abs=1e-6)
+    assert probs.sum() == pytest.approx(1) and k == int(probs.argmax())
+
+
+def test_a_backbone_whose_features_contradict_its_metadata_is_named():
+    model, _ = _family("cnn")
+    model.feature_format = "NLC"  # as if timm's metadata said tokens
+    with pytest.raises(ValueError, match=r"resnet10t returned features \(1, 512, 2, 2\), not the NLC layout"):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_raw_eeg_image_stacks_each_signals_rows_in_order():
+    model = build_model({**TINY["eeg_image"], "image_size": None})
+    x = torch.arange(16 * 1003, dtype=torch.float32).reshape(1, 16, 1003)
+    image = model.signals_to_image(x)
+    assert image.shape == (1, 1, 160, 100)  # the 3 samples past the last full row dropped
+    torch.testing.assert_close(image[0, 0, 10], x[0, 1, :100])  # signal 1's first row
+    torch.testing.assert_close(image[0, 0, 19], x[0, 1, 900:1000])  # and its last
+    with pytest.raises(ValueError, match="expected 16 signals, got 18"):
+        model.signals_to_image(torch.randn(1, 18, 1000))
+
+
+@pytest.mark.parametrize("layout", ["pairs_stack", "chain_avg_channels"])
+def test_mel_zoom_view_sits_right_of_the_full_view(layout):
+    common = dict(backbone="resnet10t", layout=layout, n_fft=256, win_length=64, hop_length=16, n_mels=16,
+                  fmin=0.5, fmax=30.0, width=64)
+    plain = OnTheFlyMelNet(**common)
+    zoomed = OnTheFlyMelNet(**common, zoom_seconds=2.0, zoom_n_fft=512, zoom_win_length=16, zoom_hop_length=4,
+                            zoom_width=96)
+    x = torch.randn(2, 16, 2000)  # 10 s at 200 Hz
+    full, both = plain.signals_to_image(x), zoomed.signals_to_image(x)
+    assert both.shape[:-1] == full.shape[:-1] and both.shape[-1] == 64 + 96
+    torch.testing.assert_close(both[..., :64], full)
+    centre = x[..., 800:1200]  # the central 2 s
+    expected = zoomed._panels_db(centre, zoomed.zoom, 96)
+    if layout.endswith("_stack"):
+        expected = expected.flatten(1, 2).unsqueeze(1)
+    torch.testing.assert_close(both[..., 64:], (expected + 40) / 40)
+    assert zoomed(x).shape == (2, N_CLASSES)

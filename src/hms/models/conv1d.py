@@ -13,6 +13,7 @@ from torch import nn
 
 from hms.data.schema import N_CLASSES
 from hms.models.pooling import GeM, mean_max_pool1d
+from hms.models.registry import register
 
 
 def signal_groups(n_signals: int, chain_size: int) -> list[int]:
@@ -105,8 +106,11 @@ class MultiKernelBlock(nn.Module):
         return self.out(self.fuse(y) + self.skip(x))
 
 
+@register("conv1d")
 class ParallelConv1DNet(nn.Module):
     """Spatial block -> stages of multi-kernel strided convs -> global pool -> head."""
+
+    input_kind = "signal"
 
     def __init__(
         self,
@@ -177,11 +181,14 @@ class WaveBlock(nn.Module):
         return out
 
 
+@register("wavenet")
 class WaveNet1D(nn.Module):
     """One WaveNet encoder shared by every pair (B*S, 1, T); pair features are pooled over
     time, averaged within each chain, and the chain vectors concatenated for the head.
     Sharing weights across pairs makes the model indifferent to which hemisphere a
     pattern is on, and the concatenation keeps where it was."""
+
+    input_kind = "signal"
 
     def __init__(
         self,
@@ -260,9 +267,12 @@ class AttentionPool(nn.Module):
         return (weights * x).sum(dim=1)
 
 
+@register("cnn_gru")
 class CNNGRU(nn.Module):
     """Conv feature extractor (time / prod(strides)) -> bidirectional GRU or LSTM ->
     attention or mean+max pooling over time -> head."""
+
+    input_kind = "signal"
 
     def __init__(
         self,

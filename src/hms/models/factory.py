@@ -1,7 +1,7 @@
 """build_model(cfg): one entry point from a config's `model:` section to an nn.Module.
 
     model:
-      kind: timm2d          # timm2d | timm_mel | conv1d | wavenet | cnn_gru | qeeg_trees
+      kind: timm2d          # any registered kind: `hms.models.registry.registered()`
       backbone: efficientnet_b0
       in_chans: 1
       pretrained: false
@@ -9,7 +9,8 @@
       drop_rate: 0.2
 
 Every key but `kind` is passed to the model class as a keyword argument; a key the
-class does not take is a ValueError that lists the keys it does take.
+class does not take is a ValueError that lists the keys it does take. The kinds and
+what each reads come from the registry (`@register` on each model class).
 """
 from __future__ import annotations
 
@@ -18,28 +19,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from hms.models.conv1d import CNNGRU, ParallelConv1DNet, WaveNet1D
-from hms.models.timm2d import OnTheFlyMelNet, TimmSpectrogramNet
-from hms.models.trees import QEEGTrees
-
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "timm2d": TimmSpectrogramNet,
-    "timm_mel": OnTheFlyMelNet,
-    "conv1d": ParallelConv1DNet,
-    "wavenet": WaveNet1D,
-    "cnn_gru": CNNGRU,
-    "qeeg_trees": QEEGTrees,
-}
-# What each kind's forward takes: 'image' = (B, C, H, W) spectrogram image;
-# 'signal' = (B, S, T) raw bipolar signals (qeeg_trees: and the Kaggle panels, `reads_spec`).
-MODEL_INPUT: dict[str, str] = {
-    "timm2d": "image",
-    "timm_mel": "signal",
-    "conv1d": "signal",
-    "wavenet": "signal",
-    "cnn_gru": "signal",
-    "qeeg_trees": "signal",
-}
+from hms.models.registry import model_class_of, registered
 
 
 def _plain(cfg: Any) -> dict:
@@ -54,15 +34,14 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def _class_of(kind: str) -> type[nn.Module]:
-    if kind not in MODEL_CLASSES:
-        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[kind]
+def model_kinds() -> dict[str, str]:
+    """{kind: input kind ('image' | 'signal')} of every registered model."""
+    return {kind: cls.input_kind for kind, cls in registered().items()}
 
 
 def model_kwargs(kind: str) -> dict[str, Any]:
     """The keyword arguments (with defaults) a kind accepts; handy for docs and errors."""
-    params = inspect.signature(_class_of(kind).__init__).parameters
+    params = inspect.signature(model_class_of(kind).__init__).parameters
     return {name: p.default for name, p in params.items() if name != "self"}
 
 
@@ -73,19 +52,16 @@ def build_model(model_cfg: Mapping) -> nn.Module:
     bad = sorted(set(cfg) - set(allowed))
     if bad:
         raise ValueError(f"model kind {kind!r} got unknown keys {bad}; allowed: {sorted(allowed)}")
-    return MODEL_CLASSES[kind](**cfg)
+    return model_class_of(kind)(**cfg)
+
+
+def model_class(model_cfg: Mapping) -> type[nn.Module]:
+    return model_class_of(_plain(model_cfg).get("kind"))
 
 
 def model_input(model_cfg: Mapping) -> str:
     """'image' or 'signal' for a model config (what the dataset must yield)."""
-    kind = _plain(model_cfg).get("kind")
-    if kind not in MODEL_INPUT:
-        raise ValueError(f"unknown model kind {kind!r}; allowed: {sorted(MODEL_INPUT)}")
-    return MODEL_INPUT[kind]
-
-
-def model_class(model_cfg: Mapping) -> type[nn.Module]:
-    return _class_of(_plain(model_cfg).get("kind"))
+    return model_class(model_cfg).input_kind
 
 
 def fitted_once(cfg) -> bool:

@@ -14,7 +14,9 @@ from torch import nn
 from hms.data.schema import N_CLASSES, SAMPLING_RATE
 from hms.models.conv1d import signal_groups
 from hms.signal.melspec import TorchMelSpectrogram
+from hms.signal.spectrogram import centre_crop
 from hms.models.pooling import GeM
+from hms.models.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,46 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> dict:
     return counts
 
 
+def feature_format(backbone: nn.Module) -> str:
+    """How a timm backbone's forward_features lays out its output, from timm's own metadata:
+    'NLC' tokens (B, N, C) for ViT-style models (they count their class/register tokens in
+    `num_prefix_tokens`), 'NHWC' for the models that declare `output_fmt = 'NHWC'` (Swin),
+    'NCHW' maps (B, C, H, W) for every other family (CNNs, MaxViT, TinyViT)."""
+    if hasattr(backbone, "num_prefix_tokens"):
+        return "NLC"
+    return getattr(backbone, "output_fmt", "NCHW")
+
+
+def _is_layer(module, name: str) -> bool:
+    layer = getattr(module, name, None)
+    return isinstance(layer, nn.Module) and not isinstance(layer, nn.Identity)
+
+
+def normalised_features(backbone: nn.Module) -> bool:
+    """Whether timm puts a norm layer after the last block (`norm`: ViT, Swin, MaxViT-rw, CoAtNet)
+    or in its head after pooling (`head.norm`: MaxViT-tf, TinyViT, ConvNeXt): then the last
+    features are signed normalised values (or a residual stream), not an activation's output."""
+    return _is_layer(backbone, "norm") or _is_layer(getattr(backbone, "head", None), "norm")
+
+
+@register("timm2d")
 class TimmSpectrogramNet(nn.Module):
-    """timm backbone (features only) -> GeM -> dropout -> linear: (B, C, H, W) -> (B, 6) logits."""
+    """timm backbone (features only) -> pooling -> dropout -> linear: (B, C, H, W) -> (B, 6) logits.
+
+    Pooling per family, decided from timm's metadata (feature_format, normalised_features):
+      CNN maps (B, C, H, W) after  trainable GeM (3rd place's choice; gem_p, gem_trainable)
+      an activation
+      tokens (B, N, C) (ViT), NHWC the backbone's own head without its classifier
+      maps (Swin), normalised maps (forward_head(pre_logits=True)): the class token or patch
+      (MaxViT, TinyViT, ConvNeXt)  mean the model was pretrained with, Swin's average after its
+                                   final LayerNorm, MaxViT-tf's average then LayerNorm. GeM clamps
+                                   values below eps to eps, and a LayerNorm's output is centred on
+                                   zero across channels (before its affine): about half of it.
+    Grad-CAM reads `feature_tap`, which sees every map family's last map as (B, C, h, w); a
+    token family has no map and gradcam_target_layer refuses it.
+    """
+
+    input_kind = "image"
 
     def __init__(
         self,
@@ -95,30 +135,51 @@ class TimmSpectrogramNet(nn.Module):
         kwargs = dict(backbone_kwargs or {})
         if drop_path_rate:  # only when asked: not every timm family accepts the argument
             kwargs["drop_path_rate"] = drop_path_rate
-        self.backbone = timm.create_model(
-            backbone, pretrained=pretrained, in_chans=in_chans, num_classes=0,
-            global_pool="", **kwargs,
-        )
+        # num_classes=0 keeps timm's pooling (and head norm) for forward_head(pre_logits=True)
+        self.backbone = timm.create_model(backbone, pretrained=pretrained, in_chans=in_chans, num_classes=0, **kwargs)
         if checkpoint_path:
             load_backbone_checkpoint(self.backbone, checkpoint_path)
+        self.backbone_name = backbone
+        self.feature_format = feature_format(self.backbone)
         # Identity tap on the final feature map: one Grad-CAM target for every timm
         # family, whatever its last conv/norm/act module is called.
         self.feature_tap = nn.Identity()
-        self.pool = GeM(p=gem_p, trainable=gem_trainable)
+        gem = self.feature_format == "NCHW" and not normalised_features(self.backbone)
+        # None where timm's head pools: an unused trainable p would stall DDP's gradient reduction
+        self.pool = GeM(p=gem_p, trainable=gem_trainable) if gem else None
+        width = self.backbone.num_features if gem else getattr(self.backbone, "head_hidden_size", None) \
+            or self.backbone.num_features
         self.dropout = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.backbone.num_features, n_classes)
+        self.head = nn.Linear(width, n_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last features: (B, C, h, w) for map families (NHWC permuted), (B, N, C) tokens."""
         feats = self.backbone.forward_features(x)
-        if feats.ndim != 4:  # plain ViTs give tokens (B, N, C); GeM would pool the wrong axes
-            raise ValueError(f"backbone must return (B, C, H, W) features, got {tuple(feats.shape)}")
+        if feats.ndim != (3 if self.feature_format == "NLC" else 4):
+            raise ValueError(f"backbone {self.backbone_name} returned features {tuple(feats.shape)}, "
+                             f"not the {self.feature_format} layout its timm metadata declares")
+        if self.feature_format == "NLC":
+            return feats
+        if self.feature_format == "NHWC":
+            feats = feats.permute(0, 3, 1, 2)
         return self.feature_tap(feats)
 
+    def pool_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """forward_features' output -> (B, width)."""
+        if self.pool is not None:
+            return self.pool(feats)
+        if self.feature_format == "NHWC":  # timm's head takes the layout forward_features gave
+            feats = feats.permute(0, 2, 3, 1)
+        return self.backbone.forward_head(feats, pre_logits=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.pool(self.forward_features(x))))
+        return self.head(self.dropout(self.pool_features(self.forward_features(x))))
 
     def gradcam_target_layer(self) -> nn.Module:
         """Module whose output is the backbone's last feature map (B, C, h, w)."""
+        if self.feature_format == "NLC":
+            raise ValueError(f"Grad-CAM needs a feature map, and backbone {self.backbone_name} gives tokens "
+                             f"(B, N, C): use a map family (a CNN, Swin, MaxViT, TinyViT) to explain with Grad-CAM")
         return self.feature_tap
 
     def last_stage(self) -> nn.Module:
@@ -129,6 +190,7 @@ class TimmSpectrogramNet(nn.Module):
 LAYOUTS = ("chain_avg_stack", "chain_avg_channels", "pairs_stack", "pairs_channels")
 
 
+@register("timm_mel")
 class OnTheFlyMelNet(nn.Module):
     """Raw bipolar signals (B, S, T) -> log-mel image on device -> TimmSpectrogramNet.
 
@@ -140,7 +202,12 @@ class OnTheFlyMelNet(nn.Module):
       pairs_channels     every pair its own channel (S ch)
     Signals beyond full chains (midline, EKG) form one extra group.
     dB is mapped to about [-1, 1] by (db + db_offset) / db_scale (the starter's /40 rule).
+    zoom_seconds (3rd place): a second mel of the central zoom_seconds with its own STFT
+    (zoom_n_fft, zoom_win_length, zoom_hop_length; same mels and band), zoom_width frames,
+    placed right of the full view in every panel.
     """
+
+    input_kind = "signal"
 
     def __init__(
         self,
@@ -161,6 +228,11 @@ class OnTheFlyMelNet(nn.Module):
         width: int = 256,
         db_offset: float = 40.0,
         db_scale: float = 40.0,
+        zoom_seconds: float | None = None,
+        zoom_n_fft: int = 2048,
+        zoom_win_length: int = 16,
+        zoom_hop_length: int = 4,
+        zoom_width: int = 512,
         pretrained: bool = False,
         checkpoint_path: str | None = None,
         drop_rate: float = 0.2,
@@ -183,6 +255,11 @@ class OnTheFlyMelNet(nn.Module):
             sr=sr, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
             hop_divisor=hop_divisor, n_mels=n_mels, fmin=fmin, fmax=fmax, top_db=top_db,
         )
+        self.sr, self.zoom_seconds, self.zoom_width = sr, zoom_seconds, zoom_width
+        self.zoom = TorchMelSpectrogram(
+            sr=sr, n_fft=zoom_n_fft, win_length=zoom_win_length, hop_length=zoom_hop_length,
+            n_mels=n_mels, fmin=fmin, fmax=fmax, top_db=top_db,
+        ) if zoom_seconds else None
         in_chans = {"chain_avg_channels": len(self.group_sizes), "pairs_channels": n_signals}
         self.net = TimmSpectrogramNet(
             backbone=backbone, in_chans=in_chans.get(layout, 1), pretrained=pretrained,
@@ -191,21 +268,29 @@ class OnTheFlyMelNet(nn.Module):
             backbone_kwargs=backbone_kwargs,
         )
 
-    def _fix_width(self, db: torch.Tensor) -> torch.Tensor:
+    def _fix_width(self, db: torch.Tensor, width: int) -> torch.Tensor:
         frames = db.shape[-1]
-        if frames >= self.width:
-            return db[..., : self.width]  # the starter keeps the first `width` frames
-        return F.pad(db, (0, self.width - frames), value=-float(self.top_db))
+        if frames >= width:
+            return db[..., :width]  # the starter keeps the first `width` frames
+        return F.pad(db, (0, width - frames), value=-float(self.top_db))
+
+    def _panels_db(self, x: torch.Tensor, mel: TorchMelSpectrogram, width: int) -> torch.Tensor:
+        """(B, S, T) -> (B, panels, n_mels, width) dB: one panel per pair, or per group's mean."""
+        if self.layout.startswith("chain_avg"):  # each group's mean dB (one log per group)
+            db = torch.cat([mel.mean_db(g, g.shape[1]) for g in torch.split(x, self.group_sizes, dim=1)], 1)
+        else:
+            db = mel(x)  # (B, S, n_mels, frames)
+        return self._fix_width(db, width)
 
     def signals_to_image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, T) -> (B, C, H, W) normalised image; public for plots and Grad-CAM overlays."""
         if x.shape[1] != sum(self.group_sizes):
             raise ValueError(f"expected {sum(self.group_sizes)} signals, got {x.shape[1]}")
-        if self.layout.startswith("chain_avg"):  # each group's mean dB (one log per group)
-            db = torch.cat([self.mel.mean_db(g, g.shape[1]) for g in torch.split(x, self.group_sizes, dim=1)], 1)
-        else:
-            db = self.mel(x)  # (B, S, n_mels, frames)
-        img = (self._fix_width(db) + self.db_offset) / self.db_scale
+        db = self._panels_db(x, self.mel, self.width)
+        if self.zoom is not None:  # the labelled centre, finer in time, right of the full view
+            zoomed = self._panels_db(centre_crop(x, self.zoom_seconds, self.sr), self.zoom, self.zoom_width)
+            db = torch.cat([db, zoomed], dim=-1)
+        img = (db + self.db_offset) / self.db_scale
         if self.layout.endswith("_stack"):
             img = img.flatten(1, 2).unsqueeze(1)  # panels top to bottom in chain order
         if self.image_size:

@@ -25,6 +25,7 @@ from hms.data.schema import N_CLASSES, SAMPLING_RATE
 from hms.models.context import SpectrogramSummary
 from hms.models.qeeg import EEGFeatures
 from hms.signal.montage import montage_names
+from hms.models.registry import register
 
 ABSENT_CLASS_LOGIT = -30.0  # a class no training row voted for: probability ~1e-13 of the rest
 
@@ -106,12 +107,14 @@ class TreeEnsemble(nn.Module):
         return scores + leaf_values @ F.one_hot(self.tree_class, self.n_classes).double()
 
 
+@register("qeeg_trees")
 class QEEGTrees(nn.Module):
     """(cleaned signals (B, S, T), raw Kaggle panels (B, 4, 100, 300)) -> (B, 6) logits of boosted
     trees on EEGFeatures + SpectrogramSummary. Untrained, it predicts the uniform distribution;
     `fit` grows it. The other keys are HistGradientBoostingClassifier's (min_samples_leaf counts
     class rows: an item with votes for k classes is k rows)."""
 
+    input_kind = "signal"
     reads_spec = True  # HMSNet passes it the Kaggle panels beside its signals
     fitted_once = True  # trained by `fit`, not by epochs of gradient steps (training/loop.py, TreeRun)
 
