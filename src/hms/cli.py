@@ -38,12 +38,28 @@ def cmd_train(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from hms.plan import PlanTooLong, main_job_files
     from hms.run_all import run_all
 
     files, overrides = _split_items(args)
-    if not files:
-        files = sorted(str(p) for p in Path("configs/demo").glob("*.yaml"))
-    run_all(files, overrides, force=args.force)
+    # no configs: the recipe this machine suits, stopped when its plan is too long (--yes: go on);
+    # named configs are the user's choice: their plan is printed, never a stop
+    stop = not files and not args.yes
+    files = files or main_job_files(overrides)
+    try:
+        run_all(files, overrides, force=args.force, stop_when_long=stop)
+    except PlanTooLong as exc:
+        print(f"hms run: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from hms.plan import main_job_files, make_plan, print_plan
+    from hms.run_all import experiment_configs
+
+    files, overrides = _split_items(args)
+    print_plan(make_plan(experiment_configs(files or main_job_files(overrides), overrides), gpus=args.gpus))
     return 0
 
 
@@ -142,7 +158,14 @@ def cmd_bench(args) -> int:
     if args.what == "spectrogram":
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
     elif args.what == "train":
-        bench.print_json(bench.bench_train(cfg, batch=args.batch, steps=args.steps))
+        from hms.plan import save_train_bench
+        from hms.training.loop import experiment_name
+
+        files, _ = _split_items(args)
+        cfg.name = experiment_name(cfg, files[0] if files else None)
+        result = bench.bench_train(cfg, batch=args.batch, steps=args.steps)
+        bench.print_json(result)
+        print(f"[hms bench] saved for `hms plan` in {save_train_bench(cfg, result)}", file=sys.stderr)
     elif args.what == "app":
         bench.print_json(bench.bench_app(cfg))
     else:
@@ -237,9 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this fold, under every seed; no full fits (repeatable)")
     p.add_argument("--force", action="store_true", help="retrain finished runs (old ones are kept aside)")
 
-    p = _register(sub, "run", cmd_run, "the main job: data, caches, all folds of all experiments, "
-                  "ensemble, submission, summary (default: configs/demo/*.yaml)", config=True)
+    p = _register(sub, "run", cmd_run, "the main job: its plan, then data, caches, all folds of all experiments, "
+                  "ensemble, submission, summary (default: configs/recipe/*.yaml with a CUDA device, else "
+                  "configs/demo/*.yaml; stops when that plan is over 3 h here)", config=True)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--yes", action="store_true", help="train the default recipe even when its plan is over "
+                   "3 h on this device")
+
+    p = _register(sub, "plan", cmd_plan, "without training or building caches: every run, items per epoch, "
+                  "device hours from measured throughput, totals on 1 and N GPUs, cache disk space, the Kaggle "
+                  "notebook's T4 time; last line JSON (default configs: the main job's)", config=True)
+    p.add_argument("--gpus", type=int, default=1, help="processes on this machine's GPUs (hours here)")
 
     p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")

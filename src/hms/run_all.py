@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from hms import config as C
 from hms.inference.ensemble import write_submission
-from hms.data.tables import load_test
+from hms.data.tables import ensure_dataset, load_test
+from hms.plan import check_budget, make_plan, print_plan
 from hms.cache.prepare import prepare
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.loop import experiment_name, exp_dir, train_experiment
@@ -49,10 +50,18 @@ def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
     return ordered
 
 
-def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False) -> dict:
+def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False,
+            stop_when_long: bool = False) -> dict:
+    """stop_when_long: raise PlanTooLong before any cache or training when the plan's estimate on
+    this device is over plan.STOP_HOURS (the no-argument main job)."""
     t0 = time.perf_counter()
     cfgs = experiment_configs(config_paths, list(overrides))
     base = cfgs[0]
+    ensure_dataset(base)  # the plan reads its tables (the embedded dataset is made here when absent)
+    plan = make_plan(cfgs)
+    print_plan(plan)
+    if stop_when_long:
+        check_budget(plan)
     prepare(base)
     print(f"[hms] caches ready ({time.perf_counter() - t0:.0f} s)")
     summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
