@@ -118,6 +118,7 @@ def test_plan_counts_runs_items_and_cache_bytes_on_the_embedded_dataset(tiny_syn
     assert main(["plan", DEMO_CONV1D, DEMO_TREES, *overrides]) == 0
     out = capsys.readouterr().out
     summary = json_line(out)
+    assert not (tmp_path / "work").exists()  # nothing written: no folds.csv, no caches
     cfg = load_config([DEMO_CONV1D], overrides)
     n_folds, stages = cfg.folds.n_folds, [int(s.epochs) for s in cfg.train.stages]
     assert summary["members"]["conv1d"]["runs"] == n_folds * 2 + cfg.train.full_fits  # 2 seeds
@@ -129,7 +130,6 @@ def test_plan_counts_runs_items_and_cache_bytes_on_the_embedded_dataset(tiny_syn
         line = next(line for line in out.splitlines() if line.strip().startswith(run) and "x 10" in line)
         assert f"items x epochs {all_items:,} x {stages[0]} + {high_items:,} x {stages[1]}" in line, line
         assert (f"val {val:,}," in line) == (val > 0), line
-    assert not (tmp_path / "work").exists()  # nothing written: no folds.csv, no caches
 
     train, test = io.read_train_csv(tiny_synth / schema.TRAIN_CSV), io.read_test_csv(tiny_synth / schema.TEST_CSV)
     eeg_seconds = sum(g.eeg_label_offset_seconds.max() - g.eeg_label_offset_seconds.min() + 50

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,9 +73,20 @@ def device_name(device: str) -> str:
     return f"cpu x{torch.get_num_threads()}"
 
 
+NETWORK_SECTIONS = ("model", "image", "mel", "signal", "input", "context")  # what build_network reads
+_counted: dict[str, float] = {}  # network sections (YAML) -> GFLOPs, within one process
+
+
 def forward_gflops(cfg: DictConfig) -> float:
     """The network's forward GFLOPs for one item: torch's flop counter (matmuls, convolutions,
     attention; not FFTs) on the CPU with random weights (never fetched: pretrained off)."""
+    key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in NETWORK_SECTIONS if k in cfg]), resolve=True)
+    if key not in _counted:
+        _counted[key] = _count_gflops(cfg)
+    return _counted[key]
+
+
+def _count_gflops(cfg: DictConfig) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -168,7 +178,7 @@ def member_speed(name: str, gflops: float, family: str, refs: list[Reference]) -
     for r in refs:
         if r.experiment == name and (r.forward_gflops is None or
                                      abs(r.forward_gflops - gflops) <= SAME_FLOPS * max(gflops, 1e-9)):
-            return Speed(r.samples_per_s, f"measured on {r.device}", True)
+            return Speed(r.samples_per_s, f"measured on {r.device} ({r.where})", True)
     scalable = [r for r in refs if r.forward_gflops]
     if not scalable:
         raise C.ConfigError(f"no throughput measured on {refs[0].device if refs else 'this device'} to estimate "
@@ -186,9 +196,8 @@ def member_speed(name: str, gflops: float, family: str, refs: list[Reference]) -
 @dataclass
 class Tables:
     data_dir: Path
-    train: pd.DataFrame  # train.csv less excluded rows, with targets and folds
+    train: pd.DataFrame  # train.csv less the rows validate.skip_bad excluded, with targets and folds
     test: pd.DataFrame
-    raw_train: pd.DataFrame  # train.csv as read (the caches' spans)
 
 
 def read_tables(cfg: DictConfig) -> Tables:
@@ -198,11 +207,10 @@ def read_tables(cfg: DictConfig) -> Tables:
     if not (data_dir / schema.TRAIN_CSV).is_file():
         raise FileNotFoundError(f"{data_dir / schema.TRAIN_CSV} not found: `hms download` (real data), or "
                                 f"`hms synth --out {C.synthetic_data_dir()}` (the embedded dataset the main job makes)")
-    raw = io.read_train_csv(data_dir / schema.TRAIN_CSV)
-    train = drop_excluded_rows(raw, C.work_dir(cfg))
+    train = drop_excluded_rows(io.read_train_csv(data_dir / schema.TRAIN_CSV), C.work_dir(cfg))
     folds = make_folds(train, cfg.folds.n_folds, cfg.folds.seed, cfg.folds.get("method", "group"))
     train = labels.add_targets(train).merge(folds[["eeg_id", "fold"]], on="eeg_id", how="left")
-    return Tables(data_dir, train, io.read_test_csv(data_dir / schema.TEST_CSV), raw)
+    return Tables(data_dir, train, io.read_test_csv(data_dir / schema.TEST_CSV))
 
 
 def item_count(rows: pd.DataFrame) -> int:
@@ -219,6 +227,7 @@ class RunPlan:
     stage_epochs: list[int]
     val_items: int  # 0 for a full fit
     test_items: int
+    full: bool
     seconds: float = 0.0  # on the plan's device
     gpu_seconds: float = 0.0  # on one GPU
 
@@ -233,7 +242,6 @@ class MemberPlan:
     gflops: float | None = None
     here: Speed | None = None
     gpu: Speed | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def run_plans(cfg: DictConfig, tables: Tables, counts: dict) -> list[RunPlan]:
@@ -259,7 +267,7 @@ def run_plans(cfg: DictConfig, tables: Tables, counts: dict) -> list[RunPlan]:
         return counts[key]
 
     return [RunPlan(r.name, [count(r.fold, s.rows) for s in stages], list(r.stage_epochs or epochs),
-                    0 if r.is_full else count(r.fold, "val"), len(tables.test)) for r in runs]
+                    0 if r.is_full else count(r.fold, "val"), len(tables.test), r.is_full) for r in runs]
 
 
 def run_seconds(run: RunPlan, samples_per_s: float, tta: int, fitted: bool) -> float:
@@ -309,11 +317,10 @@ def makespan(seconds: list[float], n: int) -> float:
     return max(load)
 
 
-def parallel_hours(member: MemberPlan, n: int, gpu: bool = True) -> float:
-    """CV runs in parallel, then the full fits (they wait for the CV runs' best epochs)."""
-    secs = [(r.gpu_seconds if gpu else r.seconds, r.val_items == 0) for r in member.runs]
-    cv = makespan([s for s, full in secs if not full], n)
-    return (cv + makespan([s for s, full in secs if full], n)) / 3600
+def parallel_hours(member: MemberPlan, n: int) -> float:
+    """On n GPUs: the CV runs in parallel, then the full fits (they wait for the CV runs' best epochs)."""
+    cv = makespan([r.gpu_seconds for r in member.runs if not r.full], n)
+    return (cv + makespan([r.gpu_seconds for r in member.runs if r.full], n)) / 3600
 
 
 def kaggle_t4_minutes(member: MemberPlan) -> float:
@@ -331,7 +338,7 @@ def cache_bytes(tables: Tables) -> dict[str, int]:
     200 Hz x EEG_CACHE_COLUMNS, each spectrogram_id's span of 2 s frames x 400 bins (train), the
     whole files (test), float16 (cache/store.py's spans and layout)."""
     out = {}
-    for split, table in (("train", tables.raw_train), ("test", tables.test)):
+    for split, table in (("train", tables.train), ("test", tables.test)):
         for kind, columns in (("eeg", EEG_CACHE_COLUMNS), ("spec", len(schema.SPEC_COLUMNS))):
             rows = int(_layout(spans(table, split, kind), kind)["length"].sum())
             out[f"{kind}_{split}"] = rows * columns * CACHE_ITEM_BYTES
@@ -350,6 +357,7 @@ class Plan:
     refs_note: str
     cache: dict[str, int]
     gpus: int = 1  # processes the main job will run (one per GPU)
+    min_votes: int = 10  # labels.min_votes_high
 
     @property
     def runs(self) -> int:
@@ -409,7 +417,8 @@ def make_plan(cfgs: list[DictConfig], gpus: int = 1) -> Plan:
     tables = read_tables(base)
     counts: dict = {}
     members = [member_plan(cfg, tables, counts, refs_here, refs_gpu, table) for cfg in cfgs]
-    return Plan(members, tables, here, here_is_gpu, gpu_device, note, cache_bytes(tables), gpus)
+    return Plan(members, tables, here, here_is_gpu, gpu_device, note, cache_bytes(tables), gpus,
+                int(base.labels.min_votes_high))
 
 
 def _h(hours: float) -> str:
@@ -418,10 +427,10 @@ def _h(hours: float) -> str:
 
 def plan_lines(plan: Plan) -> list[str]:
     t = plan.tables
-    high = labels.high_vote_mask(t.train, 10)
+    high = labels.high_vote_mask(t.train, plan.min_votes)
     lines = [f"[hms plan] dataset {t.data_dir}: {len(t.train):,} train rows, {t.train.eeg_id.nunique():,} EEGs, "
              f"{t.train.patient_id.nunique():,} patients, {item_count(t.train):,} items ({item_count(t.train[high]):,} "
-             f"with >= 10 votes); test.csv {len(t.test):,} row{'' if len(t.test) == 1 else 's'}",
+             f"with >= {plan.min_votes} votes); test.csv {len(t.test):,} row{'' if len(t.test) == 1 else 's'}",
              f"[hms plan] device {plan.device}: {plan.refs_note}"]
     for m in plan.members:
         lines.append(f"[hms plan] {m.name} ({m.kind}"

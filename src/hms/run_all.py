@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from hms import config as C
 from hms.inference.ensemble import write_submission
+from hms.data import schema
 from hms.data.tables import ensure_dataset, load_test
 from hms.plan import check_budget, make_plan, print_plan
 from hms.cache.prepare import prepare
@@ -57,7 +58,8 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     t0 = time.perf_counter()
     cfgs = experiment_configs(config_paths, list(overrides))
     base = cfgs[0]
-    ensure_dataset(base)  # the plan reads its tables (the embedded dataset is made here when absent)
+    if not (C.data_dir(base) / schema.TRAIN_CSV).is_file():
+        ensure_dataset(base)  # the embedded dataset, made when absent: the plan reads its tables
     plan = make_plan(cfgs)
     print_plan(plan)
     if stop_when_long:
