@@ -177,7 +177,8 @@ def test_no_argument_main_job_on_real_shaped_data_without_gpu_stops_before_train
     hours = json_line(captured.out)["hours_here"]
     assert hours > 3
     err = captured.err
-    assert f"{hours:.1f} h" in err or f"{hours:.2f} h" in err
+    said = re.search(r"estimate on this device \(cpu x\d+\) is ([\d.]+) h", err)
+    assert said and float(said.group(1)) == pytest.approx(hours, abs=0.06), err
     assert "--yes" in err and "explicit configs" in err and "hms run CONFIG.yaml" in err
     assert not (work / "cache").exists() and not any(work.glob("*/fold0"))
 

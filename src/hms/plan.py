@@ -52,9 +52,10 @@ INFER_SPEEDUP = 2.0
 # 32 leave an H200 partly idle, so a measured ratio would likely be kinder: an upper bound.
 T4_PER_H200 = 1 / 15
 KAGGLE_TEST_EEGS = 2_000
-# CPU seconds to read one test EEG and its spectrogram parquet and cache them (hms prepare on
-# the embedded dataset, 2 cores, README "hms plan"); the notebook does it before predicting.
-PREPARE_S_PER_TEST_EEG = 0.05
+# CPU seconds to read one test EEG and its spectrogram parquet and cache them, which the notebook
+# does before predicting: `hms prepare --splits test --workers 1` took 7.1 s of CPU (user + sys,
+# process start included) for 100 simulated test EEGs.
+PREPARE_S_PER_TEST_EEG = 0.07
 GPU_COUNTS = (2, 4, 8)  # totals printed for these GPU counts besides one
 
 THROUGHPUT_FILE = "throughput.yaml"  # in the configs folder
