@@ -142,10 +142,13 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     n = cfg.train.batch_size * steps
     full, bare = _alternating(lambda: pipeline_steps(steps), lambda: bare_steps(steps), repeats)
     full, bare = n / full, n / bare
+    from hms.plan import device_name, forward_gflops, model_family
+
     return {"bench": "train", "experiment": str(cfg.get("name")), "samples_per_s": round(full, 1),
             "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
             "pipeline_overhead": round(1 - full / bare, 3), "batch": cfg.train.batch_size, "repeats": repeats,
-            "device": str(device)}
+            "device": str(device), "device_name": device_name(str(device)),  # the plan's key
+            "forward_gflops": round(forward_gflops(cfg), 4), "family": model_family(cfg)}
 
 
 def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:

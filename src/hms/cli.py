@@ -42,18 +42,33 @@ def cmd_train(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from hms.plan import PlanTooLong, main_job_files
     from hms.run_all import run_all
     from hms.training.schedule import RunFailed
 
     files, overrides = _split_items(args)
-    if not files:
-        files = sorted(str(p) for p in Path("configs/demo").glob("*.yaml"))
+    # no configs: the recipe this machine suits, stopped when its plan is too long (--yes: go on);
+    # named configs are the user's choice: their plan is printed, never a stop
+    stop = not files and not args.yes
+    files = files or main_job_files(overrides)
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     try:
-        run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices)
+        run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop)
+    except PlanTooLong as exc:
+        print(f"hms run: {exc}", file=sys.stderr)
+        return 3
     except RunFailed as exc:  # the failed job's log tail is printed above: one line names it
         print(f"hms run: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from hms.plan import main_job_files, make_plan, print_plan
+    from hms.run_all import experiment_configs
+
+    files, overrides = _split_items(args)
+    print_plan(make_plan(experiment_configs(files or main_job_files(overrides), overrides), gpus=args.gpus))
     return 0
 
 
@@ -187,7 +202,14 @@ def cmd_bench(args) -> int:
     if args.what == "spectrogram":
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
     elif args.what == "train":
-        bench.print_json(bench.bench_train(cfg, batch=args.batch, steps=args.steps))
+        from hms.plan import save_train_bench
+        from hms.training.loop import experiment_name
+
+        files, _ = _split_items(args)
+        cfg.name = experiment_name(cfg, files[0] if files else None)
+        result = bench.bench_train(cfg, batch=args.batch, steps=args.steps)
+        bench.print_json(result)
+        print(f"[hms bench] saved for `hms plan` in {save_train_bench(cfg, result)}", file=sys.stderr)
     elif args.what == "app":
         bench.print_json(bench.bench_app(cfg))
     else:
@@ -295,14 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only full-data fit I (train.full_fits; the CV runs must be finished) (repeatable)")
     p.add_argument("--force", action="store_true", help="retrain finished runs (old ones are kept aside)")
 
-    p = _register(sub, "run", cmd_run, "the main job: data, caches, all folds of all experiments, "
-                  "ensemble, submission, summary (default: configs/demo/*.yaml); with several GPUs, one "
+    p = _register(sub, "run", cmd_run, "the main job: its plan, then data, caches, all folds of all experiments, "
+                  "ensemble, submission, summary (default: configs/recipe/*.yaml with a CUDA device, else "
+                  "configs/demo/*.yaml; stops when that plan is over 3 h here); with several GPUs, one "
                   "process per GPU, each run's output in <work>/<exp>/<run>/train.log", config=True)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--yes", action="store_true", help="train the default recipe even when its plan is over "
+                   "3 h on this device")
     p.add_argument("--gpus", default="all", help="how many of the visible GPUs (CUDA_VISIBLE_DEVICES, else "
                    "all) to spread the runs over, one process each: N or all (default)")
     p.add_argument("--devices", default=None, help="the device slots, comma-separated, instead of --gpus: "
                    "GPU ids as CUDA_VISIBLE_DEVICES takes them, or cpu (a CPU process), e.g. 0,1 or cpu,cpu")
+
+    p = _register(sub, "plan", cmd_plan, "without training or building caches: every run, items per epoch, "
+                  "device hours from measured throughput, totals on 1 and N GPUs, cache disk space, the Kaggle "
+                  "notebook's T4 time; last line JSON (default configs: the main job's)", config=True)
+    p.add_argument("--gpus", type=int, default=1, help="processes on this machine's GPUs (hours here)")
 
     p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")

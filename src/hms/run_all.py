@@ -10,7 +10,9 @@ from omegaconf import DictConfig
 
 from hms import config as C
 from hms.inference.ensemble import blend_test, describe, write_submission
-from hms.data.tables import load_test, load_train
+from hms.data import schema
+from hms.data.tables import ensure_dataset, load_test, load_train
+from hms.plan import check_budget, make_plan, print_plan
 from hms.cache.prepare import prepare
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
@@ -77,18 +79,26 @@ def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
 
 
 def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False, gpus: str | int = "all",
-            devices: list[str] | None = None) -> dict:
-    """The main job. With two or more device slots (the visible GPUs, `gpus` of them, or the
-    `devices` given) the runs are scheduled over them, one process each
-    (hms.training.schedule); else they train here, one after another."""
+            devices: list[str] | None = None, stop_when_long: bool = False) -> dict:
+    """The main job: its plan first, then caches and folds once, then every run. With two or more
+    device slots (the visible GPUs, `gpus` of them, or the `devices` given) the runs are
+    scheduled over them, one process each (hms.training.schedule); else they train here, one
+    after another. stop_when_long: raise PlanTooLong before any cache or training when the
+    plan's estimate on this device is over plan.STOP_HOURS (the no-argument main job)."""
     refuse_torchrun()
     t0 = time.perf_counter()
     sources = experiment_sources(config_paths, list(overrides))
     cfgs = [cfg for cfg, _ in sources]
     base = cfgs[0]
+    if not (C.data_dir(base) / schema.TRAIN_CSV).is_file():
+        ensure_dataset(base)  # the embedded dataset, made when absent: the plan reads its tables
+    slots = device_slots(gpus, devices)
+    plan = make_plan(cfgs, gpus=max(1, len(slots)))
+    print_plan(plan)
+    if stop_when_long:
+        check_budget(plan)
     build_once(cfgs)
     print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
-    slots = device_slots(gpus, devices)
     if devices or len(slots) > 1:
         collected = {}  # each experiment's summary, written as soon as its last run is done
 
