@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from hms.data import io, schema
 from hms.signal import kaggle_spec, montage
-from hms.utils import atomic_save_npy, atomic_to_csv, atomic_write_json, file_lock
+from hms.utils import atomic_save_npy, atomic_to_csv, atomic_write_json, bars_off, file_lock
 
 # 2: eeg caches hold raw bipolar signals; 3: one eeg cache of every signal, spec t0 = first frame
 CACHE_VERSION = 3
@@ -286,7 +286,7 @@ def _note_older_caches(root: Path, kind: str, split: str) -> None:
 
 def _run_jobs(jobs, done, done_path, workers, progress, desc) -> dict[int, str]:
     """Runs the jobs, recording each item's NaN share and first time; returns {item: error} of bad items."""
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="file")
+    bar = tqdm(total=len(jobs), desc=desc, disable=bars_off(progress), unit="file")
     checkpoint_every = max(1, len(jobs) // 20)
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
         reasons = {}
