@@ -88,7 +88,12 @@ def file_lock(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S, what: str | N
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path), timeout=timeout_s)
     try:
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # say why this process seems to stand still
+            print(f"[hms] waiting for another process building {what or Path(path).name} (lock {lock_path})",
+                  flush=True)
+            lock.acquire()
     except Timeout:
         raise TimeoutError(f"waited {timeout_s:g} s for {lock_path} (another process is building "
                            f"{what or Path(path).name}); if none is running, delete the lock file") from None
