@@ -2,6 +2,8 @@
 # The main job's experiments on an independent simulated dataset with a larger test set. The
 # embedded set's 200 test EEGs cannot rank two models closer than ~5% (paired bootstrap); 1,000
 # resolve ~1.5%. Nothing here was tuned on these sets: use them to check a choice made on OOF.
+# The last [hms] lines give the test KL of the submitted blend and of the blend not chosen
+# (with the calibration layer and without): the check on fitting it to the OOF's predictor.
 #   bash scripts/heldout_check.sh                               # the demo, seed 1, 1,000 test EEGs
 #   TAG=base bash scripts/heldout_check.sh context.enabled=false   # the same without the branch
 #   SEED=2 N_TEST=2000 bash scripts/heldout_check.sh configs/demo/conv1d.yaml
