@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hms import config as C
-from hms.cache.store import _layout, spans
+from hms.cache.store import _layout, spans  # the caches' own span and row arithmetic
 from hms.data import io, labels, schema
 from hms.data.folds import make_folds
 from hms.data.validate import drop_excluded_rows
