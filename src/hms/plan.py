@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hms import config as C
-from hms.cache.store import _layout, spans
+from hms.cache.store import _layout, spans  # the caches' own span and row arithmetic
 from hms.data import io, labels, schema
 from hms.data.folds import make_folds
 from hms.data.validate import drop_excluded_rows
@@ -188,7 +188,7 @@ def member_speed(name: str, gflops: float, family: str, refs: list[Reference]) -
     ref = min(same_family, key=lambda r: abs(math.log(r.forward_gflops / gflops)))
     fastest = max(r.samples_per_s for r in refs)
     sps = min(ref.samples_per_s * ref.forward_gflops / gflops, fastest)
-    return Speed(sps, f"estimated from {ref.experiment} on {ref.device} ({ref.samples_per_s:,.0f}/s at "
+    return Speed(sps, f"estimated from {ref.experiment} on {ref.device} ({_rate(ref.samples_per_s)}/s at "
                       f"{ref.forward_gflops:.3g} GFLOPs, this {gflops:.3g})", False)
 
 
@@ -411,8 +411,8 @@ def make_plan(cfgs: list[DictConfig], gpus: int = 1) -> Plan:
     if not refs_here:
         ref_device = table["gpu_reference" if here_is_gpu else "cpu_reference"]
         refs_here = references(base, ref_device, table)
-        note = (f"this device ({here}) has measured nothing: its figures are {ref_device}'s "
-                f"(`hms bench train CONFIG.yaml` here measures it)")
+        note = (f"this device ({here}) has measured nothing: figures of the reference '{ref_device}' in "
+                f"{THROUGHPUT_FILE} (`hms bench train CONFIG.yaml` here measures it)")
     gpu_device = here if here_is_gpu else table["gpu_reference"]
     refs_gpu = refs_here if here_is_gpu else references(base, gpu_device, table)
     tables = read_tables(base)
@@ -420,6 +420,10 @@ def make_plan(cfgs: list[DictConfig], gpus: int = 1) -> Plan:
     members = [member_plan(cfg, tables, counts, refs_here, refs_gpu, table) for cfg in cfgs]
     return Plan(members, tables, here, here_is_gpu, gpu_device, note, cache_bytes(tables), gpus,
                 int(base.labels.min_votes_high))
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
 def _h(hours: float) -> str:
@@ -436,8 +440,8 @@ def plan_lines(plan: Plan) -> list[str]:
     for m in plan.members:
         lines.append(f"[hms plan] {m.name} ({m.kind}"
                      + (f", {m.gflops:.3g} forward GFLOPs/item" if m.gflops is not None else "")
-                     + f"): {len(m.runs)} runs, {m.here.samples_per_s:,.0f} {'items' if m.gflops is None else 'samples'}"
-                     f"/s here, {m.here.how}" + ("" if m.gpu is m.here else f"; GPU {m.gpu.samples_per_s:,.0f}/s, {m.gpu.how}"))
+                     + f"): {len(m.runs)} runs, {_rate(m.here.samples_per_s)} {'items' if m.gflops is None else 'samples'}"
+                     f"/s here, {m.here.how}" + ("" if m.gpu is m.here else f"; GPU {_rate(m.gpu.samples_per_s)}/s, {m.gpu.how}"))
         for r in m.runs:
             stages = " + ".join(f"{n:,} x {e}" for n, e in zip(r.stage_items, r.stage_epochs))
             val = f", val {r.val_items:,}" if r.val_items else ""
