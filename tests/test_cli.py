@@ -158,25 +158,3 @@ def test_one_problem_is_singular():
     assert "2 problems in" in Report("data", 3, 0.1, "", one.problems * 2).text()
 
 
-def test_a_train_parquet_damaged_past_its_footer_gets_a_hint(tmp_path):
-    """Its footer reads (validate passes it) but its data does not: the error says what to do."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from hms.cli import _damaged_file_hint
-    from hms.data import io
-
-    path = tmp_path / schema.TRAIN_EEG_DIR / "1.parquet"
-    path.parent.mkdir()
-    values = np.random.default_rng(0).normal(size=(60 * schema.SAMPLING_RATE, len(schema.EEG_CHANNELS)))
-    pq.write_table(pa.table({c: values[:, k].astype(np.float32) for k, c in enumerate(schema.EEG_CHANNELS)}),
-                   path, compression="snappy")
-    data = bytearray(path.read_bytes())
-    data[100: len(data) // 2] = bytes(len(data) // 2 - 100)  # page headers and data zeroed, the footer kept
-    path.write_bytes(bytes(data))
-    pq.read_metadata(path)  # the footer still reads, as validate reads it
-    with pytest.raises(io.HMSDataError) as err:
-        io.read_eeg_array(path)
-    assert "replace it" in _damaged_file_hint(err.value)
-    assert _damaged_file_hint(ValueError("cannot read parquet test_eegs/1.parquet")) == ""

@@ -417,25 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         return _user_error(args, exc, f" ({DEBUG_ENV}=1 shows the traceback)")
 
 
-def _damaged_file_hint(exc: Exception) -> str:
-    """A train parquet whose footer reads but whose data does not: `hms validate` (footers only)
-    passed it, so --skip-bad, which leaves out what validate found, does not cover it yet."""
-    from hms.data import schema
-
-    text = str(exc)
-    if "cannot read parquet" not in text or not any(f"/{d}/" in text for d in (schema.TRAIN_EEG_DIR,
-                                                                             schema.TRAIN_SPEC_DIR)):
-        return ""
-    return (" (the file is damaged past its footer, which hms validate does not read: replace it "
-            "(re-download), or remove the train.csv rows naming it)")
-
-
 DEBUG_ENV = "HMS_DEBUG"  # 1: errors raise with their traceback instead of one line
 
 
 def _user_error(args, exc: Exception, suffix: str = "") -> int:
     if os.environ.get(DEBUG_ENV) == "1":
         raise exc
-    suffix = _damaged_file_hint(exc) + suffix
     print(f"hms {args.command}: error: {str(exc) or type(exc).__name__}{suffix}", file=sys.stderr)
     return 2

@@ -245,7 +245,7 @@ def _build(cfg, root: Path, kind: str, split: str, items: pd.DataFrame, paths: l
     try:
         reasons = _run_jobs(jobs, done, done_path, workers, progress, f"prepare {kind} {split}")
     except io.HMSDataError as exc:  # a file the footer-only pre-flight could not see is damaged
-        raise io.HMSDataError(f"{exc}\n  `hms validate` reads footers only, so it passed this file. Replace it "
+        raise io.HMSDataError(f"{exc}. `hms validate` reads footers only, so it passed this file. Replace it "
                               "(`hms download`), or delete it and run with --skip-bad (validate.skip_bad=true), "
                               "which then leaves out every train.csv row that names it") from None
     if reasons:
