@@ -407,13 +407,13 @@ def make_plan(cfgs: list[DictConfig], gpus: int = 1) -> Plan:
     table = throughput_table()
     here = device_name(device)
     refs_here = references(base, here, table)
-    note = f"this device ({here}) has measured throughput"
+    note, gpu_device = f"this device ({here}) has measured throughput", here if here_is_gpu else table["gpu_reference"]
     if not refs_here:
         ref_device = table["gpu_reference" if here_is_gpu else "cpu_reference"]
         refs_here = references(base, ref_device, table)
         note = (f"this device ({here}) has measured nothing: figures of the reference '{ref_device}' in "
                 f"{THROUGHPUT_FILE} (`hms bench train CONFIG.yaml` here measures it)")
-    gpu_device = here if here_is_gpu else table["gpu_reference"]
+        gpu_device = f"{here} (at {ref_device} figures)" if here_is_gpu else gpu_device
     refs_gpu = refs_here if here_is_gpu else references(base, gpu_device, table)
     tables = read_tables(base)
     counts: dict = {}
