@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hms import config as C
-from hms.cache.store import _layout, spans  # the caches' own span and row arithmetic
+from hms.cache.store import EEG_CACHE_SIGNALS, _layout, spans  # the caches' own layout and arithmetic
 from hms.data import io, labels, schema
 from hms.data.folds import make_folds
 from hms.data.validate import drop_excluded_rows
@@ -38,10 +38,8 @@ RECIPE_DIR = Path("configs/recipe")  # the competition recipe: the no-argument m
 DEMO_DIR = Path("configs/demo")  # the CPU demo: the no-argument main job without one
 STOP_HOURS = 3.0  # the no-argument main job stops before training when its plan exceeds this
 
-# The EEG cache: one per dataset, shared by every member: 16 bipolar pairs + midline (Fz-Cz,
-# Cz-Pz) + EKG, float16. The plan sizes that layout (the one the cache is moving to).
-EEG_CACHE_EXTRAS = ("midline", "ekg")
-EEG_CACHE_COLUMNS = len(montage_names(EEG_CACHE_EXTRAS))  # 19
+# The EEG cache: one per dataset, shared by every member (hms.cache.store.EEG_CACHE_SIGNALS)
+EEG_CACHE_COLUMNS = len(EEG_CACHE_SIGNALS)  # 19
 CACHE_ITEM_BYTES = 2  # float16
 
 # Inference items/s per training samples/s. A forward pass is about a third of a training
