@@ -111,7 +111,8 @@ def test_the_amp_step_check_runs_on_the_cpu(tiny_synth, tmp_path):
 
 def fit_fold0(path: str, data_dir: Path, work_dir: Path, device: torch.device, name: str, *overrides: str) -> Path:
     """Fold 0 of a fitted-once config, fitted with its features computed on `device`."""
-    from hms.training.loop import exp_dir, train_experiment
+    from hms.training.experiment import train_experiment
+    from hms.training.workdir import exp_dir
 
     cfg = shipped_config(path, data_dir, work_dir, device, f"name={name}", "train.full_fits=0", *overrides)
     train_experiment(cfg, folds=[0], progress=False)

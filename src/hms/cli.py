@@ -203,7 +203,7 @@ def cmd_bench(args) -> int:
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
     elif args.what == "train":
         from hms.plan import save_train_bench
-        from hms.training.loop import experiment_name
+        from hms.training.workdir import experiment_name
 
         files, _ = _split_items(args)
         cfg.name = experiment_name(cfg, files[0] if files else None)
