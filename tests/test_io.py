@@ -27,11 +27,12 @@ def test_misordered_columns_are_reordered_by_name(tmp_path):
     (lambda df: df.iloc[:5000], "shorter than 50 s"),
     (lambda df: df * np.nan, "every value is NaN"),
 ])
-def test_bad_eeg_errors_name_the_file_and_problem(tmp_path, make, message):
+@pytest.mark.parametrize("read", [io.read_eeg, io.EEGFile], ids=["read_eeg", "sliced"])  # the cache reads sliced
+def test_bad_eeg_errors_name_the_file_and_problem(tmp_path, make, message, read):
     path = tmp_path / "bad.parquet"
     make(eeg_frame()).to_parquet(path, index=False)
     with pytest.raises(io.HMSDataError, match=message) as err:
-        io.read_eeg(path)
+        read(path)
     assert str(path) in str(err.value)
 
 
