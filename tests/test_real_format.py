@@ -5,9 +5,7 @@ files are written here in exactly the real schema and sent through the readers, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import tiny_config
+from conftest import execute_offline_notebook, tiny_config
 
 REAL = json.loads((Path(__file__).parent / "fixtures" / "real_files.json").read_text())
 SPEC_NAMES, EEG_NAMES = REAL["spectrogram_columns"], REAL["eeg_columns"]
@@ -201,9 +199,6 @@ def _no_fallback_predict(exp_dir, data, work):
 
 @pytest.mark.slow
 def test_real_schema_dataset_through_validate_prepare_train_predict_and_notebook(real_schema, tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
     from hms.data.validate import validate_dataset
     from hms.inference.ensemble import write_submission
     from hms.kaggle import notebook, package
@@ -232,22 +227,12 @@ def test_real_schema_dataset_through_validate_prepare_train_predict_and_notebook
     write_submission([exp_dir(c) for c in cfgs], load_test(cfgs[0]), sub_dir, cfgs[0].labels.min_votes_high)
     package.package(tmp_path / "dataset", work, sub_dir, user="tester")
     nb_path = notebook.write_notebook(tmp_path / "notebook", tmp_path / "dataset")
-    kaggle_input = tmp_path / "input"
-    (kaggle_input / "competitions").mkdir(parents=True)
-    (kaggle_input / "competitions" / "hms-harmful-brain-activity-classification").symlink_to(real_schema)
-    shutil.copytree(tmp_path / "dataset", kaggle_input / "datasets" / "tester" / "hms-weights")
-    working = tmp_path / "kaggle_working"
-    working.mkdir()
-    monkeypatch.setenv("HMS_KAGGLE_INPUT", str(kaggle_input))
-    monkeypatch.setenv("HMS_KAGGLE_WORKING", str(working))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    nb = nbformat.read(nb_path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    submitted = execute_offline_notebook(nb_path, real_schema, tmp_path / "dataset", tmp_path, monkeypatch)
+    nb, working = execute_offline_notebook.executed, tmp_path / "working"
     outputs = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
     assert "prior" not in outputs.lower()  # no fallback warning in the notebook either
     got = (working / "submission.csv").read_text().splitlines()
     assert got[0] == REAL["sample_submission_csv"].splitlines()[0]  # the real header, exactly
-    submitted = pd.read_csv(working / "submission.csv")
     assert submitted.eeg_id.tolist() == [TEST_EEG_ID] and np.isclose(submitted[VOTES].to_numpy().sum(), 1)
     np.testing.assert_allclose(submitted[VOTES].to_numpy(), pd.read_csv(sub_dir / "submission.csv")[VOTES].to_numpy(),
                                atol=1e-6)
