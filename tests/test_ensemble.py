@@ -107,7 +107,10 @@ def test_the_calibration_is_fitted_only_for_the_predictor_the_oof_measures(tmp_p
     lines = describe(report)
     assert "OOF KL of the CV runs' simplex blend" in lines[0] and f"{report['oof_kl_high_nested']:.4f} by nested CV" in lines[0]
     assert "submitted: that blend of m0: mean of 2 full fits, m1: mean of 2 full fits; calibration off" in lines[1]
-    assert fit_ensemble(two_fits, min_votes=10, calibration="nested")["blend"] == "calibrated"
+    nested = fit_ensemble(two_fits, min_votes=10, calibration="nested")  # ensemble.calibration's default
+    assert nested["blend"] == "calibrated"
+    assert "fitted on the CV runs' OOF and applied to the submitted predictor (m0 submits the mean of 2" \
+        in nested["calibration"]  # the printed line says what the layer was fitted on and applied to
     (tmp_path / "b").mkdir()
     seeds = fit_ensemble(_write_oofs(tmp_path / "b", target, [overconfident, overconfident], folds, full, n_seeds=2),
                          min_votes=10)
@@ -121,9 +124,9 @@ def test_the_calibration_is_fitted_only_for_the_predictor_the_oof_measures(tmp_p
 
 @pytest.mark.slow
 def test_the_main_job_names_the_predictor_each_blend_score_measures(tiny_synth, tmp_path, capsys):
-    """`hms run` on data with answers: the printed lines say the nested score is the CV runs'
-    blend, what each experiment submits, why the calibration is off, and what the blend not
-    chosen would score on the test."""
+    """`hms run` on data with answers, ensemble.calibration=matched: the printed lines say the
+    nested score is the CV runs' blend, what each experiment submits, why the calibration is off,
+    and what the blend not chosen would score on the test."""
     from hms.run_all import run_all
 
     config = tmp_path / "trees.yaml"
@@ -131,7 +134,8 @@ def test_the_main_job_names_the_predictor_each_blend_score_measures(tiny_synth, 
                       "train:\n  full_fits: 2\n  test_runs: full\n"
                       "  stages: [{rows: all, epochs: 1, lr: 0.0, low_vote_weight: 0.5}]\n")
     out = run_all([str(config)], [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tmp_path / 'work'}",
-                                  f"paths.submission_dir={tmp_path / 'sub'}", "folds.n_folds=2", "input.downsample=4"])
+                                  f"paths.submission_dir={tmp_path / 'sub'}", "folds.n_folds=2", "input.downsample=4",
+                                  "ensemble.calibration=matched"])  # the config reaches the blend
     printed = capsys.readouterr().out
     report = out["ensemble"]
     assert report["submitted"] == {"trees": "mean of 2 full fits"} and report["blend"] == "simplex"

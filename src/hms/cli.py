@@ -79,7 +79,8 @@ def cmd_ensemble(args) -> int:
 
     cfg = load_config([], args.overrides)
     dirs = [Path(cfg.paths.work_dir) / name for name in args.experiments]
-    report = write_submission(dirs, load_test(cfg), submission_dir(cfg), cfg.labels.min_votes_high)
+    report = write_submission(dirs, load_test(cfg), submission_dir(cfg), cfg.labels.min_votes_high,
+                              str(cfg.ensemble.calibration))
     print(json.dumps(report, indent=2))
     return 0
 

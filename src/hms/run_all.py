@@ -112,7 +112,8 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
         summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
     dirs = [exp_dir(cfg) for cfg in cfgs]
     test = load_test(base)
-    report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high)
+    report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high,
+                              str(base.ensemble.calibration))
     rows = table_rows(base, cfgs, summaries, report, dirs)
     print(summary_table(rows))
     for line in describe(report):

@@ -158,8 +158,11 @@ def calibration_choice(nested: dict, min_gain: float, mismatch: str | None, cali
     if not nested:
         return False, "calibration off: one fold, no nested CV to judge it"
     gain = nested["simplex"] - nested["calibrated"]
-    return gain >= min_gain, f"calibration {'on' if gain >= min_gain else 'off'}: nested CV gain {gain:.4f} KL " \
-                             f"({'at least' if gain >= min_gain else 'under'} {min_gain})"
+    why = f"calibration {'on' if gain >= min_gain else 'off'}: nested CV gain {gain:.4f} KL " \
+          f"({'at least' if gain >= min_gain else 'under'} {min_gain})"
+    if mismatch and gain >= min_gain:  # say which predictor the layer was fitted on and which it is applied to
+        why += f", fitted on the CV runs' OOF and applied to the submitted predictor ({mismatch})"
+    return gain >= min_gain, why
 
 
 def fit_ensemble(exp_dirs: list[Path], min_votes: int, min_gain: float = 1e-3, calibration: str = "matched") -> dict:
@@ -229,8 +232,10 @@ def blend_test(exp_dirs: list[Path], params: dict, test: pd.DataFrame) -> pd.Dat
     return sub
 
 
-def write_submission(exp_dirs: list[Path], test: pd.DataFrame, out_dir: Path, min_votes: int) -> dict:
-    report = fit_ensemble(exp_dirs, min_votes)
+def write_submission(exp_dirs: list[Path], test: pd.DataFrame, out_dir: Path, min_votes: int,
+                     calibration: str = "matched") -> dict:
+    """calibration: ensemble.calibration (nested | matched | off; see fit_ensemble)."""
+    report = fit_ensemble(exp_dirs, min_votes, calibration=calibration)
     sub = blend_test(exp_dirs, report, test)
     atomic_to_csv(sub, Path(out_dir) / "submission.csv")
     atomic_write_json(Path(out_dir) / "ensemble.json", report)
