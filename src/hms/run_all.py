@@ -11,12 +11,11 @@ from omegaconf import DictConfig
 from hms import config as C
 from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data import schema
-from hms.data.tables import ensure_dataset, load_test, load_train
+from hms.data.tables import ensure_dataset, load_test
 from hms.plan import check_budget, make_plan, print_plan
-from hms.cache.prepare import prepare
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
-from hms.training.experiment import collect_experiment, train_experiment
+from hms.training.experiment import collect_experiment, prepare_experiment, train_experiment
 from hms.training.schedule import device_slots, schedule
 from hms.training.workdir import exp_dir, experiment_name
 
@@ -53,8 +52,7 @@ def build_once(cfgs: list[DictConfig]) -> None:
     """Every experiment's validate report, caches (train and test) and the folds, built before
     any parallel work: the jobs then only read them."""
     for cfg in cfgs:
-        prepare(cfg)
-        load_train(cfg)
+        prepare_experiment(cfg)
 
 
 def pseudo_sources(cfg: DictConfig) -> list[str]:
