@@ -159,11 +159,11 @@ def test_stage_peak_rss_is_its_own_not_the_parents():
 
 
 def test_a_member_gets_the_h200_rate_of_the_config_it_inherits(tmp_path):
-    from hms.bench_scale import H200_SAMPLES_PER_S, h200_rate
+    from hms.bench_scale import h200_rate, h200_rates
 
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "conv1d_full.yaml").write_text("name: conv1d_full\n")
     (tmp_path / "member.yaml").write_text("inherit: exp/conv1d_full.yaml\nname: conv1d_200hz\n")
     (tmp_path / "new.yaml").write_text("name: never_measured\n")
-    assert h200_rate(str(tmp_path / "member.yaml")) == H200_SAMPLES_PER_S["conv1d_full"]
+    assert h200_rate(str(tmp_path / "member.yaml")) == h200_rates()["conv1d_full"] == 1703  # README "On a GPU"
     assert h200_rate(str(tmp_path / "new.yaml")) is None

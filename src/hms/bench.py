@@ -75,12 +75,20 @@ def split_by_training(config_paths: list[str], root=".") -> tuple[list[str], lis
     return stepped, fitted
 
 
-def _train_setup(cfg):
+def training_dataset(cfg):
+    """The experiment's training-mode dataset over its prepared train caches (built if missing)."""
     from hms.cache.store import open_cache
     from hms.training.dataset import training_set
-    from hms.training.network import build_network
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
+
+    caches = prepare(cfg, ("train",), progress=False)["train"]
+    return training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
+                        (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
+
+
+def _train_setup(cfg):
+    from hms.training.network import build_network
     from hms.config import ConfigError
     from hms.models.factory import fitted_once
 
@@ -88,10 +96,7 @@ def _train_setup(cfg):
         raise ConfigError(f"{cfg.get('name') or cfg.model.kind} has no training steps to time: model kind "
                           f"{cfg.model.kind!r} is fitted once per run, not trained by steps "
                           "(`hms train` prints each run's fit time)")
-    caches = prepare(cfg, ("train",), progress=False)["train"]
-    ds = training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
-                      (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
-    return ds, build_network(cfg)
+    return training_dataset(cfg), build_network(cfg)
 
 
 def _alternating(a, b, repeats: int) -> tuple[float, float]:

@@ -24,8 +24,6 @@ from hms.data.like_kaggle import REAL_COUNTS, REAL_TEST_EEGS
 
 # Samples/s of each member's full training step on one H200 (README, "On a GPU"), by config
 # name; a config inheriting one of these gets its rate (h200_rate), others no worker estimate.
-H200_SAMPLES_PER_S = {"effnet_b0_mosaic": 415, "mixnet_mel": 494, "conv1d_full": 1703, "cnn_gru": 1383,
-                      "wavenet": 219}
 GPU_BOX_CORES = 16  # the cores of the GPU machine the loader workers share
 LOADER_SECONDS = 20.0  # how long each loader is timed (after a warm-up batch)
 TREE_ITEMS = 512  # items whose tree features are timed
@@ -238,15 +236,13 @@ def stage_prepare(config: str, workers: int | None = None) -> dict:
     return {"label": {"config": cfg.name}, "caches": {k: Path(d).name for k, d in dirs.items()}}
 
 
-def _training_set(cfg):
-    from hms.cache.prepare import prepare
-    from hms.cache.store import open_cache
-    from hms.data.tables import load_train
-    from hms.training.dataset import training_set
+def h200_rates() -> dict[str, float]:
+    """The H200 samples/s measured per experiment: hms plan's table (configs/throughput.yaml)."""
+    from hms.plan import throughput_table
 
-    caches = prepare(cfg, ("train",), progress=False)["train"]
-    return training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
-                        (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
+    table = throughput_table()
+    measured = table["devices"][table["gpu_reference"]]["experiments"]
+    return {name: entry["samples_per_s"] for name, entry in measured.items()}
 
 
 def h200_rate(config: str) -> int | None:
@@ -254,12 +250,12 @@ def h200_rate(config: str) -> int | None:
     (a recipe member inherits its model and input from a configs/exp one)."""
     import yaml
 
-    path = Path(config)
+    rates, path = h200_rates(), Path(config)
     while path.is_file():
         raw = yaml.safe_load(path.read_text()) or {}
         for name in (raw.get("name"), path.stem):
-            if name in H200_SAMPLES_PER_S:
-                return H200_SAMPLES_PER_S[name]
+            if name in rates:
+                return rates[name]
         if not raw.get("inherit"):
             return None
         path = (path.parent / raw["inherit"]).resolve()
@@ -272,9 +268,11 @@ def stage_loader(config: str) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from hms.bench import training_dataset
+
     cfg = _cfg(config)
     t0 = time.perf_counter()
-    ds = _training_set(cfg)
+    ds = training_dataset(cfg)
     build_s = time.perf_counter() - t0
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as in a DataLoader worker: more threads only spin (4x the CPU per item here)
@@ -302,11 +300,12 @@ def stage_trees(config: str) -> dict:
     import torch
     from torch.utils.data import DataLoader, Subset
 
+    from hms.bench import training_dataset
     from hms.training.loop import feature_matrix
     from hms.training.network import build_network
 
     cfg = _cfg(config)
-    ds = _training_set(cfg)
+    ds = training_dataset(cfg)
     net = build_network(cfg)
     n = min(TREE_ITEMS, len(ds))
     loader = DataLoader(Subset(ds, range(n)), batch_size=int(cfg.train.batch_size), num_workers=0)
