@@ -15,7 +15,7 @@ from hms.data.tables import ensure_dataset, load_test
 from hms.plan import check_budget, make_plan, print_plan
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
-from hms.training.experiment import collect_experiment, prepare_experiment, train_experiment
+from hms.training.experiment import check_runs_unchanged, collect_experiment, prepare_experiment, train_experiment
 from hms.training.schedule import device_slots, schedule
 from hms.training.workdir import exp_dir, experiment_name
 
@@ -95,6 +95,9 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     print_plan(plan)
     if stop_when_long:
         check_budget(plan)
+    if not force:  # an edited config never reuses the runs of the old one
+        for cfg in cfgs:
+            check_runs_unchanged(cfg)
     build_once(cfgs)
     print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
     if devices or len(slots) > 1:

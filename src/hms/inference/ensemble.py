@@ -17,6 +17,7 @@ from scipy.optimize import minimize
 
 from hms.data import labels, schema
 from hms.metric import kl_score, validate_submission
+from hms.training.fingerprint import check_same_runs
 from hms.utils import atomic_to_csv, atomic_write_json
 
 TARGET_COLUMNS = [f"{c}_target" for c in schema.CLASSES]
@@ -124,6 +125,7 @@ def describe_members(exp_dirs: list[Path]) -> list[dict]:
         runs = json.loads(summary.read_text()).get("runs") if summary.is_file() else None
         if not runs:
             raise FileNotFoundError(f"{summary}: no list of the runs behind test_pred.csv (train every run first)")
+        check_same_runs(d, [d / r for r in runs])
         cfg = OmegaConf.load(d / runs[0] / "config.yaml")
         members.append({"name": d.name, "oof_runs": int(cfg.train.get("n_seeds", 1)), "test_runs": list(runs)})
     return members

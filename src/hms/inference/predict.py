@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from hms.training.fingerprint import check_same_runs
 from hms.training.network import load_fold_network
 from hms.training.predict import predict_test
 from hms.training.runs import run_dirs
@@ -33,7 +34,9 @@ def experiment_dir(work_dir: Path, name: str) -> Path:
 def load_folds(exp_dir: Path, overrides: dict, device) -> tuple[DictConfig, list[torch.nn.Module]]:
     """Each run's config + network (CV folds, their seeds, full fits); `overrides` (paths, device,
     tta) apply to all."""
-    loaded = [load_fold_network(d, overrides, device) for d in run_dirs(exp_dir)]
+    dirs = run_dirs(exp_dir)
+    check_same_runs(exp_dir, dirs)
+    loaded = [load_fold_network(d, overrides, device) for d in dirs]
     return loaded[-1][0], [net for _, net in loaded]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hms.config import ConfigError
 from hms.data import schema
+from hms.training.fingerprint import check_same_runs
 from hms.training.runs import run_dirs
 from hms.kaggle.client import KaggleError, run_kaggle
 from hms.kaggle.notebook import NO_ACCELERATOR, check_machine_shape
@@ -58,7 +59,9 @@ def build_hms_wheel(out_dir: Path) -> Path:
 
 def copy_experiment(exp_dir: Path, dest: Path) -> None:
     """Each run's config and plain state_dict (no resume states, logs or predictions)."""
-    for fold in run_dirs(exp_dir):
+    dirs = run_dirs(exp_dir)
+    check_same_runs(exp_dir, dirs)
+    for fold in dirs:
         (dest / fold.name).mkdir(parents=True, exist_ok=True)
         for name in ("best.pt", "config.yaml"):
             shutil.copy2(fold / name, dest / fold.name / name)

@@ -17,6 +17,7 @@ from hms.data import labels, schema
 from hms.data.tables import load_train
 from hms.metric import kl_score
 from hms.models.factory import fitted_once
+from hms.training.fingerprint import check_unchanged
 from hms.training.dist import barrier, init_distributed, is_main_process, launched_world_size
 from hms.training.loop import FoldRun, TreeRun, check_launch
 from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, predicting_runs
@@ -46,6 +47,8 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
     `full` only those full fits (every CV run must be finished: they copy its epochs). Writes
     the experiment's oof.csv, test_pred.csv and summary.json once every run is done."""
     check_launch(cfg)
+    if not force:
+        check_runs_unchanged(cfg)
     seed_everything(cfg.seed)
     caches, train = prepare_experiment(cfg, progress)
     if full is None:
@@ -93,6 +96,12 @@ def set_aside(run_dir: Path) -> None:
     """--force: keep a run's earlier folder beside it (<run>.old-<time>) rather than lose it."""
     if run_dir.exists():
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{int(time.time())}"))
+
+
+def check_runs_unchanged(cfg: DictConfig) -> None:
+    """Every started run of the experiment was trained under cfg's settings (else ConfigChanged,
+    before anything is built or trained; --force sets them aside instead)."""
+    check_unchanged(cfg, [exp_dir(cfg) / r.name for r in all_runs(cfg)])
 
 
 def all_runs(cfg: DictConfig) -> list[RunSpec]:

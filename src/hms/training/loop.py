@@ -28,6 +28,7 @@ from hms.metric import kl_score
 from hms.models.factory import fitted_once, uses_kaggle_spec
 from hms.training.augment import augment_batch
 from hms.training.dataset import HMSDataset, make_loader, training_set
+from hms.training.fingerprint import ConfigChanged, check_unchanged, fingerprint
 from hms.training.dist import barrier, broadcast_from_main, cuda_indexed, init_distributed, launched_world_size
 from hms.training.losses import kl_loss
 from hms.training.network import build_network
@@ -198,6 +199,7 @@ class FoldRun:
         return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
 
     def run(self) -> dict:
+        check_unchanged(self.cfg, [self.dir])  # a started run's config.yaml is not overwritten by another config's
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             C.save_resolved(self.cfg, self.dir / "config.yaml")
@@ -217,9 +219,16 @@ class FoldRun:
         last = self.dir / "last.pt"
         if last.is_file():
             state = torch.load(last, map_location="cpu", weights_only=True)
+            if state.get("fingerprint", self.fingerprint) != self.fingerprint:
+                raise ConfigChanged(f"{last} was saved under another config than {self.tag}'s (fingerprint "
+                                    f"{state['fingerprint']}, now {self.fingerprint}): retrain the run with --force")
             print(f"[{self.tag}] resuming at stage {state['stage']} epoch {state['epoch'] + 1}")
             return state
         return {"stage": 0, "epoch": -1, "best": float("inf"), "bad_epochs": 0, "history": []}
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cfg)
 
     def run_stage(self, s_idx: int, stage, state: dict) -> None:
         loader = self.stage_loader(stage)
@@ -287,7 +296,7 @@ class FoldRun:
 
     def save_state(self, state, s_idx, epoch, opt, sched, ema) -> None:
         state.update(stage=s_idx, epoch=epoch, model=self.net.state_dict(), optimizer=opt.state_dict(),
-                     scheduler=sched.state_dict(), rng=torch.get_rng_state())
+                     scheduler=sched.state_dict(), rng=torch.get_rng_state(), fingerprint=self.fingerprint)
         if ema:
             state["ema"] = ema.module.state_dict()
         if epoch == self.stages[s_idx].run_epochs - 1 or state["bad_epochs"] >= self.cfg.train.patience:
@@ -305,7 +314,7 @@ class FoldRun:
         # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
         scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
         metrics = {"run": self.run_spec.name, "fold": self.run_spec.fold, "seed": self.run_spec.seed, **scores,
-                   "epochs": len(state["history"]), "complete": True}
+                   "epochs": len(state["history"]), "complete": True, "fingerprint": self.fingerprint}
         if self.val_set is not None:
             atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
             metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
@@ -335,6 +344,7 @@ class TreeRun(FoldRun):
     any other experiment. Only the first of train.stages applies (its rows and low_vote_weight)."""
 
     def run(self) -> dict:
+        check_unchanged(self.cfg, [self.dir])
         self.dir.mkdir(parents=True, exist_ok=True)
         C.save_resolved(self.cfg, self.dir / "config.yaml")
         state = {"stage": 0, "epoch": -1, "best": float("inf"), "bad_epochs": 0, "history": []}

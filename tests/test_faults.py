@@ -1,0 +1,144 @@
+"""Faults a competitor's week brings: an edited config over finished or half-finished runs, a
+resumed run under another config, runs of one experiment trained under different configs."""
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import TINY_TRAIN, tiny_config
+
+
+def one_epoch(*extra):
+    return ["train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]", *extra]
+
+
+@pytest.fixture()
+def fold0(tiny_synth, tmp_path):
+    """fold 0 of the tiny experiment, trained under lr 3e-3."""
+    from hms.training.experiment import train_experiment
+
+    cfg = tiny_config(tiny_synth, tmp_path, *one_epoch())
+    train_experiment(cfg, folds=[0], progress=False)
+    return tmp_path
+
+
+def test_an_edited_config_stops_before_training_and_names_the_change(fold0, tiny_synth):
+    from hms.training.experiment import train_experiment
+    from hms.training.fingerprint import ConfigChanged
+
+    best = fold0 / "tiny" / "fold0" / "best.pt"
+    before = best.stat().st_mtime_ns
+    edited = tiny_config(tiny_synth, fold0, "train.stages=[{rows: all, epochs: 1, lr: 1.0e-3}]")
+    with pytest.raises(ConfigChanged) as exc:
+        train_experiment(edited, folds=[1], progress=False)  # even another fold: the experiment would mix
+    message = str(exc.value)
+    assert "tiny" in message and "fold0" in message and "train.stages" in message
+    assert "0.003" in message and "0.001" in message  # old -> new
+    assert "--force" in message and "name:" in message
+    assert best.stat().st_mtime_ns == before and not (fold0 / "tiny" / "fold1").exists()
+    # both ways on: a new name keeps both, --force retrains and keeps the old folder aside
+    renamed = tiny_config(tiny_synth, fold0, "train.stages=[{rows: all, epochs: 1, lr: 1.0e-3}]", "name=tiny_lr1")
+    train_experiment(renamed, folds=[0], progress=False)
+    assert (fold0 / "tiny_lr1" / "fold0" / "best.pt").is_file() and best.stat().st_mtime_ns == before
+    train_experiment(edited, folds=[0], force=True, progress=False)
+    assert list((fold0 / "tiny").glob("fold0.old-*/best.pt"))
+
+
+def test_settings_that_cannot_change_a_run_do_not_stop_it(fold0, tiny_synth, capsys):
+    from hms.training.experiment import train_experiment
+
+    same = tiny_config(tiny_synth, fold0, *one_epoch("train.num_workers=0", "train.n_seeds=1", "train.full_fits=0",
+                                                    "train.logger=csv", "cache.workers=1", "device=cpu",
+                                                    "ensemble.calibration=off"))
+    train_experiment(same, folds=[0], progress=True)
+    assert "already complete: skipped" in capsys.readouterr().out
+
+
+def test_a_run_saved_by_an_older_version_counts_missing_keys_as_defaults(fold0, tiny_synth):
+    from hms.training.fingerprint import changed_runs
+
+    cfg = tiny_config(tiny_synth, fold0, *one_epoch())
+    saved = fold0 / "tiny" / "fold0" / "config.yaml"
+    old = OmegaConf.load(saved)
+    del old.train["ema"]  # a key added to base.yaml after the run was trained, at its default
+    del old["context"]
+    OmegaConf.save(old, saved)
+    assert changed_runs(cfg, [saved.parent]) == {}
+    old.train.ema = 0.99  # a saved value that is not today's is a change
+    OmegaConf.save(old, saved)
+    assert changed_runs(cfg, [saved.parent]) == {"fold0": {"train.ema": (0.99, 0.0)}}
+
+
+def test_a_resumed_run_refuses_a_last_pt_saved_under_another_config(tiny_synth, tmp_path, monkeypatch):
+    import hms.training.loop as loop
+    from hms.training.experiment import train_experiment
+    from hms.training.fingerprint import ConfigChanged
+
+    cfg = tiny_config(tiny_synth, tmp_path)
+    real_save = loop.FoldRun.save_state
+
+    def save_then_die(self, state, s_idx, epoch, *args):
+        real_save(self, state, s_idx, epoch, *args)
+        raise KeyboardInterrupt  # killed right after epoch 0 was saved
+
+    monkeypatch.setattr(loop.FoldRun, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_experiment(cfg, folds=[0], progress=False)
+    monkeypatch.setattr(loop.FoldRun, "save_state", real_save)
+    run_dir = tmp_path / "tiny" / "fold0"
+    saved_config = (run_dir / "config.yaml").read_text()
+    wider = tiny_config(tiny_synth, tmp_path, "model.stage_channels=[16, 48]")  # another network shape
+    with pytest.raises(ConfigChanged, match="model.stage_channels"):  # not load_state_dict's traceback
+        train_experiment(wider, folds=[0], progress=False)
+    assert (run_dir / "config.yaml").read_text() == saved_config  # the saved config still names the weights
+    assert (run_dir / "last.pt").is_file()
+    # last.pt carries the fingerprint too: a run folder whose config.yaml was replaced by hand
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["fingerprint"] == loop.fingerprint(cfg) != loop.fingerprint(wider)
+    OmegaConf.save(OmegaConf.merge(wider, {"name": "tiny"}), run_dir / "config.yaml")
+    with pytest.raises(ConfigChanged, match="last.pt was saved under another config"):
+        loop.FoldRun(wider, loop.RunSpec("fold0", 0, 0), _train(wider), _caches(wider), False).load_state()
+
+
+def _caches(cfg):
+    from hms.cache.prepare import prepare
+
+    return prepare(cfg, progress=False)
+
+
+def _train(cfg):
+    from hms.data.tables import load_train
+
+    return load_train(cfg)
+
+
+def test_joining_runs_trained_under_different_configs_is_refused(fold0, tiny_synth):
+    from hms.inference.ensemble import describe_members
+    from hms.inference.predict import load_folds
+    from hms.kaggle.package import copy_experiment
+    from hms.training.experiment import train_experiment
+    from hms.training.fingerprint import ConfigChanged
+
+    cfg = tiny_config(tiny_synth, fold0, *one_epoch())
+    train_experiment(cfg, progress=False)  # fold 1, then the OOF and summary.json
+    exp = fold0 / "tiny"
+    assert len(describe_members([exp])[0]["test_runs"]) == 2  # one config: joined
+    fold1 = OmegaConf.load(exp / "fold1" / "config.yaml")
+    fold1.signal.bandpass = [0.5, 40.0]  # as if fold 1 had been trained after an edit
+    OmegaConf.save(fold1, exp / "fold1" / "config.yaml")
+    for join in (lambda: describe_members([exp]), lambda: load_folds(exp, {}, "cpu"),
+                 lambda: copy_experiment(exp, fold0 / "pkg")):
+        with pytest.raises(ConfigChanged, match=r"signal.bandpass: \[0.5, 20.0\] -> \[0.5, 40.0\]"):
+            join()
+
+
+def test_the_cli_says_it_in_one_line_and_exits_non_zero(fold0, tiny_synth, capsys):
+    from hms.cli import main
+
+    edited = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={fold0}", "name=tiny", *TINY_TRAIN,
+              "train.stages=[{rows: all, epochs: 1, lr: 2.0e-3}]"]
+    assert main(["train", "configs/demo/conv1d.yaml", *edited, "--fold", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "were trained under another config" in err and "Traceback" not in err
+    assert pd.read_csv(fold0 / "tiny" / "fold0" / "log.csv").shape[0] == 1  # nothing retrained
+
