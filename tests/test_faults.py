@@ -142,3 +142,169 @@ def test_the_cli_says_it_in_one_line_and_exits_non_zero(fold0, tiny_synth, capsy
     assert "were trained under another config" in err and "Traceback" not in err
     assert pd.read_csv(fold0 / "tiny" / "fold0" / "log.csv").shape[0] == 1  # nothing retrained
 
+
+
+HOLD = """
+import sys, time
+from hms.training.workdir import one_main_job
+with one_main_job(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(work, seconds):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(work), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_second_main_job_on_one_work_dir_says_who_holds_it(tmp_path, capsys):
+    import signal
+
+    from hms.cli import main
+    from hms.training.workdir import one_main_job
+
+    holder = _holder(tmp_path, 60)
+    try:
+        assert main(["run", "configs/demo/conv1d.yaml", f"paths.work_dir={tmp_path}", "--no-wait"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "since" in err and str(tmp_path) in err and "--no-wait" in err
+        holder.send_signal(signal.SIGKILL)  # a killed job leaves its files; its lock goes with it
+        holder.wait()
+        assert (tmp_path / ".hms-run.json").is_file()
+        with one_main_job(tmp_path, wait=False):
+            assert str(__import__("os").getpid()) in (tmp_path / ".hms-run.json").read_text()
+        assert not (tmp_path / ".hms-run.json").exists()
+    finally:
+        holder.kill()
+
+
+def test_a_second_main_job_waits_for_the_first_by_default(tmp_path, capsys):
+    import time
+
+    from hms.training.workdir import one_main_job
+
+    holder = _holder(tmp_path, 2)
+    t0 = time.perf_counter()
+    with one_main_job(tmp_path):
+        waited = time.perf_counter() - t0
+    assert holder.wait() == 0 and waited > 0.5
+    assert f"pid {holder.pid}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- broken files and full disks
+
+@pytest.fixture(scope="module")
+def finished(tiny_synth, tmp_path_factory):
+    """The tiny experiment trained through (2 folds, 1 epoch each), to be copied and broken."""
+    from hms.training.experiment import train_experiment
+
+    work = tmp_path_factory.mktemp("finished")
+    train_experiment(tiny_config(tiny_synth, work, *one_epoch()), progress=False)
+    return work
+
+
+@pytest.fixture()
+def copy(finished, tmp_path):
+    import shutil
+
+    shutil.copytree(finished, tmp_path / "work")
+    return tmp_path / "work"
+
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_a_damaged_best_pt_is_one_line_naming_it_and_the_way_on(copy, tiny_synth, capsys):
+    from hms.cli import main
+
+    best = copy / "tiny" / "fold1" / "best.pt"
+    truncate(best)
+    assert main(["predict", f"paths.data_dir={tiny_synth}", f"paths.work_dir={copy}", "--exp", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(best) in err and "damaged" in err and "--force" in err
+
+
+def test_a_damaged_last_pt_says_delete_it_to_restart(copy, tiny_synth):
+    from hms.training.experiment import train_experiment
+    from hms.training.workdir import DamagedFile
+
+    run = copy / "tiny" / "fold0"
+    (run / "metrics.json").unlink()  # as if killed mid-run: unfinished, with a resume state
+    (run / "last.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(DamagedFile, match=r"last.pt is damaged .*delete it to restart the run"):
+        train_experiment(tiny_config(tiny_synth, copy, *one_epoch()), folds=[0], progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated data.npy", "corrupted index.csv"])
+def test_a_damaged_cache_names_its_folder(copy, damage):
+    from hms.cache.store import open_cache
+    from hms.data.io import HMSDataError
+
+    root = next(p.parent for p in (copy / "cache").glob("*/data.npy") if "eeg" in p.parent.name)
+    open_cache(root)  # whole, it opens
+    if damage.endswith("data.npy"):
+        truncate(root / "data.npy", 0.3)
+    else:
+        (root / "index.csv").write_text("id,start,length\n1,0,\n")
+    with pytest.raises(HMSDataError, match=rf"{root} is damaged .*delete that folder and run `hms prepare`"):
+        open_cache(root)
+
+
+def test_a_truncated_folds_csv_is_rebuilt_the_same(copy, tiny_synth, capsys):
+    from hms.data.tables import load_train
+
+    cfg = tiny_config(tiny_synth, copy, *one_epoch())
+    before = pd.read_csv(copy / "folds.csv")
+    text = (copy / "folds.csv").read_text()
+    (copy / "folds.csv").write_text(text[: len(text) // 2].rsplit(",", 1)[0] + ",")  # cut inside a row
+    train = load_train(cfg)
+    assert "is damaged" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "folds.csv"), before)  # same seed, same folds
+    assert train["fold"].notna().all()
+
+
+def test_a_truncated_oof_csv_is_refused_by_the_ensemble(copy):
+    from hms.inference.ensemble import load_oofs
+    from hms.training.workdir import DamagedFile
+
+    oof = copy / "tiny" / "oof.csv"
+    lines = oof.read_text().splitlines()
+    oof.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # whole rows lost: parses, but short
+    with pytest.raises(DamagedFile, match=r"oof.csv is damaged .*rebuilt from the runs' val_pred.csv"):
+        load_oofs([copy / "tiny"])
+
+
+def test_a_full_disk_while_saving_a_checkpoint_leaves_nothing_half_written(tiny_synth, tmp_path, monkeypatch,
+                                                                           capsys):
+    import errno
+
+    import hms.training.loop as loop
+    from hms.training.experiment import train_experiment
+    from hms.utils import DiskFull
+
+    cfg = tiny_config(tiny_synth, tmp_path, *one_epoch())
+    real_save = torch.save
+
+    def disk_full_at_best(obj, f, *args, **kwargs):
+        if ".best.pt." in str(f):
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04 half")  # what reached the disk before it filled
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(loop.torch, "save", disk_full_at_best)
+    with pytest.raises(DiskFull, match=r"no space left on device while writing .*fold0/best.pt: nothing was written"):
+        train_experiment(cfg, folds=[0], progress=False)
+    run = tmp_path / "tiny" / "fold0"
+    assert not (run / "best.pt").exists() and not list(run.glob(".*.tmp"))
+    assert not (run / "metrics.json").exists()  # not taken as complete
+    monkeypatch.setattr(loop.torch, "save", real_save)
+    train_experiment(cfg, folds=[0], progress=False)  # space freed: the same command finishes the run
+    assert (run / "metrics.json").is_file() and loop.load_checkpoint(run / "best.pt")

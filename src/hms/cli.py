@@ -42,9 +42,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from hms.config import load_config, work_dir
     from hms.plan import PlanTooLong, main_job_files
     from hms.run_all import run_all
     from hms.training.schedule import RunFailed
+    from hms.training.workdir import WorkDirBusy, one_main_job
 
     files, overrides = _split_items(args)
     # no configs: the recipe this machine suits, stopped when its plan is too long (--yes: go on);
@@ -53,13 +55,17 @@ def cmd_run(args) -> int:
     files = files or main_job_files(overrides)
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     try:
-        run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop)
+        with one_main_job(work_dir(load_config(files[:1], overrides)), wait=not args.no_wait):
+            run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop)
     except PlanTooLong as exc:
         print(f"hms run: {exc}", file=sys.stderr)
         return 3
     except RunFailed as exc:  # the failed job's log tail is printed above: one line names it
         print(f"hms run: error: {exc}", file=sys.stderr)
         return 1
+    except WorkDirBusy as exc:
+        print(f"hms run: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -329,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "all) to spread the runs over, one process each: N or all (default)")
     p.add_argument("--devices", default=None, help="the device slots, comma-separated, instead of --gpus: "
                    "GPU ids as CUDA_VISIBLE_DEVICES takes them, or cpu (a CPU process), e.g. 0,1 or cpu,cpu")
+    p.add_argument("--no-wait", action="store_true", help="refuse, instead of waiting, when another hms run "
+                   "holds the work dir")
 
     p = _register(sub, "plan", cmd_plan, "without training or building caches: every run, items per epoch, "
                   "device hours from measured throughput, totals on 1 and N GPUs, cache disk space, the Kaggle "
@@ -410,9 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     from hms.kaggle.client import KaggleError
     from hms.metric import ParticipantVisibleError
 
+    from hms.utils import DiskFull
+
     try:
         return args.func(args)
-    except (HMSDataError, KaggleError, ParticipantVisibleError, ConfigError, FileNotFoundError) as exc:
+    except (HMSDataError, KaggleError, ParticipantVisibleError, ConfigError, FileNotFoundError, DiskFull) as exc:
         return _user_error(args, exc)
     except (ValueError, NotImplementedError) as exc:  # bad input reaching a library check: one line
         return _user_error(args, exc, f" ({DEBUG_ENV}=1 shows the traceback)")

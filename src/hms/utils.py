@@ -1,6 +1,7 @@
 """Small helpers shared by every stage: atomic writes, file locks, seeding, timing."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -14,18 +15,37 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 
+class DiskFull(OSError):
+    """A write failed for want of disk space; nothing was written under the final name."""
+
+
+def disk_full(path: Path, exc: OSError) -> DiskFull:
+    return DiskFull(errno.ENOSPC, f"no space left on device while writing {path}: nothing was written under that "
+                    "name (an earlier file there is intact). Free disk space (`hms prepare --clean` removes caches "
+                    "of other settings; set-aside <run>.old-* folders can go) and run the same command again: "
+                    "finished work is kept")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds,
-    so a crash never leaves a half-written artefact under the final name."""
+    so a crash never leaves a half-written artefact under the final name. A full disk raises
+    DiskFull naming `path` (writers such as torch.save do not say which file failed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise disk_full(path, exc) if exc.errno == errno.ENOSPC else exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC and not isinstance(exc, DiskFull):
+            raise disk_full(path, exc) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

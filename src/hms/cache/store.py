@@ -320,9 +320,18 @@ def open_cache(root: Path) -> Cache:
     root = Path(root)
     if not (root / "meta.json").is_file():
         raise io.HMSDataError(f"{root}: not a complete cache; run `hms prepare`")
-    meta = json.loads((root / "meta.json").read_text())
-    index = pd.read_csv(root / "index.csv").set_index("id")
-    return Cache(root, np.load(root / "data.npy", mmap_mode="r"), index, meta)
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+        index = pd.read_csv(root / "index.csv").set_index("id")
+        data = np.load(root / "data.npy", mmap_mode="r")
+        rows = int((index["start"] + index["length"]).max()) if len(index) else 0
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:  # truncated or corrupted files
+        raise io.HMSDataError(f"{root} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                              f"delete that folder and run `hms prepare` (or the same command) again") from None
+    if data.ndim != 2 or data.shape[0] < rows or index[["start", "length"]].isna().any().any():
+        raise io.HMSDataError(f"{root} is damaged (data.npy holds {data.shape[0]:,} rows, its index.csv spans "
+                              f"{rows:,}): delete that folder and run `hms prepare` (or the same command) again")
+    return Cache(root, data, index, meta)
 
 
 def clear_stale(cfg: DictConfig, keep: list[Path]) -> list[Path]:

@@ -121,18 +121,38 @@ def _load_or_make_folds(train: pd.DataFrame, path: Path, n_folds: int, seed: int
         made_with["method"] = method
     params = path.with_suffix(".json")
     if path.is_file():
-        folds = pd.read_csv(path)
-        same_ids = set(folds["eeg_id"]) == set(train["eeg_id"].unique())
-        same_params = params.is_file() and json.loads(params.read_text()) == made_with
+        folds = _read_folds(path)
+        same_ids = folds is not None and set(folds["eeg_id"]) == set(train["eeg_id"].unique())
+        same_params = params.is_file() and _read_params(params) == made_with
         if same_ids and same_params and folds["fold"].nunique() == n_folds:
             return folds
         stale = path.with_suffix(".stale.csv")
         path.replace(stale)  # keep the old assignment for reference rather than losing it
-        print(f"[hms] folds: {path} was made for other eeg_ids, n_folds, seed or method; rebuilt (old one: {stale})")
+        why = "is damaged (unreadable or rows without a fold)" if folds is None else \
+            "was made for other eeg_ids, n_folds, seed or method"
+        print(f"[hms] folds: {path} {why}; rebuilt (old one: {stale})")
     folds = make_folds(train, n_folds, seed, method)
     atomic_to_csv(folds, path)
     atomic_write_json(params, made_with)
     return folds
+
+
+def _read_folds(path: Path) -> pd.DataFrame | None:
+    """folds.csv, or None when it is truncated or corrupted (the same seed rebuilds the same folds)."""
+    try:
+        folds = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+    if not {"eeg_id", "fold"} <= set(folds.columns) or folds[["eeg_id", "fold"]].isna().any().any():
+        return None
+    return folds
+
+
+def _read_params(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
 
 
 def attach_folds(train: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:

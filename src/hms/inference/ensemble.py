@@ -18,10 +18,28 @@ from scipy.optimize import minimize
 from hms.data import labels, schema
 from hms.metric import kl_score, validate_submission
 from hms.training.fingerprint import check_same_runs
+from hms.training.workdir import DamagedFile
 from hms.utils import atomic_to_csv, atomic_write_json
 
 TARGET_COLUMNS = [f"{c}_target" for c in schema.CLASSES]
 KEY = ["eeg_id", *TARGET_COLUMNS]
+
+
+def read_oof(path: Path) -> pd.DataFrame:
+    """An experiment's oof.csv, checked against the row count its summary.json recorded: a
+    truncated file would otherwise fit the blend on fewer rows without a word."""
+    way_on = f"it is rebuilt from the runs' val_pred.csv by `hms train CONFIG` (finished runs are skipped)"
+    try:
+        oof = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DamagedFile(f"{path} is damaged ({str(exc).splitlines()[0]}): {way_on}") from None
+    summary = path.with_name("summary.json")
+    expected = json.loads(summary.read_text()).get("n_oof") if summary.is_file() else None
+    missing = [c for c in (*KEY, "fold", labels.TOTAL_VOTES, *schema.VOTE_COLUMNS) if c not in oof.columns]
+    if missing or (expected is not None and len(oof) != expected) or oof[list(schema.VOTE_COLUMNS)].isna().any().any():
+        raise DamagedFile(f"{path} is damaged ({len(oof):,} rows, {expected} in summary.json; missing columns "
+                          f"{missing or 'none'}): {way_on}")
+    return oof
 
 
 def load_oofs(exp_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -31,7 +49,7 @@ def load_oofs(exp_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
         path = Path(d) / "oof.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the experiment has no OOF predictions yet (train every fold first)")
-        frames.append(pd.read_csv(path).sort_values(KEY, kind="stable").reset_index(drop=True))
+        frames.append(read_oof(path).sort_values(KEY, kind="stable").reset_index(drop=True))
     base = frames[0]
     for d, f in zip(exp_dirs[1:], frames[1:]):
         # ids compared exactly (np.allclose called eeg_ids near 1e9 that differ by 1000 equal)

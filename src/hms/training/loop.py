@@ -36,7 +36,7 @@ from hms.training.predict import predict_probs, predict_test, to_device
 from hms.training.pseudo import pseudo_labelled
 from hms.training.runs import RunSpec
 from hms.training.tracking import EpochLogger
-from hms.training.workdir import exp_dir
+from hms.training.workdir import exp_dir, load_checkpoint
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, bars_off
 
 
@@ -218,7 +218,7 @@ class FoldRun:
     def load_state(self) -> dict:
         last = self.dir / "last.pt"
         if last.is_file():
-            state = torch.load(last, map_location="cpu", weights_only=True)
+            state = load_checkpoint(last)
             if state.get("fingerprint", self.fingerprint) != self.fingerprint:
                 raise ConfigChanged(f"{last} was saved under another config than {self.tag}'s (fingerprint "
                                     f"{state['fingerprint']}, now {self.fingerprint}): retrain the run with --force")
@@ -243,7 +243,7 @@ class FoldRun:
             torch.set_rng_state(state["rng"])
             start = state["epoch"] + 1
         elif s_idx > 0 and (self.dir / "best.pt").is_file():  # the next stage starts from the best so far
-            self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
+            self.net.load_state_dict(load_checkpoint(self.dir / "best.pt", self.device))
             state["bad_epochs"] = 0
         ema = make_ema(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         if ema and start > 0 and "ema" in state:
@@ -310,7 +310,7 @@ class FoldRun:
         if not self.is_main:
             barrier()
             return None
-        self.net.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
+        self.net.load_state_dict(load_checkpoint(self.dir / "best.pt", self.device))
         # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
         scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
         metrics = {"run": self.run_spec.name, "fold": self.run_spec.fold, "seed": self.run_spec.seed, **scores,

@@ -20,6 +20,7 @@ from hms.signal.melspec import TorchMelSpectrogram
 from hms.signal.montage import montage_names
 from hms.signal.kaggle_spec import normalize_batch
 from hms.signal.spectrogram import centre_crop, chain_panels
+from hms.training.workdir import load_checkpoint
 
 SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
 LAYOUTS = ("mosaic", "channels")
@@ -162,5 +163,5 @@ def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[Di
     if "pretrained" in cfg.model:
         cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
     net = build_network(cfg).to(device)
-    net.load_state_dict(torch.load(fold_dir / "best.pt", map_location=device, weights_only=True))
+    net.load_state_dict(load_checkpoint(fold_dir / "best.pt", device))
     return cfg, net.eval()
