@@ -12,53 +12,61 @@ def one_epoch(*extra):
     return ["train.stages=[{rows: all, epochs: 1, lr: 3.0e-3}]", *extra]
 
 
-@pytest.fixture()
-def fold0(tiny_synth, tmp_path):
-    """fold 0 of the tiny experiment, trained under lr 3e-3."""
+@pytest.fixture(scope="module")
+def finished(tiny_synth, tmp_path_factory):
+    """The tiny experiment trained through (2 folds, 1 epoch each), to be copied and broken."""
     from hms.training.experiment import train_experiment
 
-    cfg = tiny_config(tiny_synth, tmp_path, *one_epoch())
-    train_experiment(cfg, folds=[0], progress=False)
-    return tmp_path
+    work = tmp_path_factory.mktemp("finished")
+    train_experiment(tiny_config(tiny_synth, work, *one_epoch()), progress=False)
+    return work
 
 
-def test_an_edited_config_stops_before_training_and_names_the_change(fold0, tiny_synth):
+@pytest.fixture()
+def copy(finished, tmp_path):
+    import shutil
+
+    shutil.copytree(finished, tmp_path / "work")
+    return tmp_path / "work"
+
+
+def test_an_edited_config_stops_before_training_and_names_the_change(copy, tiny_synth):
     from hms.training.experiment import train_experiment
     from hms.training.fingerprint import ConfigChanged
 
-    best = fold0 / "tiny" / "fold0" / "best.pt"
+    best = copy / "tiny" / "fold0" / "best.pt"
     before = best.stat().st_mtime_ns
-    edited = tiny_config(tiny_synth, fold0, "train.stages=[{rows: all, epochs: 1, lr: 1.0e-3}]")
+    edited = tiny_config(tiny_synth, copy, "train.stages=[{rows: all, epochs: 1, lr: 1.0e-3}]")
     with pytest.raises(ConfigChanged) as exc:
-        train_experiment(edited, folds=[1], progress=False)  # even another fold: the experiment would mix
+        train_experiment(edited, progress=False)
     message = str(exc.value)
     assert "tiny" in message and "fold0" in message and "train.stages" in message
     assert "0.003" in message and "0.001" in message  # old -> new
     assert "--force" in message and "name:" in message
-    assert best.stat().st_mtime_ns == before and not (fold0 / "tiny" / "fold1").exists()
+    assert best.stat().st_mtime_ns == before
     # both ways on: a new name keeps both, --force retrains and keeps the old folder aside
-    renamed = tiny_config(tiny_synth, fold0, "train.stages=[{rows: all, epochs: 1, lr: 1.0e-3}]", "name=tiny_lr1")
+    renamed = tiny_config(tiny_synth, copy, "train.stages=[{rows: all, epochs: 1, lr: 1.0e-3}]", "name=tiny_lr1")
     train_experiment(renamed, folds=[0], progress=False)
-    assert (fold0 / "tiny_lr1" / "fold0" / "best.pt").is_file() and best.stat().st_mtime_ns == before
+    assert (copy / "tiny_lr1" / "fold0" / "best.pt").is_file() and best.stat().st_mtime_ns == before
     train_experiment(edited, folds=[0], force=True, progress=False)
-    assert list((fold0 / "tiny").glob("fold0.old-*/best.pt"))
+    assert list((copy / "tiny").glob("fold0.old-*/best.pt"))
 
 
-def test_settings_that_cannot_change_a_run_do_not_stop_it(fold0, tiny_synth, capsys):
+def test_settings_that_cannot_change_a_run_do_not_stop_it(copy, tiny_synth, capsys):
     from hms.training.experiment import train_experiment
 
-    same = tiny_config(tiny_synth, fold0, *one_epoch("train.num_workers=0", "train.n_seeds=1", "train.full_fits=0",
+    same = tiny_config(tiny_synth, copy, *one_epoch("train.num_workers=0", "train.n_seeds=1", "train.full_fits=0",
                                                     "train.logger=csv", "cache.workers=1", "device=cpu",
                                                     "ensemble.calibration=off"))
     train_experiment(same, folds=[0], progress=True)
     assert "already complete: skipped" in capsys.readouterr().out
 
 
-def test_a_run_saved_by_an_older_version_counts_missing_keys_as_defaults(fold0, tiny_synth):
+def test_a_run_saved_by_an_older_version_counts_missing_keys_as_defaults(copy, tiny_synth):
     from hms.training.fingerprint import changed_runs
 
-    cfg = tiny_config(tiny_synth, fold0, *one_epoch())
-    saved = fold0 / "tiny" / "fold0" / "config.yaml"
+    cfg = tiny_config(tiny_synth, copy, *one_epoch())
+    saved = copy / "tiny" / "fold0" / "config.yaml"
     old = OmegaConf.load(saved)
     del old.train["ema"]  # a key added to base.yaml after the run was trained, at its default
     del old["context"]
@@ -112,35 +120,32 @@ def _train(cfg):
     return load_train(cfg)
 
 
-def test_joining_runs_trained_under_different_configs_is_refused(fold0, tiny_synth):
+def test_joining_runs_trained_under_different_configs_is_refused(copy, tiny_synth):
     from hms.inference.ensemble import describe_members
     from hms.inference.predict import load_folds
     from hms.kaggle.package import copy_experiment
-    from hms.training.experiment import train_experiment
     from hms.training.fingerprint import ConfigChanged
 
-    cfg = tiny_config(tiny_synth, fold0, *one_epoch())
-    train_experiment(cfg, progress=False)  # fold 1, then the OOF and summary.json
-    exp = fold0 / "tiny"
+    exp = copy / "tiny"
     assert len(describe_members([exp])[0]["test_runs"]) == 2  # one config: joined
     fold1 = OmegaConf.load(exp / "fold1" / "config.yaml")
     fold1.signal.bandpass = [0.5, 40.0]  # as if fold 1 had been trained after an edit
     OmegaConf.save(fold1, exp / "fold1" / "config.yaml")
     for join in (lambda: describe_members([exp]), lambda: load_folds(exp, {}, "cpu"),
-                 lambda: copy_experiment(exp, fold0 / "pkg")):
+                 lambda: copy_experiment(exp, copy / "pkg")):
         with pytest.raises(ConfigChanged, match=r"signal.bandpass: \[0.5, 20.0\] -> \[0.5, 40.0\]"):
             join()
 
 
-def test_the_cli_says_it_in_one_line_and_exits_non_zero(fold0, tiny_synth, capsys):
+def test_the_cli_says_it_in_one_line_and_exits_non_zero(copy, tiny_synth, capsys):
     from hms.cli import main
 
-    edited = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={fold0}", "name=tiny", *TINY_TRAIN,
+    edited = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={copy}", "name=tiny", *TINY_TRAIN,
               "train.stages=[{rows: all, epochs: 1, lr: 2.0e-3}]"]
     assert main(["train", "configs/demo/conv1d.yaml", *edited, "--fold", "0"]) == 2
     err = capsys.readouterr().err
     assert "were trained under another config" in err and "Traceback" not in err
-    assert pd.read_csv(fold0 / "tiny" / "fold0" / "log.csv").shape[0] == 1  # nothing retrained
+    assert pd.read_csv(copy / "tiny" / "fold0" / "log.csv").shape[0] == 1  # nothing retrained
 
 
 
@@ -197,24 +202,6 @@ def test_a_second_main_job_waits_for_the_first_by_default(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- broken files and full disks
-
-@pytest.fixture(scope="module")
-def finished(tiny_synth, tmp_path_factory):
-    """The tiny experiment trained through (2 folds, 1 epoch each), to be copied and broken."""
-    from hms.training.experiment import train_experiment
-
-    work = tmp_path_factory.mktemp("finished")
-    train_experiment(tiny_config(tiny_synth, work, *one_epoch()), progress=False)
-    return work
-
-
-@pytest.fixture()
-def copy(finished, tmp_path):
-    import shutil
-
-    shutil.copytree(finished, tmp_path / "work")
-    return tmp_path / "work"
-
 
 def truncate(path, keep=0.5):
     data = path.read_bytes()
