@@ -295,3 +295,52 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_nothing_half_written(tiny_
     monkeypatch.setattr(loop.torch, "save", real_save)
     train_experiment(cfg, folds=[0], progress=False)  # space freed: the same command finishes the run
     assert (run / "metrics.json").is_file() and loop.load_checkpoint(run / "best.pt")
+
+
+# ---------------------------------------------------------------- kills
+
+KILL_POINTS = [  # (a line hms run prints, what it is doing right after it)
+    ("[hms plan] total", "validate, caches and folds"),
+    ("[tiny fold0] stage 0 epoch 0", "fold 0's next epoch"),
+    ("[tiny fold1] stage 1 epoch 0", "fold 1's last epoch, its OOF and test predictions"),
+    ("[tiny] OOF KL", "the ensemble and the submission"),
+]
+
+
+def hms_run(work, data, marker=None):
+    """`hms run` on the tiny experiment in a child process; SIGKILLed right after it prints a
+    line containing `marker`. Returns its exit status and output."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HMS_DATA_DIR": str(data), "HMS_WORK_DIR": str(work / "w"),
+           "HMS_SUBMISSION_DIR": str(work / "s"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hms", "run", "configs/demo/conv1d.yaml", "name=tiny", *TINY_TRAIN,
+           "input.signal_seconds=20", "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}, {rows: high, epochs: 1, lr: 1.0e-3}]"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if marker and marker in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stdout.close()
+    return proc.wait(), "".join(out)
+
+
+def test_sigkill_at_each_stage_then_rerun_gives_the_uninterrupted_submission(tiny_synth, tmp_path):
+    """One chain: killed at each point in turn, each run resuming the last; then a run that
+    finishes. Its submission equals an uninterrupted run's: CPU training is deterministic here
+    (num_workers 0; last.pt restores the weights, optimiser, scheduler and torch RNG)."""
+    code, out = hms_run(tmp_path / "clean", tiny_synth)
+    assert code == 0, out[-2000:]
+    for marker, doing in KILL_POINTS:
+        code, out = hms_run(tmp_path / "killed", tiny_synth, marker)
+        assert code == -9 and marker in out, f"the kill during {doing} did not happen: {out[-1500:]}"
+    code, out = hms_run(tmp_path / "killed", tiny_synth)
+    assert code == 0, out[-2000:]
+    clean = pd.read_csv(tmp_path / "clean" / "s" / "submission.csv")
+    resumed = pd.read_csv(tmp_path / "killed" / "s" / "submission.csv")
+    pd.testing.assert_frame_equal(resumed, clean, check_exact=False, rtol=0, atol=1e-6)
