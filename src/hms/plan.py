@@ -45,9 +45,9 @@ CACHE_ITEM_BYTES = 2  # float16
 # Inference items/s per training samples/s. A forward pass is about a third of a training
 # step's FLOPs, but the loader and the spectrogram front end cost the same per item: 2, not 3.
 INFER_SPEEDUP = 2.0
-# The Kaggle notebook's T4 against the H200 the figures come from. Spec sheets: ~65 against
-# ~990 dense fp16 tensor TFLOPS, 320 GB/s against 4.8 TB/s: both ~1/15. Small models at batch
-# 32 leave an H200 partly idle, so a measured ratio would likely be kinder: an upper bound.
+# The Kaggle notebook's T4 against the H200, used only when throughput.yaml has no timm_benchmark
+# section to derive the T4 from (spec sheets: ~65 against ~990 dense fp16 tensor TFLOPS, 320 GB/s
+# against 4.8 TB/s: both ~1/15).
 T4_PER_H200 = 1 / 15
 KAGGLE_TEST_EEGS = 2_000
 # CPU seconds to read one test EEG and its spectrogram parquet and cache them, which the notebook
@@ -73,19 +73,30 @@ def device_name(device: str) -> str:
 
 
 NETWORK_SECTIONS = ("model", "image", "mel", "signal", "input", "context")  # what build_network reads
-_counted: dict[str, float] = {}  # network sections (YAML) -> GFLOPs, within one process
+# network sections (YAML) -> (GFLOPs, the timm backbone's input height and width or None), within one process
+_counted: dict[str, tuple[float, tuple[int, int] | None]] = {}
 
 
-def forward_gflops(cfg: DictConfig) -> float:
-    """The network's forward GFLOPs for one item: torch's flop counter (matmuls, convolutions,
-    attention; not FFTs) on the CPU with random weights (never fetched: pretrained off)."""
+def _network_count(cfg: DictConfig) -> tuple[float, tuple[int, int] | None]:
     key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in NETWORK_SECTIONS if k in cfg]), resolve=True)
     if key not in _counted:
         _counted[key] = _count_gflops(cfg)
     return _counted[key]
 
 
-def _count_gflops(cfg: DictConfig) -> float:
+def forward_gflops(cfg: DictConfig) -> float:
+    """The network's forward GFLOPs for one item: torch's flop counter (matmuls, convolutions,
+    attention; not FFTs) on the CPU with random weights (never fetched: pretrained off)."""
+    return _network_count(cfg)[0]
+
+
+def backbone_input(cfg: DictConfig) -> tuple[int, int] | None:
+    """Height and width of the image the network's timm backbone is given (whatever builds it:
+    a mosaic, mels, the raw EEG as an image), seen in the same forward pass; None without one."""
+    return _network_count(cfg)[1]
+
+
+def _count_gflops(cfg: DictConfig) -> tuple[float, tuple[int, int] | None]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -97,9 +108,15 @@ def _count_gflops(cfg: DictConfig) -> float:
     net = build_network(cfg).eval()
     batch = {"signal": 30 * torch.randn(1, len(montage_names(cfg.signal.extras)), schema.EEG_WINDOW_SAMPLES),
              "spec": torch.rand(1, len(schema.CHAIN_NAMES), schema.SPEC_N_FREQS, schema.SPEC_WINDOW_FRAMES)}
+    seen: list[tuple[int, int]] = []  # the first convolution inside a timm model: its stem
+    hooks = [conv.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
+             for model in net.modules() if hasattr(model, "pretrained_cfg")
+             for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(batch)
-    return counter.get_total_flops() / 1e9
+    for h in hooks:
+        h.remove()
+    return counter.get_total_flops() / 1e9, (seen[0] if seen else None)
 
 
 def model_family(cfg: DictConfig) -> str:
@@ -163,21 +180,40 @@ def references(cfg: DictConfig, device: str, table: dict) -> list[Reference]:
     return list(found.values())
 
 
+SOURCES = ("measured", "timm benchmark", "FLOPs")  # where a member's samples/s comes from, best first
+
+
 @dataclass
 class Speed:
     samples_per_s: float
     how: str
-    measured: bool
+    source: str  # one of SOURCES
+
+    @property
+    def measured(self) -> bool:
+        return self.source == "measured"
 
 
-def member_speed(name: str, gflops: float, family: str, refs: list[Reference]) -> Speed:
-    """Measured when `refs` has this experiment at these FLOPs; else a measured reference (same
-    family first, nearest FLOPs) scaled by FLOPs, capped at the fastest member measured on
+def _same_flops(r: Reference, gflops: float) -> bool:
+    return r.forward_gflops is not None and abs(r.forward_gflops - gflops) <= SAME_FLOPS * max(gflops, 1e-9)
+
+
+def member_speed(name: str, gflops: float, family: str, refs: list[Reference],
+                 timm: Speed | None = None) -> Speed:
+    """Measured when `refs` has this experiment at these FLOPs, or another experiment of the same
+    family at these FLOPs (the same network under other training settings); else `timm` (timm's
+    published rate scaled to this device: timm_speed); else, last resort, a measured reference
+    (same family first, nearest FLOPs) scaled by FLOPs, capped at the fastest member measured on
     the device (a light network is loader-bound, not FLOP-bound)."""
     for r in refs:
-        if r.experiment == name and (r.forward_gflops is None or
-                                     abs(r.forward_gflops - gflops) <= SAME_FLOPS * max(gflops, 1e-9)):
-            return Speed(r.samples_per_s, f"measured on {r.device} ({r.where})", True)
+        if r.experiment == name and (r.forward_gflops is None or _same_flops(r, gflops)):
+            return Speed(r.samples_per_s, f"measured on {r.device} ({r.where})", "measured")
+    for r in refs:
+        if r.family == family and _same_flops(r, gflops):
+            return Speed(r.samples_per_s, f"measured on {r.device}: the same network as {r.experiment} "
+                                          f"({r.where})", "measured")
+    if timm is not None:
+        return timm
     scalable = [r for r in refs if r.forward_gflops]
     if not scalable:
         raise C.ConfigError(f"no throughput measured on {refs[0].device if refs else 'this device'} to estimate "
@@ -186,8 +222,49 @@ def member_speed(name: str, gflops: float, family: str, refs: list[Reference]) -
     ref = min(same_family, key=lambda r: abs(math.log(r.forward_gflops / gflops)))
     fastest = max(r.samples_per_s for r in refs)
     sps = min(ref.samples_per_s * ref.forward_gflops / gflops, fastest)
-    return Speed(sps, f"estimated from {ref.experiment} on {ref.device} ({_rate(ref.samples_per_s)}/s at "
-                      f"{ref.forward_gflops:.3g} GFLOPs, this {gflops:.3g})", False)
+    return Speed(sps, f"estimated by FLOPs (the last resort) from {ref.experiment} on {ref.device} "
+                      f"({_rate(ref.samples_per_s)}/s at {ref.forward_gflops:.3g} GFLOPs, this {gflops:.3g})", "FLOPs")
+
+
+def timm_arch(cfg: DictConfig) -> str | None:
+    """The timm architecture of a member's backbone (`mixnet_xl.ra_in1k` -> mixnet_xl)."""
+    backbone = cfg.model.get("backbone")
+    return str(backbone).split(".")[0] if backbone else None
+
+
+def _timm_row(bench: dict, kind: str, arch: str | None) -> dict | None:
+    return (bench.get(kind) or {}).get("models", {}).get(arch) if arch else None
+
+
+def _per_pixels(row: dict, hw) -> float:
+    """A timm row's samples/s at an input of hw pixels (throughput inversely to pixels)."""
+    return row["samples_per_s"] * row["img_size"] ** 2 / (hw[0] * hw[1])
+
+
+def timm_ratio(bench: dict, kind: str, anchor_samples_per_s: float) -> float:
+    """The anchor experiment's measured samples/s over its timm row's, scaled to its input."""
+    anchor = bench["anchor"]
+    return anchor_samples_per_s / _per_pixels(_timm_row(bench, kind, anchor["model"]), anchor["input"])
+
+
+def timm_speed(arch: str | None, hw, refs: list[Reference], table: dict) -> Speed | None:
+    """timm's published samples/s for this backbone (the train table, else the infer one), scaled
+    by pixels to this input and to the device by the anchor's ratio (timm_ratio); None when
+    timm has no row for it, it has no image input, or the device has not measured the anchor."""
+    bench = table.get("timm_benchmark")
+    if not bench or hw is None:
+        return None
+    ref = next((r for r in refs if r.experiment == bench["anchor"]["experiment"]), None)
+    for kind in ("train", "infer") if ref else ():
+        row = _timm_row(bench, kind, arch)
+        if row:
+            ratio, src = timm_ratio(bench, kind, ref.samples_per_s), bench[kind]
+            return Speed(_per_pixels(row, hw) * ratio,
+                         f"timm benchmark: {arch} {_rate(row['samples_per_s'])}/s {kind} at {row['img_size']} px, "
+                         f"batch {row['batch']} ({src['csv']}: {src['gpu']}, torch {src['torch']}) x pixels "
+                         f"{row['img_size']}^2/({hw[0]} x {hw[1]}) x {ratio:.3g} ({ref.device} {ref.experiment} "
+                         f"over timm {bench['anchor']['model']} {kind})", "timm benchmark")
+    return None
 
 
 # ---------------------------------------------------------------- the tables
@@ -241,6 +318,8 @@ class MemberPlan:
     gflops: float | None = None
     here: Speed | None = None
     gpu: Speed | None = None
+    t4_infer_per_s: float | None = None  # the Kaggle notebook's T4 (t4_rate); fitted once: None
+    t4_how: str = ""
 
 
 def run_plans(cfg: DictConfig, tables: Tables, counts: dict) -> list[RunPlan]:
@@ -284,7 +363,7 @@ def tree_speed(name: str, cfg: DictConfig, table: dict) -> Speed:
     if not entry or not entry.get("items_per_s"):
         raise C.ConfigError(f"{name}: no items/s for model kind {cfg.model.kind!r} under fitted_once in "
                             f"{C.config_dir() / THROUGHPUT_FILE}")
-    return Speed(float(entry["items_per_s"]), f"measured on the CPU ({entry['source']})", True)
+    return Speed(float(entry["items_per_s"]), f"measured on the CPU ({entry['source']})", "measured")
 
 
 def member_plan(cfg: DictConfig, tables: Tables, counts: dict, refs_here, refs_gpu,
@@ -298,10 +377,12 @@ def member_plan(cfg: DictConfig, tables: Tables, counts: dict, refs_here, refs_g
     if fitted:
         m.here = m.gpu = tree_speed(m.name, cfg, table)
     else:
-        m.gflops = forward_gflops(cfg)
+        m.gflops, hw, arch = forward_gflops(cfg), backbone_input(cfg), timm_arch(cfg)
         family = model_family(cfg)
-        m.here = member_speed(m.name, m.gflops, family, refs_here)
-        m.gpu = m.here if refs_gpu is refs_here else member_speed(m.name, m.gflops, family, refs_gpu)
+        m.here = member_speed(m.name, m.gflops, family, refs_here, timm_speed(arch, hw, refs_here, table))
+        m.gpu = m.here if refs_gpu is refs_here else member_speed(m.name, m.gflops, family, refs_gpu,
+                                                                  timm_speed(arch, hw, refs_gpu, table))
+        m.t4_infer_per_s, m.t4_how = t4_rate(arch, hw, m.gpu, table)
     for r in runs:
         r.seconds = run_seconds(r, m.here.samples_per_s, tta, fitted)
         r.gpu_seconds = run_seconds(r, m.gpu.samples_per_s, tta, fitted)
@@ -322,12 +403,41 @@ def parallel_hours(member: MemberPlan, n: int) -> float:
     return (cv + makespan([r.gpu_seconds for r in member.runs if r.full], n)) / 3600
 
 
+def t4_rate(arch: str | None, hw, gpu: Speed, table: dict) -> tuple[float, str]:
+    """Inference items/s on the Kaggle notebook's T4, never above the GPU plan's inference rate:
+    timm's published inference row for this backbone (pixel-scaled) x t4_per_infer_gpu where
+    there is one; else the GPU plan's inference rate x the T4/H200 ratio those figures give the
+    anchor (timm's anchor row on the T4 over the anchor's H200 inference); without a
+    timm_benchmark section, x T4_PER_H200 (spec sheets)."""
+    h200 = gpu.samples_per_s * INFER_SPEEDUP
+    bench = table.get("timm_benchmark")
+    if not bench:
+        return h200 * T4_PER_H200, f"H200 inference x {T4_PER_H200:.3g} (spec sheets)"
+    per_gpu = float(bench["t4_per_infer_gpu"])
+    row = _timm_row(bench, "infer", arch)
+    if row and hw is not None:
+        return min(h200, _per_pixels(row, hw) * per_gpu), (f"timm {arch} {bench['infer']['gpu']} inference at "
+                                                           f"{hw[0]} x {hw[1]} x {per_gpu:g}")
+    ratio = t4_per_h200(table)
+    return h200 * ratio, f"GPU inference x {ratio:.3g} (the T4/H200 ratio of {bench['anchor']['model']})"
+
+
+def t4_per_h200(table: dict) -> float:
+    """The T4 against the reference H200 on the anchor: timm's anchor inference row on the T4
+    (pixel-scaled to the anchor's input, x t4_per_infer_gpu) over the anchor's measured H200
+    inference (training samples/s x INFER_SPEEDUP)."""
+    bench = table["timm_benchmark"]
+    anchor = bench["anchor"]
+    h200 = table["devices"][table["gpu_reference"]]["experiments"][anchor["experiment"]]["samples_per_s"]
+    t4 = _per_pixels(_timm_row(bench, "infer", anchor["model"]), anchor["input"]) * float(bench["t4_per_infer_gpu"])
+    return t4 / (h200 * INFER_SPEEDUP)
+
+
 def kaggle_t4_minutes(member: MemberPlan) -> float:
-    """~2,000 test EEGs through every predicting run, with TTA, on a T4 (H200 figures x T4_PER_H200)."""
+    """~2,000 test EEGs through every predicting run, with TTA, on a T4 (t4_rate)."""
     if member.kind == "fitted once":
         return member.predicting_runs * KAGGLE_TEST_EEGS / member.gpu.samples_per_s / 60
-    rate = member.gpu.samples_per_s * INFER_SPEEDUP * T4_PER_H200
-    return member.predicting_runs * KAGGLE_TEST_EEGS * member.tta / rate / 60
+    return member.predicting_runs * KAGGLE_TEST_EEGS * member.tta / member.t4_infer_per_s / 60
 
 
 # ---------------------------------------------------------------- caches
@@ -382,6 +492,8 @@ class Plan:
             "members": {m.name: {"runs": len(m.runs), "gpu_hours": round(self.gpu_hours_of(m), 2),
                                  "hours_here": round(sum(r.seconds for r in m.runs) / 3600, 2),
                                  "samples_per_s": round(m.here.samples_per_s, 1), "measured": m.here.measured,
+                                 "source": m.here.source, "gpu_samples_per_s": round(m.gpu.samples_per_s, 1),
+                                 "gpu_source": m.gpu.source,
                                  "gflops": None if m.gflops is None else round(m.gflops, 3)}
                         for m in self.members},
             "train_rows": len(self.tables.train), "eegs": int(self.tables.train.eeg_id.nunique()),
@@ -439,7 +551,8 @@ def plan_lines(plan: Plan) -> list[str]:
         lines.append(f"[hms plan] {m.name} ({m.kind}"
                      + (f", {m.gflops:.3g} forward GFLOPs/item" if m.gflops is not None else "")
                      + f"): {len(m.runs)} runs, {_rate(m.here.samples_per_s)} {'items' if m.gflops is None else 'samples'}"
-                     f"/s here, {m.here.how}" + ("" if m.gpu is m.here else f"; GPU {_rate(m.gpu.samples_per_s)}/s, {m.gpu.how}"))
+                     f"/s here [{m.here.source}], {m.here.how}"
+                     + ("" if m.gpu is m.here else f"; GPU {_rate(m.gpu.samples_per_s)}/s [{m.gpu.source}], {m.gpu.how}"))
         for r in m.runs:
             stages = " + ".join(f"{n:,} x {e}" for n, e in zip(r.stage_items, r.stage_epochs))
             val = f", val {r.val_items:,}" if r.val_items else ""
@@ -459,8 +572,9 @@ def plan_lines(plan: Plan) -> list[str]:
                  f"{(c['spec_train'] + c['spec_test']) / 1e9:.2f} GB (test {(c['eeg_test'] + c['spec_test']) / 1e9:.3f} GB"
                  f" of them): {sum(c.values()) / 1e9:.2f} GB")
     lines.append(f"[hms plan] Kaggle notebook, ~{KAGGLE_TEST_EEGS:,} test EEGs on a T4: ~{plan.kaggle_minutes():.0f} min "
-                 f"(an estimate: {plan.gpu_device} inference x {T4_PER_H200:.3g} for the T4, reading "
-                 f"{PREPARE_S_PER_TEST_EEG} s per EEG)")
+                 f"(an estimate, reading {PREPARE_S_PER_TEST_EEG} s per EEG; T4 items/s: "
+                 + ", ".join(f"{m.name} {_rate(m.t4_infer_per_s)} ({m.t4_how})" for m in plan.members
+                             if m.t4_infer_per_s) + ")")
     lines.append("[hms plan] upper bounds: every stage runs its configured epochs (early stopping and the full fits' "
                  f"CV-derived length cut them); inference at {INFER_SPEEDUP:g}x the training rate; no cache build time")
     return lines
