@@ -41,19 +41,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _job(args) -> tuple[list[str], list[str], float | None, bool]:
+    """Configs, overrides, the budget in hours (None: all) and whether to stop over 3 h: named
+    configs are the user's choice (trained to --hours when given, never stopped); none: the main
+    job this machine and dataset suit (plan.main_job_configs), whose first line it prints."""
+    from hms.plan import main_job, parse_hours
+
+    files, overrides = _split_items(args)
+    if files:
+        return files, overrides, parse_hours(args.hours), False
+    job = main_job(overrides, args.hours, getattr(args, "yes", False))
+    return job.files, overrides, job.hours, job.stop
+
+
 def cmd_run(args) -> int:
-    from hms.plan import PlanTooLong, main_job_files
+    from hms.plan import PlanTooLong
     from hms.run_all import run_all
     from hms.training.schedule import RunFailed
 
-    files, overrides = _split_items(args)
-    # no configs: the recipe this machine suits, stopped when its plan is too long (--yes: go on);
-    # named configs are the user's choice: their plan is printed, never a stop
-    stop = not files and not args.yes
-    files = files or main_job_files(overrides)
+    files, overrides, hours, stop = _job(args)
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     try:
-        run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop)
+        run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop,
+                hours=hours, notebook_minutes=args.notebook_minutes)
     except PlanTooLong as exc:
         print(f"hms run: {exc}", file=sys.stderr)
         return 3
@@ -64,11 +74,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from hms.plan import main_job_files, make_plan, print_plan
+    from hms.plan import make_plan, print_plan, select
     from hms.run_all import experiment_configs
 
-    files, overrides = _split_items(args)
-    print_plan(make_plan(experiment_configs(files or main_job_files(overrides), overrides), gpus=args.gpus))
+    files, overrides, hours, _ = _job(args)
+    cfgs = experiment_configs(files, overrides)
+    plan = make_plan(cfgs, gpus=args.gpus)
+    print_plan(plan, cfgs, select(plan, cfgs, hours, args.notebook_minutes, on_gpu=args.on_gpu))
     return 0
 
 
@@ -258,6 +270,18 @@ def cmd_kaggle(args) -> int:
 COMMANDS = {}
 
 
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    from hms.plan import NIGHT_HOURS, NOTEBOOK_MINUTES
+
+    p.add_argument("--hours", default=None, help="train only the most valuable part that fits in H hours on this "
+                   "machine's device slots (whole members: each one's seed 0 over every fold by published score "
+                   f"per hour, then full fits, then further seeds), or 'all'; default: all for named configs, "
+                   f"{NIGHT_HOURS:g} for the no-argument recipe on a CUDA device with the real data")
+    p.add_argument("--notebook-minutes", type=float, default=NOTEBOOK_MINUTES, help="the Kaggle notebook's limit on "
+                   f"its estimated minutes (default {NOTEBOOK_MINUTES:g}; Kaggle stops it at 540): over it, members "
+                   "predict the test with their full fits only (train.test_runs=full), then without TTA")
+
+
 def _register(sub, name, func, help_text, config=False):
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.set_defaults(func=func)
@@ -319,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain finished runs (old ones are kept aside)")
 
     p = _register(sub, "run", cmd_run, "the main job: its plan, then data, caches, all folds of all experiments, "
-                  "ensemble, submission, summary (default: configs/recipe/*.yaml with a CUDA device, else "
-                  "configs/demo/*.yaml; stops when that plan is over 3 h here); with several GPUs, one "
+                  "ensemble, submission, summary (default: configs/recipe/*.yaml with a CUDA device and the real data, "
+                  "trained to --hours, default 10; else configs/demo/*.yaml, stopped on a CPU when its plan is over "
+                  "3 h here); with several GPUs, one "
                   "process per GPU, each run's output in <work>/<exp>/<run>/train.log", config=True)
     p.add_argument("--force", action="store_true")
     p.add_argument("--yes", action="store_true", help="train the default recipe even when its plan is over "
@@ -329,11 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "all) to spread the runs over, one process each: N or all (default)")
     p.add_argument("--devices", default=None, help="the device slots, comma-separated, instead of --gpus: "
                    "GPU ids as CUDA_VISIBLE_DEVICES takes them, or cpu (a CPU process), e.g. 0,1 or cpu,cpu")
+    _add_budget_args(p)
 
     p = _register(sub, "plan", cmd_plan, "without training or building caches: every run, items per epoch, "
                   "device hours from measured throughput, totals on 1 and N GPUs, cache disk space, the Kaggle "
                   "notebook's T4 time; last line JSON (default configs: the main job's)", config=True)
     p.add_argument("--gpus", type=int, default=1, help="processes on this machine's GPUs (hours here)")
+    _add_budget_args(p)
+    p.add_argument("--on-gpu", action="store_true", help="size --hours for --gpus of the plan's GPU (the reference "
+                   "H200 on a machine without one), as `hms run` there would: a preview from another machine")
 
     p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")

@@ -435,9 +435,18 @@ def t4_per_h200(table: dict) -> float:
 
 def kaggle_t4_minutes(member: MemberPlan) -> float:
     """~2,000 test EEGs through every predicting run, with TTA, on a T4 (t4_rate)."""
+    return member_t4_minutes(member, member.predicting_runs, member.tta)
+
+
+def member_t4_minutes(member: MemberPlan, predicting: int, tta: int) -> float:
     if member.kind == "fitted once":
-        return member.predicting_runs * KAGGLE_TEST_EEGS / member.gpu.samples_per_s / 60
-    return member.predicting_runs * KAGGLE_TEST_EEGS * member.tta / member.t4_infer_per_s / 60
+        return predicting * KAGGLE_TEST_EEGS / member.gpu.samples_per_s / 60
+    return predicting * KAGGLE_TEST_EEGS * tta / member.t4_infer_per_s / 60
+
+
+def notebook_prepare_minutes() -> float:
+    """Reading and caching the test EEGs, before any prediction."""
+    return KAGGLE_TEST_EEGS * PREPARE_S_PER_TEST_EEG / 60
 
 
 # ---------------------------------------------------------------- caches
@@ -504,8 +513,7 @@ class Plan:
         return sum(r.gpu_seconds for r in m.runs) / 3600
 
     def kaggle_minutes(self) -> float:
-        prepare = KAGGLE_TEST_EEGS * PREPARE_S_PER_TEST_EEG / 60
-        return prepare + sum(kaggle_t4_minutes(m) for m in self.members)
+        return notebook_prepare_minutes() + sum(kaggle_t4_minutes(m) for m in self.members)
 
 
 def make_plan(cfgs: list[DictConfig], gpus: int = 1) -> Plan:
@@ -580,33 +588,65 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def print_plan(plan: Plan) -> None:
-    for line in plan_lines(plan):
+def print_plan(plan: Plan, cfgs: list[DictConfig] | None = None, selection: "Selection | None" = None) -> None:
+    """The plan's lines, then, with a selection (select), what the budget trains and leaves out;
+    last the JSON line (with the selection's budget_hours, chosen, left_out, ...)."""
+    for line in plan_lines(plan) + (budget_lines(plan, cfgs, selection) if selection else []):
         print(line)
-    print(json.dumps(plan.summary()), flush=True)
+    print(json.dumps({**plan.summary(), **(budget_summary(plan, cfgs, selection) if selection else {})}), flush=True)
 
 
 # ---------------------------------------------------------------- the main job's choice and stop
 
-def main_job_configs(device: str) -> tuple[list[str], str]:
-    """The no-argument main job's configs and the line that says which and why: with a CUDA
-    device the competition recipe (RECIPE_DIR), else the CPU demo (DEMO_DIR)."""
+def is_simulated(data_dir: Path) -> bool:
+    """The embedded dataset (input/synthetic, made by the main job when nothing else is there) or
+    any simulated one (`hms synth`, --like-kaggle too): the simulator writes its hidden answers
+    beside the tables (schema.ANSWERS_DIR), which the competition's data never has."""
+    return Path(data_dir).resolve() == C.synthetic_data_dir().resolve() or (Path(data_dir) / schema.ANSWERS_DIR).is_dir()
+
+
+@dataclass
+class MainJob:
+    """What the no-argument main job trains, and how far: its first line says which and why."""
+    files: list[str]
+    line: str
+    hours: float | None  # the budget (select); None: everything
+    stop: bool  # stop when the plan is over STOP_HOURS here (check_budget)
+
+
+def main_job_configs(device: str, data_dir: Path, hours: str | None = None, yes: bool = False) -> MainJob:
+    """The competition recipe (RECIPE_DIR) with a CUDA device and the real data, trained to a
+    budget: NIGHT_HOURS unless --hours says (--hours all or --yes: the whole recipe). Else the
+    demo (DEMO_DIR): on simulated data on any device (the recipe waits for `hms download`), and on
+    a CPU, where it stops over STOP_HOURS (--yes goes on, --hours H trains what fits in H)."""
     recipe = sorted(str(p) for p in RECIPE_DIR.glob("*.yaml"))
-    if device.startswith("cuda") and recipe:
-        return recipe, (f"[hms] CUDA device {device_name(device)} found: training the competition recipe "
-                        f"({RECIPE_DIR}/, {len(recipe)} experiments)")
     demo = sorted(str(p) for p in DEMO_DIR.glob("*.yaml"))
-    why = (f"no {RECIPE_DIR}/ here" if device.startswith("cuda") else
-           f"no CUDA device (device {device})")
-    return demo, (f"[hms] {why}: training the CPU demo ({DEMO_DIR}/, {len(demo)} experiments); "
-                  "name configs to train others, e.g. `hms run configs/recipe/*.yaml`")
+    cuda, simulated = device.startswith("cuda"), is_simulated(data_dir)
+    if cuda and recipe and not simulated:
+        budget = None if yes else parse_hours(hours) if hours is not None else NIGHT_HOURS
+        said = ("the whole recipe" + (" (--yes)" if yes else " (--hours all)") if budget is None else
+                f"to a budget of {budget:g} h" + ("" if hours is not None else " (one night)"))
+        return MainJob(recipe, f"[hms] CUDA device {device_name(device)} and the real data in {data_dir}: training "
+                               f"the competition recipe ({RECIPE_DIR}/, {len(recipe)} experiments) {said}, its most "
+                               "valuable members first; change it with --hours H, or --hours all for the whole "
+                               "recipe", budget, False)
+    why = (f"the simulated dataset {data_dir} (the recipe waits for the real data: `hms download`)" if simulated else
+           f"no {RECIPE_DIR}/ here" if cuda else f"no CUDA device (device {device})")
+    budget = parse_hours(hours)
+    limit = (f"to a budget of {budget:g} h (--hours)" if budget is not None else
+             "to the end (--yes)" if yes else f"stopping first if its plan is over {STOP_HOURS:g} h here "
+             "(--yes trains it anyway, --hours H the part that fits in H hours)")
+    return MainJob(demo, f"[hms] {why}: training the demo ({DEMO_DIR}/, {len(demo)} experiments) {limit}; "
+                         "name configs to train others, e.g. `hms run configs/recipe/*.yaml`",
+                   budget, not yes and budget is None)
 
 
-def main_job_files(overrides: list[str]) -> list[str]:
-    """The no-argument main job's configs (the recipe this machine suits); prints which and why."""
-    files, why = main_job_configs(C.resolve_device(C.load_config([], list(overrides))))
-    print(why, flush=True)
-    return files
+def main_job(overrides: list[str], hours: str | None = None, yes: bool = False) -> MainJob:
+    """The no-argument main job for this machine and dataset; prints its first line."""
+    cfg = C.load_config([], list(overrides))
+    job = main_job_configs(C.resolve_device(cfg), C.data_dir(cfg), hours, yes)
+    print(job.line, flush=True)
+    return job
 
 
 class PlanTooLong(RuntimeError):
@@ -622,3 +662,198 @@ def check_budget(plan: Plan, limit_hours: float = STOP_HOURS) -> None:
         "  --yes: train this plan anyway (`hms run --yes`, `bash scripts/train_all_folds.sh --yes`)\n"
         "  explicit configs: train the experiments you name, no limit (`hms run CONFIG.yaml ...`, e.g. "
         f"`bash scripts/train_all_folds.sh {DEMO_DIR}/conv1d.yaml`)")
+
+
+# ---------------------------------------------------------------- the budget: what fits in H hours
+
+UNIFORM_KL = 1.09  # the uniform prediction's public KL (top-recipes.md): a member's value is its gain over it
+NIGHT_HOURS = 10.0  # the no-argument main job's default budget on a CUDA device with the real data
+NOTEBOOK_MINUTES = 300.0  # the default limit on the Kaggle notebook's estimate (Kaggle stops it at 9 h)
+
+
+def member_value(cfg: DictConfig) -> float:
+    """UNIFORM_KL - the member's published single-model KL (published.kl); 0 without one."""
+    kl = (cfg.get("published") or {}).get("kl")
+    return 0.0 if kl is None else max(0.0, UNIFORM_KL - float(kl))
+
+
+def run_seed(run: RunPlan) -> int:
+    return int(run.name.split("-seed")[1]) if "-seed" in run.name else 0
+
+
+@dataclass
+class Unit:
+    """What the budget takes or leaves whole: one seed of a member over every fold, or its full fits."""
+    member: str
+    what: str  # "seed S" | "full fits"
+    runs: list[RunPlan]
+    value: float  # the member's (member_value)
+    hours: float = 0.0  # what it adds to the selection's hours (the selection's order)
+
+    @property
+    def label(self) -> str:
+        return f"{self.member} {self.what} ({len(self.runs)} runs)"
+
+
+def member_units(m: MemberPlan, value: float) -> list[Unit]:
+    """Seed 0's CV runs, then the full fits, then each further seed's CV runs."""
+    seeds = sorted({run_seed(r) for r in m.runs if not r.full})
+    units = [Unit(m.name, f"seed {s}", [r for r in m.runs if not r.full and run_seed(r) == s], value) for s in seeds]
+    full = [r for r in m.runs if r.full]
+    return units[:1] + ([Unit(m.name, "full fits", full, value)] if full else []) + units[1:]
+
+
+def selection_hours(plan: Plan, runs: list[RunPlan], on_gpu: bool = False) -> float:
+    """Wall hours of these runs on this machine's slots (plan.hours_here's arithmetic: each
+    member's CV runs in parallel, then its full fits), or with on_gpu on plan.gpus of the plan's
+    GPU (a preview of `hms run` there from another machine)."""
+    n = plan.gpus if plan.here_is_gpu or on_gpu else 1
+    chosen = {id(r) for r in runs}
+    return sum(makespan([r.gpu_seconds if on_gpu else r.seconds for r in m.runs if id(r) in chosen and r.full == full], n)
+               for m in plan.members for full in (False, True)) / 3600
+
+
+@dataclass
+class Selection:
+    """The part of a plan that fits a budget: whole units in value order (Budget.order)."""
+    hours: float | None  # the budget; None: everything (--hours all)
+    chosen: list[Unit]
+    left_out: list[Unit]
+    overrides: dict[str, list[str]]  # per chosen member: key=value making `hms run` train exactly its units
+    order: list[Unit]  # every unit, in budget_order
+    on_gpu: bool = False  # hours on plan.gpus of the plan's GPU, not this machine's (selection_hours)
+    notebook_limit: float = NOTEBOOK_MINUTES
+    notebook_choices: list[str] = None  # the key=value choices the notebook limit made, "member: key=value"
+
+    @property
+    def members(self) -> list[str]:
+        return list(dict.fromkeys(u.member for u in self.chosen))
+
+
+def budget_order(plan: Plan, values: dict[str, float], on_gpu: bool = False) -> list[Unit]:
+    """Every member's seed 0 over every fold first, by value per hour of it (value: member_value;
+    equal values: the cheaper first), then the full fits, then the second seeds, ..., members in
+    that same order."""
+    units = {m.name: member_units(m, values[m.name]) for m in plan.members}
+    first = sorted((u[0] for u in units.values()),
+                   key=lambda u: (-u.value / max(selection_hours(plan, u.runs, on_gpu), 1e-9),
+                                  selection_hours(plan, u.runs, on_gpu)))
+    order = [u.member for u in first]
+    later = [u for name in order for u in units[name][1:]]
+    return first + sorted(later, key=lambda u: (u.what != "full fits", u.what, order.index(u.member)))
+
+
+def select(plan: Plan, cfgs: list[DictConfig], hours: float | None,
+           notebook_limit: float = NOTEBOOK_MINUTES, on_gpu: bool = False) -> Selection:
+    """Take units in budget_order while the selection's hours stay within `hours` (a unit that does
+    not fit is left out and the next is tried; a member's later units only with its seed 0, and
+    seed s only after seed s - 1); then the notebook's choices (notebook_choices)."""
+    values = {str(c.name): member_value(c) for c in cfgs}
+    chosen, left = [], []
+    order = budget_order(plan, values, on_gpu)
+    for u in order:
+        have = [c.what for c in chosen if c.member == u.member]
+        seed = int(u.what.split()[1]) if u.what.startswith("seed") else None
+        after = "seed 0" in have and (seed is None or f"seed {seed - 1}" in have) or seed == 0
+        total = selection_hours(plan, [r for c in chosen + [u] for r in c.runs], on_gpu)
+        if after and (hours is None or total <= hours):
+            u.hours = total - selection_hours(plan, [r for c in chosen for r in c.runs], on_gpu)
+            chosen.append(u)
+        else:
+            u.hours = selection_hours(plan, u.runs, on_gpu)
+            left.append(u)
+    overrides = {}
+    for cfg in cfgs:
+        mine = [u for u in chosen if u.member == cfg.name]
+        if mine:
+            n_seeds = sum(u.what.startswith("seed") for u in mine)
+            full = sum(len(u.runs) for u in mine if u.what == "full fits")
+            overrides[str(cfg.name)] = [f"train.{k}={v}" for k, v, old in
+                                        (("n_seeds", n_seeds, cfg.train.get("n_seeds", 1)),
+                                         ("full_fits", full, cfg.train.get("full_fits", 0))) if int(old) != v]
+    s = Selection(hours, chosen, left, overrides, order, on_gpu, notebook_limit, [])
+    notebook_choices(plan, cfgs, s)
+    return s
+
+
+def selected_t4_minutes(m: MemberPlan, cfg: DictConfig, s: Selection) -> float:
+    """The notebook's minutes for this member's chosen runs under its chosen overrides."""
+    if m.name not in s.overrides:
+        return 0.0
+    sel = OmegaConf.merge(cfg, OmegaConf.from_dotlist(s.overrides[m.name]))
+    predicting = len(predicting_runs(sel, cv_runs(sel) + full_runs(sel, [])))
+    tta = 2 if sel.infer.tta_lr_swap and m.kind != "fitted once" else 1
+    return member_t4_minutes(m, predicting, tta)
+
+
+def selection_notebook_minutes(plan: Plan, cfgs: list[DictConfig], s: Selection) -> float:
+    by_name = {str(c.name): c for c in cfgs}
+    return notebook_prepare_minutes() + sum(selected_t4_minutes(m, by_name[m.name], s) for m in plan.members)
+
+
+def notebook_choices(plan: Plan, cfgs: list[DictConfig], s: Selection) -> None:
+    """While the notebook's estimate is over its limit, take the choice that cuts it, members with
+    the most notebook minutes first: the full fits alone predict the test (train.test_runs=full,
+    where a member has full fits), then no left/right TTA (infer.tta_lr_swap=false)."""
+    by_name = {str(c.name): c for c in cfgs}
+    for key, value, applies in (("train.test_runs", "full", lambda c: c.train.get("test_runs", "all") == "all"
+                                 and int(OmegaConf.merge(c, OmegaConf.from_dotlist(s.overrides[c.name])).train.full_fits) > 0),
+                                ("infer.tta_lr_swap", "false", lambda c: bool(c.infer.tta_lr_swap))):
+        for m in sorted((m for m in plan.members if m.name in s.overrides and m.kind != "fitted once"),
+                        key=lambda m: -selected_t4_minutes(m, by_name[m.name], s)):
+            if selection_notebook_minutes(plan, cfgs, s) <= s.notebook_limit:
+                return
+            if applies(by_name[m.name]) and f"{key}={value}" not in s.overrides[m.name]:
+                s.overrides[m.name].append(f"{key}={value}")
+                s.notebook_choices.append(f"{m.name}: {key}={value}")
+
+
+def budget_lines(plan: Plan, cfgs: list[DictConfig], s: Selection) -> list[str]:
+    budget = "all (--hours all)" if s.hours is None else f"{s.hours:g} h"
+    n = plan.gpus if plan.here_is_gpu or s.on_gpu else 1
+    where = f"{n} x {plan.gpu_device} (--on-gpu)" if s.on_gpu else f"this device ({plan.device}" + (
+        f", {n} GPUs)" if n > 1 else ", one process)")
+    lines = [f"[hms plan] budget {budget} on {where}; order: each member's seed 0 over every fold by value per hour "
+             f"(value = {UNIFORM_KL} - its published KL), then full fits, then further seeds; a member is trained "
+             "whole or left out; hours: what each unit adds"]
+    lines += [f"    {'train    ' if u in s.chosen else 'leave out'} {u.label}: {_h(u.hours)} (value {u.value:.3f})"
+              for u in s.order]
+    used = selection_hours(plan, [r for u in s.chosen for r in u.runs], s.on_gpu)
+    if not s.chosen:
+        cheapest = min(selection_hours(plan, member_units(m, 0)[0].runs, s.on_gpu) for m in plan.members)
+        lines.append(f"[hms plan] nothing fits: the budget {budget} is below the cheapest member's seed 0 "
+                     f"({_h(cheapest)} here): nothing to train (--hours {math.ceil(cheapest * 10) / 10:g} or more)")
+    else:
+        lines.append(f"[hms plan] budget: {len(s.members)} members, {sum(len(u.runs) for u in s.chosen)} runs, "
+                     f"{_h(used)} on {where.split(' (')[0]}; left out {len(s.left_out)} units")
+    minutes = selection_notebook_minutes(plan, cfgs, s)
+    lines.append(f"[hms plan] Kaggle notebook of this selection: ~{minutes:.0f} min against the limit "
+                 f"{s.notebook_limit:g} min (--notebook-minutes)"
+                 + (f"; choices to fit it: {', '.join(s.notebook_choices)}" if s.notebook_choices else "")
+                 + ("; STILL OVER: leave a member out or raise the limit" if minutes > s.notebook_limit else ""))
+    return lines
+
+
+def budget_summary(plan: Plan, cfgs: list[DictConfig], s: Selection) -> dict:
+    return {"budget_hours": s.hours, "chosen": [u.label for u in s.chosen], "left_out": [u.label for u in s.left_out],
+            "budget_used_hours": round(selection_hours(plan, [r for u in s.chosen for r in u.runs], s.on_gpu), 2),
+            "member_overrides": s.overrides, "notebook_limit_minutes": s.notebook_limit,
+            "notebook_minutes": round(selection_notebook_minutes(plan, cfgs, s), 1),
+            "notebook_choices": s.notebook_choices}
+
+
+def parse_hours(text: str | None) -> float | None:
+    """--hours: a positive number, or `all` (None: no budget)."""
+    if text is None or str(text).lower() == "all":
+        return None
+    try:
+        hours = float(text)
+    except ValueError:
+        raise C.ConfigError(f"--hours takes a number of hours or 'all', got {text!r}") from None
+    if not hours > 0:
+        raise C.ConfigError(f"--hours must be positive, got {text!r}")
+    return hours
+
+
+class NothingFits(PlanTooLong):
+    """The budget is below the cheapest member's seed 0: nothing to train."""
