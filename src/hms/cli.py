@@ -63,7 +63,7 @@ def cmd_run(args) -> int:
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     try:
         run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop,
-                hours=hours, notebook_minutes=args.notebook_minutes)
+                hours=hours, notebook_minutes=_notebook_minutes(args))
     except PlanTooLong as exc:
         print(f"hms run: {exc}", file=sys.stderr)
         return 3
@@ -80,7 +80,7 @@ def cmd_plan(args) -> int:
     files, overrides, hours, _ = _job(args)
     cfgs = experiment_configs(files, overrides)
     plan = make_plan(cfgs, gpus=args.gpus)
-    print_plan(plan, cfgs, select(plan, cfgs, hours, args.notebook_minutes, on_gpu=args.on_gpu))
+    print_plan(plan, cfgs, select(plan, cfgs, hours, _notebook_minutes(args), on_gpu=args.on_gpu))
     return 0
 
 
@@ -253,7 +253,10 @@ def cmd_kaggle(args) -> int:
 
     cfg = _config(args)
     if args.action == "package":
-        info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug)
+        from hms.plan import packaged_notebook_minutes
+
+        info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug,
+                               lambda exps: packaged_notebook_minutes(cfg, exps), _notebook_minutes(args))
         print(f"packaged {info['experiments']} as {info['id']} in {args.dir}: {info['bytes'] / 1e6:.1f} MB")
     elif args.action == "upload":
         print(f"kaggle datasets {package.upload(Path(args.dir), args.message)}: done")
@@ -271,15 +274,20 @@ COMMANDS = {}
 
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    from hms.plan import NIGHT_HOURS, NOTEBOOK_MINUTES
-
+    """--hours and --notebook-minutes; their defaults live in hms.plan (not imported here: torch)."""
     p.add_argument("--hours", default=None, help="train only the most valuable part that fits in H hours on this "
                    "machine's device slots (whole members: each one's seed 0 over every fold by published score "
-                   f"per hour, then full fits, then further seeds), or 'all'; default: all for named configs, "
-                   f"{NIGHT_HOURS:g} for the no-argument recipe on a CUDA device with the real data")
-    p.add_argument("--notebook-minutes", type=float, default=NOTEBOOK_MINUTES, help="the Kaggle notebook's limit on "
-                   f"its estimated minutes (default {NOTEBOOK_MINUTES:g}; Kaggle stops it at 540): over it, members "
-                   "predict the test with their full fits only (train.test_runs=full), then without TTA")
+                   "per hour, then full fits, then further seeds), or 'all'; default: all for named configs, "
+                   "10 (plan.NIGHT_HOURS) for the no-argument recipe on a CUDA device with the real data")
+    p.add_argument("--notebook-minutes", type=float, default=None, help="the Kaggle notebook's limit on its "
+                   "estimated minutes (default 300: plan.NOTEBOOK_MINUTES; Kaggle stops it at 540): over it, "
+                   "members predict the test with their full fits only (train.test_runs=full), then without TTA")
+
+
+def _notebook_minutes(args) -> float:
+    from hms.plan import NOTEBOOK_MINUTES
+
+    return NOTEBOOK_MINUTES if args.notebook_minutes is None else args.notebook_minutes
 
 
 def _register(sub, name, func, help_text, config=False):
@@ -384,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="Kaggle user name (default: from credentials)")
     p.add_argument("--slug", default="hms-weights", help="dataset slug")
     p.add_argument("--message", default="new weights", help="upload: version message")
+    p.add_argument("--notebook-minutes", type=float, default=None, help="package: refuse a dataset whose notebook "
+                   "estimate on a T4 is over this (default 300: plan.NOTEBOOK_MINUTES; `hms plan` prints it)")
     p.add_argument("--accelerator", default=None,
                    help="notebook: kernel-metadata.json's machine_shape (default NvidiaTeslaT4; 'none': a CPU "
                         "kernel); push: kaggle's --accelerator (default: that machine_shape). Not NvidiaTeslaP100: "

@@ -857,3 +857,38 @@ def parse_hours(text: str | None) -> float | None:
 
 class NothingFits(PlanTooLong):
     """The budget is below the cheapest member's seed 0: nothing to train."""
+
+
+def packaged_notebook_minutes(cfg: DictConfig, experiments: list[str]) -> tuple[float, str]:
+    """The notebook's estimate for these trained experiments (every run that predicts, as the
+    notebook loads them: training.runs.run_dirs; each run's own config for TTA and network) on the
+    Kaggle T4 (kaggle_t4_minutes), and the choice that cuts it most, for `hms kaggle package`."""
+    from hms.training.runs import run_dirs
+
+    table = throughput_table()
+    refs = references(cfg, table["gpu_reference"], table)
+    minutes, cuts = notebook_prepare_minutes(), []
+    for name in experiments:
+        dirs = run_dirs(C.work_dir(cfg) / name)
+        run_cfg = OmegaConf.load(dirs[0] / "config.yaml")
+        fitted = fitted_once(run_cfg)
+        m = MemberPlan(name, "fitted once" if fitted else model_input(run_cfg.model), [],
+                       2 if run_cfg.infer.tta_lr_swap and not fitted else 1, len(dirs))
+        if fitted:
+            m.gpu = tree_speed(name, run_cfg, table)
+        else:
+            gflops, hw, arch = forward_gflops(run_cfg), backbone_input(run_cfg), timm_arch(run_cfg)
+            m.gpu = member_speed(name, gflops, model_family(run_cfg), refs, timm_speed(arch, hw, refs, table))
+            m.t4_infer_per_s, m.t4_how = t4_rate(arch, hw, m.gpu, table)
+        mine = kaggle_t4_minutes(m)
+        minutes += mine
+        full = [d for d in dirs if d.name.startswith("full")]
+        if full and len(full) < len(dirs):
+            cuts.append((mine * (1 - len(full) / len(dirs)), f"{name}: train.test_runs=full (its {len(full)} full fits "
+                         f"alone predict; `hms train CONFIG train.test_runs=full` re-collects its finished runs, then "
+                         f"`hms ensemble`) saves ~{mine * (1 - len(full) / len(dirs)):.0f} min"))
+        if m.tta == 2:
+            cuts.append((mine / 2, f"{name}: infer.tta_lr_swap=false (no left/right TTA) saves ~{mine / 2:.0f} min"))
+        cuts.append((mine, f"{name}: leaving it out of the ensemble saves ~{mine:.0f} min"))
+    best = max(cuts, key=lambda c: c[0])[1] if cuts else "nothing to cut"
+    return minutes, best
