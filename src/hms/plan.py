@@ -222,7 +222,7 @@ def member_speed(name: str, gflops: float, family: str, refs: list[Reference],
     ref = min(same_family, key=lambda r: abs(math.log(r.forward_gflops / gflops)))
     fastest = max(r.samples_per_s for r in refs)
     sps = min(ref.samples_per_s * ref.forward_gflops / gflops, fastest)
-    return Speed(sps, f"estimated by FLOPs (the last resort) from {ref.experiment} on {ref.device} "
+    return Speed(sps, f"estimated from {ref.experiment} on {ref.device} by FLOPs, the last resort "
                       f"({_rate(ref.samples_per_s)}/s at {ref.forward_gflops:.3g} GFLOPs, this {gflops:.3g})", "FLOPs")
 
 
