@@ -356,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "3 h here); with several GPUs, one "
                   "process per GPU, each run's output in <work>/<exp>/<run>/train.log", config=True)
     p.add_argument("--force", action="store_true")
-    p.add_argument("--yes", action="store_true", help="train the default recipe even when its plan is over "
-                   "3 h on this device")
+    p.add_argument("--yes", action="store_true", help="no configs: train the default experiments whole (the "
+                   "recipe without a budget; the demo even when its plan is over 3 h on this device)")
     p.add_argument("--gpus", default="all", help="how many of the visible GPUs (CUDA_VISIBLE_DEVICES, else "
                    "all) to spread the runs over, one process each: N or all (default)")
     p.add_argument("--devices", default=None, help="the device slots, comma-separated, instead of --gpus: "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -658,8 +658,9 @@ def check_budget(plan: Plan, limit_hours: float = STOP_HOURS) -> None:
         return
     raise PlanTooLong(
         f"the plan's estimate on this device ({plan.device}) is {_h(plan.hours_here)} for {plan.runs} runs, over "
-        f"the main job's {limit_hours:g} h: stopped before building caches or training. Two ways on:\n"
+        f"the main job's {limit_hours:g} h: stopped before building caches or training. Ways on:\n"
         "  --yes: train this plan anyway (`hms run --yes`, `bash scripts/train_all_folds.sh --yes`)\n"
+        "  --hours H: train its most valuable whole members that fit in H hours here\n"
         "  explicit configs: train the experiments you name, no limit (`hms run CONFIG.yaml ...`, e.g. "
         f"`bash scripts/train_all_folds.sh {DEMO_DIR}/conv1d.yaml`)")
 
@@ -723,7 +724,7 @@ class Selection:
     order: list[Unit]  # every unit, in budget_order
     on_gpu: bool = False  # hours on plan.gpus of the plan's GPU, not this machine's (selection_hours)
     notebook_limit: float = NOTEBOOK_MINUTES
-    notebook_choices: list[str] = None  # the key=value choices the notebook limit made, "member: key=value"
+    notebook_choices: list[str] = field(default_factory=list)  # "member: key=value", the notebook limit's
 
     @property
     def members(self) -> list[str]:
@@ -771,7 +772,7 @@ def select(plan: Plan, cfgs: list[DictConfig], hours: float | None,
             overrides[str(cfg.name)] = [f"train.{k}={v}" for k, v, old in
                                         (("n_seeds", n_seeds, cfg.train.get("n_seeds", 1)),
                                          ("full_fits", full, cfg.train.get("full_fits", 0))) if int(old) != v]
-    s = Selection(hours, chosen, left, overrides, order, on_gpu, notebook_limit, [])
+    s = Selection(hours, chosen, left, overrides, order, on_gpu, notebook_limit)
     notebook_choices(plan, cfgs, s)
     return s
 
