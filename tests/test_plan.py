@@ -173,7 +173,7 @@ def test_no_argument_main_job_on_real_shaped_data_without_gpu_stops_before_train
     monkeypatch.setenv("HMS_DEVICE", "cpu")
     assert main(["run"]) == 3
     captured = capsys.readouterr()
-    assert captured.out.startswith("[hms] no CUDA device (device cpu): training the CPU demo (configs/demo/")
+    assert captured.out.startswith("[hms] no CUDA device (device cpu): training the demo (configs/demo/")
     hours = json_line(captured.out)["hours_here"]
     assert hours > 3
     err = captured.err

@@ -41,22 +41,32 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _job(args) -> tuple[list[str], list[str], float | None, bool]:
+    """Configs, overrides, the budget in hours (None: all) and whether to stop over 3 h: named
+    configs are the user's choice (trained to --hours when given, never stopped); none: the main
+    job this machine and dataset suit (plan.main_job_configs), whose first line it prints."""
+    from hms.plan import main_job, parse_hours
+
+    files, overrides = _split_items(args)
+    if files:
+        return files, overrides, parse_hours(args.hours), False
+    job = main_job(overrides, args.hours, getattr(args, "yes", False))
+    return job.files, overrides, job.hours, job.stop
+
+
 def cmd_run(args) -> int:
     from hms.config import load_config, work_dir
-    from hms.plan import PlanTooLong, main_job_files
+    from hms.plan import PlanTooLong
     from hms.run_all import run_all
     from hms.training.schedule import RunFailed
     from hms.training.workdir import WorkDirBusy, one_main_job
 
-    files, overrides = _split_items(args)
-    # no configs: the recipe this machine suits, stopped when its plan is too long (--yes: go on);
-    # named configs are the user's choice: their plan is printed, never a stop
-    stop = not files and not args.yes
-    files = files or main_job_files(overrides)
+    files, overrides, hours, stop = _job(args)
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     try:
         with one_main_job(work_dir(load_config(files[:1], overrides)), wait=not args.no_wait):
-            run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop)
+            run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop,
+                    hours=hours, notebook_minutes=_notebook_minutes(args))
     except PlanTooLong as exc:
         print(f"hms run: {exc}", file=sys.stderr)
         return 3
@@ -70,11 +80,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from hms.plan import main_job_files, make_plan, print_plan
+    from hms.plan import make_plan, print_plan, select
     from hms.run_all import experiment_configs
 
-    files, overrides = _split_items(args)
-    print_plan(make_plan(experiment_configs(files or main_job_files(overrides), overrides), gpus=args.gpus))
+    files, overrides, hours, _ = _job(args)
+    cfgs = experiment_configs(files, overrides)
+    plan = make_plan(cfgs, gpus=args.gpus)
+    print_plan(plan, cfgs, select(plan, cfgs, hours, _notebook_minutes(args), on_gpu=args.on_gpu))
     return 0
 
 
@@ -247,7 +259,10 @@ def cmd_kaggle(args) -> int:
 
     cfg = _config(args)
     if args.action == "package":
-        info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug)
+        from hms.plan import packaged_notebook_minutes
+
+        info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug,
+                               lambda exps: packaged_notebook_minutes(cfg, exps), _notebook_minutes(args))
         print(f"packaged {info['experiments']} as {info['id']} in {args.dir}: {info['bytes'] / 1e6:.1f} MB")
     elif args.action == "upload":
         print(f"kaggle datasets {package.upload(Path(args.dir), args.message)}: done")
@@ -262,6 +277,23 @@ def cmd_kaggle(args) -> int:
 
 
 COMMANDS = {}
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    """--hours and --notebook-minutes; their defaults live in hms.plan (not imported here: torch)."""
+    p.add_argument("--hours", default=None, help="train only the most valuable part that fits in H hours on this "
+                   "machine's device slots (whole members: each one's seed 0 over every fold by published score "
+                   "per hour, then full fits, then further seeds), or 'all'; default: all for named configs, "
+                   "10 (plan.NIGHT_HOURS) for the no-argument recipe on a CUDA device with the real data")
+    p.add_argument("--notebook-minutes", type=float, default=None, help="the Kaggle notebook's limit on its "
+                   "estimated minutes (default 300: plan.NOTEBOOK_MINUTES; Kaggle stops it at 540): over it, "
+                   "members predict the test with their full fits only (train.test_runs=full), then without TTA")
+
+
+def _notebook_minutes(args) -> float:
+    from hms.plan import NOTEBOOK_MINUTES
+
+    return NOTEBOOK_MINUTES if args.notebook_minutes is None else args.notebook_minutes
 
 
 def _register(sub, name, func, help_text, config=False):
@@ -325,23 +357,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain finished runs (old ones are kept aside)")
 
     p = _register(sub, "run", cmd_run, "the main job: its plan, then data, caches, all folds of all experiments, "
-                  "ensemble, submission, summary (default: configs/recipe/*.yaml with a CUDA device, else "
-                  "configs/demo/*.yaml; stops when that plan is over 3 h here); with several GPUs, one "
+                  "ensemble, submission, summary (default: configs/recipe/*.yaml with a CUDA device and the real data, "
+                  "trained to --hours, default 10; else configs/demo/*.yaml, stopped on a CPU when its plan is over "
+                  "3 h here); with several GPUs, one "
                   "process per GPU, each run's output in <work>/<exp>/<run>/train.log", config=True)
     p.add_argument("--force", action="store_true")
-    p.add_argument("--yes", action="store_true", help="train the default recipe even when its plan is over "
-                   "3 h on this device")
+    p.add_argument("--yes", action="store_true", help="no configs: train the default experiments whole (the "
+                   "recipe without a budget; the demo even when its plan is over 3 h on this device)")
     p.add_argument("--gpus", default="all", help="how many of the visible GPUs (CUDA_VISIBLE_DEVICES, else "
                    "all) to spread the runs over, one process each: N or all (default)")
     p.add_argument("--devices", default=None, help="the device slots, comma-separated, instead of --gpus: "
                    "GPU ids as CUDA_VISIBLE_DEVICES takes them, or cpu (a CPU process), e.g. 0,1 or cpu,cpu")
     p.add_argument("--no-wait", action="store_true", help="refuse, instead of waiting, when another hms run "
                    "holds the work dir")
+    _add_budget_args(p)
 
     p = _register(sub, "plan", cmd_plan, "without training or building caches: every run, items per epoch, "
                   "device hours from measured throughput, totals on 1 and N GPUs, cache disk space, the Kaggle "
                   "notebook's T4 time; last line JSON (default configs: the main job's)", config=True)
     p.add_argument("--gpus", type=int, default=1, help="processes on this machine's GPUs (hours here)")
+    _add_budget_args(p)
+    p.add_argument("--on-gpu", action="store_true", help="size --hours for --gpus of the plan's GPU (the reference "
+                   "H200 on a machine without one), as `hms run` there would: a preview from another machine")
 
     p = _register(sub, "ensemble", cmd_ensemble, "fit OOF blend weights and write the submission")
     p.add_argument("experiments", nargs="+", help="experiment names under the work dir")
@@ -363,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="Kaggle user name (default: from credentials)")
     p.add_argument("--slug", default="hms-weights", help="dataset slug")
     p.add_argument("--message", default="new weights", help="upload: version message")
+    p.add_argument("--notebook-minutes", type=float, default=None, help="package: refuse a dataset whose notebook "
+                   "estimate on a T4 is over this (default 300: plan.NOTEBOOK_MINUTES; `hms plan` prints it)")
     p.add_argument("--accelerator", default=None,
                    help="notebook: kernel-metadata.json's machine_shape (default NvidiaTeslaT4; 'none': a CPU "
                         "kernel); push: kaggle's --accelerator (default: that machine_shape). Not NvidiaTeslaP100: "

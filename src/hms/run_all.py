@@ -12,7 +12,7 @@ from hms import config as C
 from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data import schema
 from hms.data.tables import ensure_dataset, load_test
-from hms.plan import check_budget, make_plan, print_plan
+from hms.plan import NOTEBOOK_MINUTES, NothingFits, check_budget, make_plan, print_plan, select
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
 from hms.training.experiment import check_runs_unchanged, collect_experiment, prepare_experiment, train_experiment
@@ -24,12 +24,18 @@ def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[Di
     return [cfg for cfg, _ in experiment_sources(config_paths, overrides)]
 
 
-def experiment_sources(config_paths: list[str], overrides: list[str]) -> list[tuple[DictConfig, str]]:
-    """(config, its file) per experiment, teachers first."""
+def experiment_sources(config_paths: list[str], overrides: list[str],
+                       member_overrides: dict[str, list[str]] | None = None) -> list[tuple[DictConfig, str]]:
+    """(config, its file) per experiment, teachers first; member_overrides: more key=value for
+    the experiment of that name (a budget's selection: plan.select)."""
     cfgs, files = [], {}
     for path in config_paths:
         cfg = C.load_config([path], overrides)
         cfg.name = experiment_name(cfg, path)
+        if (member_overrides or {}).get(cfg.name):
+            name = cfg.name
+            cfg = C.load_config([path], [*overrides, *member_overrides[name]])
+            cfg.name = name
         cfgs.append(cfg)
         files[cfg.name] = path
     names = [c.name for c in cfgs]
@@ -77,12 +83,15 @@ def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
 
 
 def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False, gpus: str | int = "all",
-            devices: list[str] | None = None, stop_when_long: bool = False) -> dict:
+            devices: list[str] | None = None, stop_when_long: bool = False, hours: float | None = None,
+            notebook_minutes: float = NOTEBOOK_MINUTES) -> dict:
     """The main job: its plan first, then caches and folds once, then every run. With two or more
     device slots (the visible GPUs, `gpus` of them, or the `devices` given) the runs are
     scheduled over them, one process each (hms.training.schedule); else they train here, one
-    after another. stop_when_long: raise PlanTooLong before any cache or training when the
-    plan's estimate on this device is over plan.STOP_HOURS (the no-argument main job)."""
+    after another. hours: train only the part of the plan that fits (plan.select: whole members
+    by value per hour; NothingFits when none does); None: all of it. notebook_minutes: the Kaggle
+    notebook's limit, which picks test_runs / TTA choices. stop_when_long: raise PlanTooLong before
+    any cache or training when the plan's estimate on this device is over plan.STOP_HOURS."""
     refuse_torchrun()
     t0 = time.perf_counter()
     sources = experiment_sources(config_paths, list(overrides))
@@ -92,9 +101,18 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
         ensure_dataset(base)  # the embedded dataset, made when absent: the plan reads its tables
     slots = device_slots(gpus, devices)
     plan = make_plan(cfgs, gpus=max(1, len(slots)))
-    print_plan(plan)
+    chosen = select(plan, cfgs, hours, notebook_minutes)
+    print_plan(plan, cfgs, chosen)
+    if not chosen.chosen:
+        raise NothingFits(f"--hours {hours:g}: the budget is below the cheapest member's seed 0 over every fold "
+                          "(the plan's lines above): nothing trained")
     if stop_when_long:
         check_budget(plan)
+    if chosen.left_out or any(chosen.overrides.values()):  # train exactly the selection
+        paths = {cfg.name: path for cfg, path in sources}
+        sources = experiment_sources([paths[n] for n in chosen.members], list(overrides), chosen.overrides)
+        cfgs = [cfg for cfg, _ in sources]
+        base = cfgs[0]
     if not force:  # an edited config never reuses the runs of the old one
         for cfg in cfgs:
             check_runs_unchanged(cfg)
@@ -107,7 +125,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
             collected[cfg.name] = collect_experiment(cfg)
 
         schedule(cfgs, {cfg.name: path for cfg, path in sources}, list(overrides), slots, force=force,
-                 on_experiment_done=collect)
+                 on_experiment_done=collect, member_overrides=chosen.overrides)
         summaries = [collected[cfg.name] for cfg in cfgs]
     else:
         summaries = [train_experiment(cfg, force=force) for cfg in cfgs]

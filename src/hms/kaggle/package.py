@@ -70,13 +70,21 @@ def copy_experiment(exp_dir: Path, dest: Path) -> None:
 
 
 def package(out: Path, work_dir: Path, submission_dir: Path, user: str | None = None,
-            slug: str = DEFAULT_SLUG) -> dict:
+            slug: str = DEFAULT_SLUG, notebook_estimate=None, notebook_limit: float | None = None) -> dict:
     """Write the weights dataset folder; returns its description (with size in bytes). Built
-    beside `out` and swapped in at the end: a failure leaves an earlier package as it was."""
+    beside `out` and swapped in at the end: a failure leaves an earlier package as it was.
+    notebook_estimate(experiments) -> (minutes, the choice that cuts most): a dataset whose
+    notebook estimate is over notebook_limit minutes is refused before anything is written."""
     ensemble_path = Path(submission_dir) / "ensemble.json"
     if not ensemble_path.is_file():
         raise FileNotFoundError(f"{ensemble_path} not found: run the main job or `hms ensemble` first")
     ensemble = json.loads(ensemble_path.read_text())
+    if notebook_estimate is not None and notebook_limit is not None:
+        minutes, cut = notebook_estimate(ensemble["experiments"])
+        if minutes > notebook_limit:
+            raise ConfigError(f"the Kaggle notebook's estimate for {ensemble['experiments']} is ~{minutes:.0f} min, over "
+                              f"the limit {notebook_limit:g} min (--notebook-minutes): not packaged. The choice that "
+                              f"cuts it most: {cut}")
     owner = kaggle_username(user)
     with atomic_dir(out) as building:
         (building / "wheels").mkdir()

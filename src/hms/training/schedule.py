@@ -78,16 +78,17 @@ def slot_env(slot: str, n_cpu_slots: int) -> dict[str, str]:
     return env
 
 
-def plan_jobs(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[str]) -> list[Job]:
+def plan_jobs(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[str],
+              member_overrides: dict[str, list[str]] | None = None) -> list[Job]:
     """Every job of the experiments (teachers first, as given): fold k waits for the
     fold k of each teacher in this run (its pseudo-labels come from that model); full fits wait
     for their own experiment's folds and for every job of their teachers (they read the
-    teacher's OOF)."""
+    teacher's OOF). member_overrides: more key=value for one experiment's jobs (a budget's)."""
     names = {c.name for c in cfgs}
     jobs: list[Job] = []
     for cfg in cfgs:
         teachers = [str(t) for t in (cfg.labels.get("pseudo", {}).get("from") or []) if str(t) in names]
-        base = [sources[cfg.name], *overrides]
+        base = [sources[cfg.name], *overrides, *(member_overrides or {}).get(cfg.name, [])]
         folds = [Job(cfg.name, f"fold{k}", [*base, "--fold", str(k)], {f"{t} fold{k}" for t in teachers})
                  for k in range(cfg.folds.n_folds)]
         teacher_jobs = {j.key for j in jobs if j.exp in teachers}
@@ -205,7 +206,7 @@ class Scheduler:
 
 
 def schedule(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[str], slots: list[str],
-             force: bool = False, on_experiment_done=None) -> None:
+             force: bool = False, on_experiment_done=None, member_overrides: dict[str, list[str]] | None = None) -> None:
     """Train every run of the experiments (teachers first) over the device slots, one process
     per slot. force: earlier run folders are set aside first (<run>.old-<time>), so the jobs
     train them afresh. on_experiment_done(cfg) runs in this process once an experiment's last
@@ -215,7 +216,7 @@ def schedule(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[st
             for run in all_runs(cfg):
                 set_aside(exp_dir(cfg) / run.name)
     by_name = {cfg.name: cfg for cfg in cfgs}
-    jobs = plan_jobs(cfgs, sources, overrides)
+    jobs = plan_jobs(cfgs, sources, overrides, member_overrides)
     todo = [j for j in jobs if not job_done(by_name[j.exp], j)]
     finished = {j.key for j in jobs} - {j.key for j in todo}
     for j in todo:
