@@ -303,13 +303,15 @@ KILL_POINTS = [  # (a line hms run prints, what it is doing right after it)
     ("[hms plan] total", "validate, caches and folds"),
     ("[tiny fold0] stage 0 epoch 0", "fold 0's next epoch"),
     ("[tiny fold1] stage 1 epoch 0", "fold 1's last epoch, its OOF and test predictions"),
+    ("[tiny full0] full-data fit", "the full fit, between the CV runs and the ensemble"),
     ("[tiny] OOF KL", "the ensemble and the submission"),
 ]
 
 
-def hms_run(work, data, marker=None):
-    """`hms run` on the tiny experiment in a child process; SIGKILLed right after it prints a
-    line containing `marker`. Returns its exit status and output."""
+def hms_run(work, data, marker=None, *extra, sig=None, target=None):
+    """`hms run` on the tiny experiment in a child process; sent `sig` (SIGKILL) right after it
+    prints a line containing `marker` (target(proc) picks another process to signal). Returns
+    its exit status and output."""
     import os
     import signal
     import subprocess
@@ -318,13 +320,16 @@ def hms_run(work, data, marker=None):
     env = {**os.environ, "HMS_DATA_DIR": str(data), "HMS_WORK_DIR": str(work / "w"),
            "HMS_SUBMISSION_DIR": str(work / "s"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hms", "run", "configs/demo/conv1d.yaml", "name=tiny", *TINY_TRAIN,
-           "input.signal_seconds=20", "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}, {rows: high, epochs: 1, lr: 1.0e-3}]"]
+           "input.signal_seconds=20", "train.full_fits=1", "context.enabled=false",
+           "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}, {rows: high, epochs: 1, lr: 1.0e-3}]", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     out = []
     for line in proc.stdout:
         out.append(line)
         if marker and marker in line:
-            proc.send_signal(signal.SIGKILL)
+            os.kill(target(proc) if target else proc.pid, sig or signal.SIGKILL)
+            if target or sig not in (None, signal.SIGKILL):
+                out.extend(proc.stdout)  # what it says as it stops
             break
     proc.stdout.close()
     return proc.wait(), "".join(out)
@@ -344,3 +349,77 @@ def test_sigkill_at_each_stage_then_rerun_gives_the_uninterrupted_submission(tin
     clean = pd.read_csv(tmp_path / "clean" / "s" / "submission.csv")
     resumed = pd.read_csv(tmp_path / "killed" / "s" / "submission.csv")
     pd.testing.assert_frame_equal(resumed, clean, check_exact=False, rtol=0, atol=1e-6)
+
+
+def processes_of(work) -> list[int]:
+    """PIDs of live processes whose environment names this work dir (hms run and its jobs)."""
+    import os
+    from pathlib import Path
+
+    mine, found = f"HMS_WORK_DIR={work / 'w'}".encode(), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if mine in (proc / "environ").read_bytes().split(b"\0") and int(proc.name) != os.getpid():
+                status = (proc / "status").read_text()
+                if "\nState:\tZ" not in status:  # a zombie is already dead
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_gone(work, seconds=20.0) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while processes_of(work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_of(work)
+
+
+def a_job_of(work):
+    import time
+
+    def find(parent):
+        for _ in range(100):
+            jobs = [p for p in processes_of(work) if p != parent.pid]
+            if jobs:
+                return jobs[0]
+            time.sleep(0.1)
+        raise AssertionError("no job process found")
+    return find
+
+
+def a_job_started_of(work):
+    """hms run itself, once one of its jobs is running."""
+    find = a_job_of(work)
+
+    def parent(proc):
+        find(proc)
+        return proc.pid
+    return parent
+
+
+@pytest.mark.slow
+def test_parallel_slots_stop_with_their_parent_and_resume(tiny_synth, tmp_path):
+    """Two CPU slots: SIGTERM to hms run stops its jobs and says so; SIGKILL to hms run takes
+    its jobs with it (Linux's parent-death signal); SIGKILL to one job fails the run naming it.
+    No process is left and the work-dir lock is free each time; the next run finishes."""
+    import signal
+
+    from hms.training.workdir import one_main_job
+
+    slots, started = ("--devices", "cpu,cpu"), "[hms run] "
+    code, out = hms_run(tmp_path, tiny_synth, "jobs on 2 devices", *slots, sig=signal.SIGTERM,
+                        target=a_job_started_of(tmp_path))
+    assert code == 130 and "interrupted by SIGTERM: stopped ['tiny fold" in out and "resume" in out, out[-1500:]
+    assert wait_gone(tmp_path) == []
+    code, out = hms_run(tmp_path, tiny_synth, "jobs on 2 devices", *slots)  # SIGKILL: no handler runs
+    assert code == -9 and wait_gone(tmp_path) == [], out[-1500:]
+    code, out = hms_run(tmp_path, tiny_synth, "jobs on 2 devices", *slots, target=a_job_of(tmp_path))
+    assert code == 1 and "failed (exit -9)" in out and wait_gone(tmp_path) == [], out[-1500:]
+    with one_main_job(tmp_path / "w", wait=False):  # no lock left held
+        pass
+    code, out = hms_run(tmp_path, tiny_synth, None, *slots)
+    assert code == 0 and (tmp_path / "s" / "submission.csv").is_file(), out[-2000:]
+    assert started in out

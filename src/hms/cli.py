@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -57,12 +58,14 @@ def _job(args) -> tuple[list[str], list[str], float | None, bool]:
 def cmd_run(args) -> int:
     from hms.config import load_config, work_dir
     from hms.plan import PlanTooLong
-    from hms.run_all import run_all
+    from hms.run_all import refuse_torchrun, run_all
     from hms.training.schedule import RunFailed
     from hms.training.workdir import WorkDirBusy, one_main_job
 
+    refuse_torchrun()  # before the main job's choice or the work dir's lock build anything
     files, overrides, hours, stop = _job(args)
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the jobs are stopped, the terminal is told
     try:
         with one_main_job(work_dir(load_config(files[:1], overrides)), wait=not args.no_wait):
             run_all(files, overrides, force=args.force, gpus=args.gpus, devices=devices, stop_when_long=stop,
@@ -76,7 +79,15 @@ def cmd_run(args) -> int:
     except WorkDirBusy as exc:
         print(f"hms run: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"hms run: {exc or 'interrupted'}. The next `hms run` goes on from here: finished runs are "
+              "skipped, stopped ones resume from their last epoch (last.pt)", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
 
 
 def cmd_plan(args) -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,22 @@ POLL_S = 0.2  # seconds between looks at the running jobs
 
 class RunFailed(RuntimeError):
     """A scheduled job exited non-zero; the message names it and its log."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """hms run was stopped by SIGINT or SIGTERM; the message says what it stopped."""
+
+
+def die_with_parent() -> None:
+    """In a job's process, before it starts: ask Linux to send it SIGTERM when `hms run` dies,
+    even by SIGKILL, which no handler of the parent's can catch, so no fold trains on unseen.
+    Elsewhere nothing (the parent's handlers still stop the jobs on SIGINT and SIGTERM)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 @dataclass
@@ -120,23 +138,42 @@ class Scheduler:
         self.running: dict[int, tuple[Job, subprocess.Popen, float, object]] = {}  # by slot index: names may repeat
         self.on_experiment_done = on_experiment_done or (lambda cfg: None)
         self.n_cpu = sum(s == CPU_SLOT for s in slots)
+        self.interrupted: str | None = None  # the signal that asked the job to stop
 
     def log_path(self, job: Job) -> Path:
         return exp_dir(self.cfgs[job.exp]) / job.run / TRAIN_LOG
 
     def run(self) -> None:
-        print(f"[hms run] {self.total} jobs on {len(self.slots)} devices {self.slots}; each job's output: "
-              f"<work>/<exp>/<run>/{TRAIN_LOG}", flush=True)
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in handled}
         try:
+            print(f"[hms run] {self.total} jobs on {len(self.slots)} devices {self.slots}; each job's output: "
+                  f"<work>/<exp>/<run>/{TRAIN_LOG}", flush=True)
             while self.pending or self.running:
                 self.start_ready()
                 if not self.running:
                     raise RunFailed(f"jobs {[j.key for j in self.pending]} wait for jobs that never run")
                 self.reap(self.wait_any())
+        except Interrupted as exc:
+            stopped = self.stop_all()
+            raise Interrupted(f"interrupted by {exc}: stopped {stopped or 'no running job'}; {len(self.done)} of "
+                              f"{self.total} jobs had finished") from None
         finally:
             self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_signal(self, signum, frame) -> None:
+        """SIGINT/SIGTERM only set a flag, read between polls: an exception raised wherever the
+        signal lands (inside a fork's handlers, say) could be swallowed there."""
+        self.interrupted = signal.Signals(signum).name
+
+    def check_interrupted(self) -> None:
+        if self.interrupted:
+            raise Interrupted(self.interrupted)
 
     def start_ready(self) -> None:
+        self.check_interrupted()
         for slot in [i for i in range(len(self.slots)) if i not in self.running]:
             ready = next((j for j in self.pending if j.needs <= self.done), None)
             if ready is None:
@@ -153,11 +190,12 @@ class Scheduler:
         fh.write(f"==== {started} on device {self.slots[slot]}: {' '.join(command[1:])}\n")
         fh.flush()
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=slot_env(self.slots[slot], self.n_cpu))
+                                env=slot_env(self.slots[slot], self.n_cpu), preexec_fn=die_with_parent)
         self.running[slot] = (job, proc, time.perf_counter(), fh)
 
     def wait_any(self) -> int:
         while True:
+            self.check_interrupted()
             for slot, (_, proc, _, _) in self.running.items():
                 if proc.poll() is not None:
                     return slot
