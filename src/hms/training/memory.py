@@ -21,6 +21,7 @@ micro-batch the same shape (one cuDNN tuning, equal BatchNorm groups). `hms plan
 member's peak and micro-batch for CARDS."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from hms import config as C
 from hms.data import schema
 from hms.signal.montage import montage_names
+from hms.utils import atomic_write_json
 
 GB = 1e9
 CARDS_GB = (24, 40, 80)  # the cards `hms plan` sizes every member for (RTX 3090/4090, A100 40 GB, A100/H100 80 GB)
@@ -40,6 +42,7 @@ HALF_PRECISION_FACTOR = 0.5  # saved bytes under bf16/fp16 autocast against fp32
 BYTES_PER_PARAMETER = {"weights": 4, "gradients": 4, "adamw": 8}
 EMA_BYTES, AUTOCAST_COPY_BYTES = 4, 2
 BENCH_FILE = Path("bench") / "train.jsonl"  # under $HMS_WORK_DIR: `hms bench train` results (hms.plan reads them too)
+SAVED_BYTES_FILE = Path("bench") / "saved_bytes.json"  # under $HMS_WORK_DIR: measure()'s counts by network
 # what a bench result keeps for the memory model (hms.plan.save_train_bench writes them)
 MEMORY_BENCH_KEYS = ("peak_memory_bytes", "micro_batch", "precision", "parameters", "channels_last",
                      "infer_samples_per_s")
@@ -86,17 +89,26 @@ NOT_NETWORK = ("name", "train", "paths", "device", "seed", "augment", "labels", 
 
 def measure(cfg: DictConfig) -> tuple[float, int]:
     """(fp32 bytes saved for backward per sample, trainable parameters) of the config's network
-    in training mode, batch 1 on the CPU; once per network within a process (the bench's variants
-    of a member share it)."""
+    in training mode, batch 1 on the CPU. Kept per network within a process (the bench's variants
+    of a member share it) and in the work dir's SAVED_BYTES_FILE: MixNet-XL's count takes ~10 CPU-s
+    and ~5 GB of host memory, which every run of `hms run` on every GPU would otherwise repeat."""
     from hms.training.network import build_network
 
-    key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_NETWORK]), resolve=True)
+    yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_NETWORK]), resolve=True)
+    key = hashlib.sha1(f"{yaml}torch {torch.__version__}".encode()).hexdigest()[:16]
     if key not in _measured:
-        plain = _plain_network_cfg(cfg)
-        torch.manual_seed(0)
-        net = build_network(plain).train()
-        n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        _measured[key] = (float(saved_bytes(net, random_batch(plain, 1))) if n_params else 0.0), n_params
+        path = C.work_dir(cfg) / SAVED_BYTES_FILE
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        if key not in stored:
+            plain = _plain_network_cfg(cfg)
+            torch.manual_seed(0)
+            net = build_network(plain).train()
+            n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            stored[key] = [float(saved_bytes(net, random_batch(plain, 1))) if n_params else 0.0, n_params]
+            if C.work_dir(cfg).is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(path, {**(json.loads(path.read_text()) if path.is_file() else {}), key: stored[key]})
+        _measured[key] = (float(stored[key][0]), int(stored[key][1]))
     return _measured[key]
 
 
