@@ -134,7 +134,8 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": steps * 3})
     opt, sched = make_optimizer(net, stage, cfg)
     ema = make_ema(net, cfg.train.ema) if cfg.train.ema else None
-    step = TrainStep(net, opt, sched, cfg, device, setup.precision, setup.micro_batch, ema=ema)
+    train_net = torch.compile(net) if cfg.train.compile else net  # as FoldRun (one process: no DDP wrapper)
+    step = TrainStep(net, opt, sched, cfg, device, setup.precision, setup.micro_batch, train_net=train_net, ema=ema)
     loader = make_loader(ds, cfg, shuffle=True)
     net.train()
 
