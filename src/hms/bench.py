@@ -139,10 +139,14 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     loader = make_loader(ds, cfg, shuffle=True)
     net.train()
 
-    def pipeline_steps(n):
+    def pipeline_steps(n):  # a small dataset's loader starts over (its last partial batch is dropped)
         it = iter(loader)
         for _ in range(n):
-            step(next(it))
+            batch = next(it, None)
+            if batch is None:
+                it = iter(loader)
+                batch = next(it)
+            step(batch)
 
     sample = next(iter(loader))
     random_batch = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in sample.items()}
