@@ -7,10 +7,22 @@
 #      configs/exp/ configs trained by steps; a fitted-once one has no steps to time)
 #   3. a short run of the starter-recipe EfficientNet-B0 mosaic (5 folds x 2 epochs), ensembled
 #   4. the demo main job on the GPU, timed
+#   recipe (only when named: `bash scripts/gpu_check.sh recipe tests`, the lent device's one call):
+#      `hms bench train` for each configs/recipe/ member trained by steps, random weights, at its
+#      configured effective batch and settings (auto precision: bf16 on an H100/H200; channels-last
+#      where the family allows; micro-batch), RECIPE_STEPS steps timed RECIPE_REPEATS times against
+#      the bare model, plus its forward alone at the evaluation batch (inference), its peak memory
+#      (torch.cuda.max_memory_allocated) beside the CPU estimate; then each 2D member with
+#      channels-last the other way and with fp16 + GradScaler (named <exp>-channels_last_off/_on,
+#      <exp>-fp16). Results go to $HMS_WORK_DIR/bench/train.jsonl (what `hms plan` and
+#      `train.micro_batch: auto` read) and bench.jsonl. Budget: under 8 minutes on one H100/H200:
+#      ~1 min for the embedded dataset and its caches, then 5 members + 8 variants at ~(2 + 2 x
+#      RECIPE_REPEATS) x RECIPE_STEPS = 36 steps each, ~20-35 s each with start-up and cuDNN tuning;
+#      a variant that would start after RECIPE_BUDGET_S (330 s) is skipped, saying so.
 # Everything lands in $GPU_CHECK_DIR (default working/gpu_check): check.log, bench.jsonl and the
 # work dir of steps 3-4. HMS_PY set beforehand (an image with torch preinstalled) skips the setup.
 #   bash scripts/gpu_check.sh            # all steps
-#   bash scripts/gpu_check.sh tests bench  # some (tests | bench | effnet | demo)
+#   bash scripts/gpu_check.sh tests bench  # some (tests | bench | effnet | demo | recipe)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ -z "${HMS_PY:-}" ]; then
@@ -27,10 +39,22 @@ step() { echo "== [gpu_check] $* ($(date +%T))" | tee -a "$LOG"; }
 wanted() { [ ${#STEPS[@]} -eq 0 ] && return 0; local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 STEPS=("$@")
 status=0
+RECIPE_STEPS=${RECIPE_STEPS:-6} RECIPE_REPEATS=${RECIPE_REPEATS:-2} RECIPE_BUDGET_S=${RECIPE_BUDGET_S:-330}
+named() { local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 step "device"
 { nvidia-smi -L; "$HMS_PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } 2>&1 | tee -a "$LOG"
 "$HMS_PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible" >&2; exit 1; }
+
+if [ ${#STEPS[@]} -gt 0 ] && named recipe; then
+  step "caches for the embedded dataset"
+  hms prepare configs/demo/conv1d.yaml 2>&1 | tail -n 3 | tee -a "$LOG" || status=1
+  step "recipe: bench train per member (${RECIPE_STEPS} steps x ${RECIPE_REPEATS} repeats, budget ${RECIPE_BUDGET_S} s)"
+  "$HMS_PY" -c "import glob; from hms.bench import bench_recipe; bench_recipe(sorted(glob.glob('configs/recipe/*.yaml')), $RECIPE_STEPS, $RECIPE_REPEATS, $RECIPE_BUDGET_S)" \
+    2>&1 | tee -a "$LOG" | grep '^{' >> "$BENCH" || status=1
+  step "recipe: the plan's memory lines with the measured peaks"
+  hms plan configs/recipe/*.yaml 2>&1 | grep "memory" | tee -a "$LOG" || status=1
+fi
 
 if wanted tests; then
   step "tests/test_gpu.py"

@@ -205,7 +205,7 @@ def test_low_vote_weight_decays_linearly_over_the_stage():
 
 
 def test_train_step_reweights_low_vote_rows_with_this_epochs_weight():
-    from hms.training.loop import train_step
+    from hms.training.step import TrainStep
 
     seen = {}
 
@@ -219,8 +219,7 @@ def test_train_step_reweights_low_vote_rows_with_this_epochs_weight():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     cfg = OmegaConf.create({"train": {"grad_clip": 0}, "augment": {"mixup_alpha": 0.0, "mixup_p": 0.0}})
-    train_step(fake_loss_net, batch, opt, sched, torch.amp.GradScaler("cpu", enabled=False), cfg,
-               torch.device("cpu"), low_vote_weight=0.3)
+    TrainStep(net, opt, sched, cfg, torch.device("cpu"), "fp32", train_net=fake_loss_net)(batch, low_vote_weight=0.3)
     assert seen["weight"].tolist() == pytest.approx([0.3, 1.0, 0.3, 1.0])
 
 

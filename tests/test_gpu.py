@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*/*.yaml"))
 STEPPED, FITTED = split_by_training(SHIPPED, ROOT)
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-# autocast's dtype per device, and how far its softmax may stray from fp32's
-AMP = {"cuda": (torch.float16, 0.02), "cpu": (torch.bfloat16, 0.05)}
+# how far autocast's softmax may stray from fp32's, per precision (bf16 keeps 8 bits of mantissa)
+AMP_TOLERANCE = {"fp16": 0.02, "bf16": 0.05}
 
 
 def real_batch(cfg, data_dir: Path, n: int = 8) -> dict:
@@ -66,47 +66,93 @@ def test_shipped_configs_split_into_stepped_and_fitted_once():
         assert (n_params > 0) == (path in STEPPED), f"{path}: {n_params} trainable parameters"
 
 
-def check_amp_steps(path: str, data_dir: Path, work_dir: Path, device: torch.device) -> None:
-    """Forward under autocast agrees with fp32, and three scaled steps keep every loss and
-    gradient finite: an fp16 overflow in a mel, a GRU or a gated WaveNet shows up here."""
+def check_amp_steps(path: str, data_dir: Path, work_dir: Path, device: torch.device, precision: str = "fp16",
+                    micro_batch: int | None = 4) -> None:
+    """Forward under autocast agrees with fp32, and three steps (FoldRun's TrainStep: micro-batches
+    of 4 of the batch of 8 with accumulation, channels-last where the member's family allows, the
+    GradScaler with fp16) keep every loss and gradient finite: an fp16 overflow in a mel, a GRU or
+    a gated WaveNet shows up here."""
     from omegaconf import OmegaConf
 
-    from hms.training.loop import make_optimizer, train_step
+    from hms.training.device import apply_channels_last, autocast
+    from hms.training.loop import make_optimizer
     from hms.training.network import build_network
     from hms.training.predict import to_device
+    from hms.training.step import TrainStep
 
     cfg = shipped_config(path, data_dir, work_dir, device)
     batch = real_batch(cfg, data_dir)
     torch.manual_seed(0)
     net = build_network(cfg).to(device)
-    if net.input_kind == "image":
-        net = net.to(memory_format=torch.channels_last)
+    apply_channels_last(net, "auto", device)
     net.eval()
-    dtype, tolerance = AMP[device.type]
+    if device.type == "cpu":
+        precision = "bf16"  # the CPU's autocast dtype, to run the comparison here
+    tolerance = AMP_TOLERANCE[precision]
     with torch.no_grad():
         inputs = to_device(batch, device)
         fp32 = torch.softmax(net(inputs).float(), 1)
-        with torch.autocast(device.type, dtype=dtype):
+        with autocast(device, precision):
             low = torch.softmax(net(inputs).float(), 1)
     assert torch.isfinite(low).all(), path
     assert (low - fp32).abs().max().item() < tolerance, path
     net.train()
     stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": 3})
     opt, sched = make_optimizer(net, stage, cfg)
-    scaler = torch.amp.GradScaler(device.type)
-    losses = [train_step(net, dict(batch), opt, sched, scaler, cfg, device).item() for _ in range(3)]
+    step = TrainStep(net, opt, sched, cfg, device, precision if device.type == "cuda" else "fp32", micro_batch)
+    losses = [step(dict(batch)).item() for _ in range(3)]
     assert np.isfinite(losses).all(), f"{path}: {losses}"
     assert all(torch.isfinite(p).all() for p in net.parameters()), path
 
 
+def cuda_precisions() -> list[str]:
+    from hms.training.device import has_bf16
+
+    return ["fp16", "bf16"] if torch.cuda.is_available() and has_bf16(CUDA) else ["fp16"]
+
+
 @needs_cuda
 @pytest.mark.parametrize("path", STEPPED)
-def test_every_shipped_stepped_config_takes_amp_steps_on_cuda(path, tiny_synth, tmp_path):
-    check_amp_steps(path, tiny_synth, tmp_path, CUDA)
+@pytest.mark.parametrize("precision", cuda_precisions())
+def test_every_shipped_stepped_config_takes_amp_steps_on_cuda(path, precision, tiny_synth, tmp_path):
+    check_amp_steps(path, tiny_synth, tmp_path, CUDA, precision)
 
 
 def test_the_amp_step_check_runs_on_the_cpu(tiny_synth, tmp_path):
     check_amp_steps("configs/demo/conv1d.yaml", tiny_synth, tmp_path, CPU)
+
+
+@needs_cuda
+def test_accumulation_on_cuda_gives_the_gradients_of_one_batch_channels_last(tmp_path):
+    """tests/test_device.py's CPU check on the GPU, through a 2D network converted to channels-last."""
+    from test_device import random_batch, step_grads
+
+    from hms.training.device import apply_channels_last
+
+    cfg = tiny_config(tmp_path, tmp_path, "device=cuda", "train.grad_clip=0",
+                      "model={kind: timm_mel, backbone: resnet10t, n_fft: 256, win_length: 32, n_mels: 16, "
+                      "width: 32, layout: chain_avg_channels}")
+
+    def on_cuda(net):
+        net.to(CUDA)
+        assert apply_channels_last(net, "auto", CUDA)
+        return net
+
+    batch = random_batch(8)
+    whole = step_grads(cfg, batch, None, on_cuda, CUDA)
+    parts = step_grads(cfg, batch, 3, on_cuda, CUDA)
+    for a, b in zip(whole, parts):
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-4)  # TF32 convolutions
+
+
+@needs_cuda
+def test_bench_train_on_cuda_reports_peak_memory_beside_the_estimate(tiny_synth, tmp_path):
+    from hms.bench import bench_train
+
+    result = bench_train(tiny_config(tiny_synth, tmp_path, "device=cuda", "train.micro_batch=auto"), steps=2,
+                         repeats=1)
+    assert result["peak_memory_bytes"] > 0 and result["estimated_peak_bytes"] > 0
+    assert result["precision"] in ("bf16", "fp16") and 1 <= result["micro_batch"] <= 16
 
 
 def fit_fold0(path: str, data_dir: Path, work_dir: Path, device: torch.device, name: str, *overrides: str) -> Path:

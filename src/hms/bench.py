@@ -3,7 +3,9 @@ Speed lives here, never in timed tests."""
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,8 +66,6 @@ def print_json(result: dict) -> None:
 def split_by_training(config_paths: list[str], root=".") -> tuple[list[str], list[str]]:
     """(the configs trained by gradient steps, those fitted once) among config_paths, relative to
     root: the first have training steps to time and AMP steps to check, the second a fit."""
-    from pathlib import Path
-
     from hms.config import load_config
     from hms.models.factory import fitted_once
 
@@ -113,27 +113,40 @@ def _alternating(a, b, repeats: int) -> tuple[float, float]:
 
 def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5) -> dict:
     """Samples/s of the full training step (loader + augmentation + forward + backward + step)
-    against the same network's step on random tensors of the same shapes."""
+    against the same network's step on random tensors of the same shapes, and its forward alone
+    at the evaluation batch (inference). The step is FoldRun's: the same TrainStep, device setup
+    (precision, channels-last, micro-batch, cuDNN), EMA and train mode. On CUDA: the peak memory
+    (torch.cuda.max_memory_allocated), which `train.micro_batch: auto` and `hms plan` then use."""
     from omegaconf import OmegaConf
 
     from hms.config import resolve_device
-    from hms.training.dataset import make_loader
-    from hms.training.loop import make_optimizer, train_step
+    from hms.training.dataset import eval_batch_size, make_loader
+    from hms.training.loop import make_ema, make_optimizer
+    from hms.training.memory import memory_model
+    from hms.training.step import TrainStep, device_setup
 
     if batch:
         cfg.train.batch_size = batch
     device = torch.device(resolve_device(cfg))
     ds, net = _train_setup(cfg)
     net = net.to(device)
+    setup = device_setup(cfg, net, device, str(cfg.get("name") or ""), say=lambda line: print(line, file=sys.stderr))
     stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": steps * 3})
     opt, sched = make_optimizer(net, stage, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.train.amp) and device.type == "cuda")
+    ema = make_ema(net, cfg.train.ema) if cfg.train.ema else None
+    train_net = torch.compile(net) if cfg.train.compile else net  # as FoldRun (one process: no DDP wrapper)
+    step = TrainStep(net, opt, sched, cfg, device, setup.precision, setup.micro_batch, train_net=train_net, ema=ema)
     loader = make_loader(ds, cfg, shuffle=True)
+    net.train()
 
-    def pipeline_steps(n):
+    def pipeline_steps(n):  # a small dataset's loader starts over (its last partial batch is dropped)
         it = iter(loader)
         for _ in range(n):
-            train_step(net, next(it), opt, sched, scaler, cfg, device)
+            batch = next(it, None)
+            if batch is None:
+                it = iter(loader)
+                batch = next(it)
+            step(batch)
 
     sample = next(iter(loader))
     random_batch = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in sample.items()}
@@ -142,27 +155,118 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
 
     def bare_steps(n):  # the same step, optimiser and clipping included, minus loader and augmentations
         for _ in range(n):
-            train_step(net, dict(random_batch), opt, sched, scaler, cfg, device, augment=False)
+            step(dict(random_batch), augment=False)
 
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     n = cfg.train.batch_size * steps
     full, bare = _alternating(lambda: pipeline_steps(steps), lambda: bare_steps(steps), repeats)
     full, bare = n / full, n / bare
+    peak = torch.cuda.max_memory_allocated(device) if cuda else None
+    estimate = memory_model(cfg, setup.precision, use_measured=False).peak(setup.micro_batch) if cuda else None
+    infer = bench_forward(net, random_batch, eval_batch_size(cfg), device, setup.precision, steps)
     from hms.plan import device_name, forward_gflops, model_family
 
     return {"bench": "train", "experiment": str(cfg.get("name")), "samples_per_s": round(full, 1),
             "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
             "pipeline_overhead": round(1 - full / bare, 3), "batch": cfg.train.batch_size, "repeats": repeats,
+            "micro_batch": setup.micro_batch, "precision": setup.precision,
+            "channels_last": bool(setup.channels_last), "cudnn_benchmark": setup.cudnn_benchmark,
+            "peak_memory_bytes": peak, "estimated_peak_bytes": estimate, "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+            "infer_samples_per_s": round(infer, 1), "infer_batch": eval_batch_size(cfg),
             "device": str(device), "device_name": device_name(str(device)),  # the plan's key
             "forward_gflops": round(forward_gflops(cfg), 4), "family": model_family(cfg)}
+
+
+def bench_forward(net, sample: dict, batch: int, device, precision: str, steps: int) -> float:
+    """Samples/s of the network's forward alone (no TTA) on random inputs at the evaluation batch."""
+    from hms.training.device import autocast
+
+    reps = -(-batch // len(sample["signal"]))
+    inputs = {k: torch.cat([v] * reps)[:batch].to(device) for k, v in sample.items()}
+    net.eval()
+
+    @torch.no_grad()
+    def forward():
+        for _ in range(max(1, steps // 2)):
+            with autocast(device, precision):
+                net(inputs)
+
+    seconds = _timed(forward, repeats=3)
+    net.train()
+    return batch * max(1, steps // 2) / seconds
+
+
+def recipe_variants(config_paths: list[str], root=".") -> list[tuple[str, list[str]]]:
+    """(config, overrides) for gpu_check.sh's recipe step: every member trained by steps at its
+    configured effective batch and settings (auto precision, channels-last, micro-batch), random
+    weights; then, for each 2D member, channels-last the other way (named <exp>-channels_last_on /
+    _off) and, for each convolutional 2D member, fp16 + GradScaler (<exp>-fp16). The variants carry
+    their own names, so `hms plan` keeps reading the members' own figures."""
+    from hms.config import load_config
+    from hms.training.device import image_backbones, is_convolutional
+    from hms.training.network import build_network
+
+    stepped, _ = split_by_training(config_paths, root)
+    first, layouts, fp16 = [], [], []
+    for path in stepped:
+        cfg = load_config([str(Path(root) / path)], [])
+        base = ["model.pretrained=false"] if "pretrained" in cfg.model else []
+        first.append((path, base))
+        if "pretrained" in cfg.model:
+            cfg.model.pretrained = False
+        backbones = image_backbones(build_network(cfg))
+        if not backbones:
+            continue
+        cnn = all(is_convolutional(b) for b in backbones)  # auto converts these; the variant the others
+        layouts.append((path, [*base, f"train.channels_last={'false' if cnn else 'true'}",
+                               f"name={cfg.name}-channels_last_{'off' if cnn else 'on'}"]))
+        fp16.append((path, [*base, "train.precision=fp16", f"name={cfg.name}-fp16"]))
+    return first + layouts + fp16  # in this order: a spent budget skips the fp16 variants first
+
+
+def bench_recipe(config_paths: list[str], steps: int, repeats: int, budget_s: float, root=".") -> list[dict]:
+    """gpu_check.sh's recipe step in one process (one import, one cuDNN cache): bench_train for
+    each of recipe_variants, each result printed and saved where `hms plan` reads it; a variant
+    that would start after budget_s is skipped and said so (the step's time limit holds)."""
+    import gc
+
+    from hms.config import load_config
+    from hms.plan import save_train_bench
+
+    t0, results = time.perf_counter(), []
+    for path, overrides in recipe_variants(config_paths, root):
+        spent = time.perf_counter() - t0
+        if spent > budget_s:
+            print_json({"bench": "train", "config": path, "overrides": overrides,
+                        "skipped": f"budget of {budget_s:.0f} s spent ({spent:.0f} s)"})
+            continue
+        cfg = load_config([str(Path(root) / path)], overrides)
+        try:
+            result = bench_train(cfg, steps=steps, repeats=repeats)
+        except torch.OutOfMemoryError as exc:
+            result = {"bench": "train", "experiment": str(cfg.name), "error": f"out of memory: {exc}"[:300]}
+        result["overrides"] = overrides
+        print_json(result)
+        if "error" not in result:
+            save_train_bench(cfg, result)
+        results.append(result)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return results
 
 
 def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     """Test rows/s of predict_experiment end to end (caches built beforehand, then reading,
     batching, forward with TTA) against the bare networks' forward on random tensors."""
-    from pathlib import Path
 
     from hms import config as C
+    from omegaconf import OmegaConf
+
     from hms.inference.predict import load_folds, predict_experiment
+    from hms.training.dataset import eval_batch_size
     from hms.training.predict import test_inputs
     from hms.data.tables import ensure_dataset
 
@@ -173,11 +277,11 @@ def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     overrides = {"paths": {"data_dir": str(data_dir), "work_dir": str(work)}, "device": device}
     fold_cfg, nets = load_folds(work / exp, overrides, device)
     if batch:
-        fold_cfg.train.batch_size = batch
+        OmegaConf.update(fold_cfg, "infer.batch_size", batch)
     test, *_ = test_inputs(fold_cfg)  # caches built here, outside the timing
     run = lambda: predict_experiment(Path(work) / exp, data_dir, work, device=device, progress=False)  # noqa: E731
     end_to_end = len(test) / _timed(run, repeats=1)
-    bs, n = int(fold_cfg.train.batch_size), len(test)
+    bs, n = eval_batch_size(fold_cfg), len(test)
     sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])  # the same rows as the real run
     samples = [{"signal": torch.randn(k, 16, schema.EEG_WINDOW_SAMPLES, device=device),
                 "spec": torch.randn(k, 4, 100, 300, device=device)} for k in sorted(set(sizes))]
@@ -203,7 +307,6 @@ def bench_app(cfg) -> dict:
     `hms app` announces): a fresh browser (it also fetches and parses Streamlit's frontend),
     a reload (frontend cached), and another eeg_id (a new script run on warm caches)."""
     import tempfile
-    from pathlib import Path
 
     import pandas as pd
 

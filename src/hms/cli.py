@@ -237,7 +237,7 @@ def cmd_bench(args) -> int:
 
         files, _ = _split_items(args)
         cfg.name = experiment_name(cfg, files[0] if files else None)
-        result = bench.bench_train(cfg, batch=args.batch, steps=args.steps)
+        result = bench.bench_train(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats)
         bench.print_json(result)
         print(f"[hms bench] saved for `hms plan` in {save_train_bench(cfg, result)}", file=sys.stderr)
     elif args.what == "app":
@@ -432,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "loader trees notebook)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5, help="train: timed repeats of --steps steps (median)")
     p.add_argument("--device", default=None)
     p.add_argument("--exp", default=None, help="infer: experiment name (default: the first finished one)")
     return parser

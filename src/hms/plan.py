@@ -31,6 +31,7 @@ from hms.data.validate import drop_excluded_rows
 from hms.models.factory import fitted_once, model_input
 from hms.signal.montage import montage_names
 from hms.training.loop import stage_rows
+from hms.training.memory import BENCH_FILE, MEMORY_BENCH_KEYS, card_table, plan_memory_lines
 from hms.training.runs import RunSpec, cv_runs, full_runs, predicting_runs
 from hms.utils import atomic_write_text
 
@@ -57,7 +58,6 @@ PREPARE_S_PER_TEST_EEG = 0.07
 GPU_COUNTS = (2, 4, 8)  # totals printed for these GPU counts besides one
 
 THROUGHPUT_FILE = "throughput.yaml"  # in the configs folder
-BENCH_FILE = Path("bench") / "train.jsonl"  # under $HMS_WORK_DIR: `hms bench train` results
 SAME_FLOPS = 0.02  # a saved measurement counts for a config whose forward FLOPs are this close
 
 
@@ -138,7 +138,7 @@ def save_train_bench(cfg: DictConfig, result: dict) -> Path:
     dir's bench file, where the plan finds it; the latest line for a key wins."""
     path = bench_path(cfg)
     keep = ["device_name", "experiment", "samples_per_s", "bare_model_samples_per_s", "batch",
-            "forward_gflops", "family"]
+            "forward_gflops", "family", *MEMORY_BENCH_KEYS]
     line = json.dumps({k: result[k] for k in keep if k in result})
     old = path.read_text() if path.is_file() else ""
     atomic_write_text(path, old + line + "\n")
@@ -476,6 +476,7 @@ class Plan:
     cache: dict[str, int]
     gpus: int = 1  # processes the main job will run (one per GPU)
     min_votes: int = 10  # labels.min_votes_high
+    memory: dict = field(default_factory=dict)  # peak memory and micro-batch per card (hms.training.memory)
 
     @property
     def runs(self) -> int:
@@ -507,6 +508,7 @@ class Plan:
                         for m in self.members},
             "train_rows": len(self.tables.train), "eegs": int(self.tables.train.eeg_id.nunique()),
             "items": item_count(self.tables.train), "test_rows": len(self.tables.test),
+            "memory": self.memory,
         }
 
     def gpu_hours_of(self, m: MemberPlan) -> float:
@@ -537,7 +539,7 @@ def make_plan(cfgs: list[DictConfig], gpus: int = 1) -> Plan:
     counts: dict = {}
     members = [member_plan(cfg, tables, counts, refs_here, refs_gpu, table) for cfg in cfgs]
     return Plan(members, tables, here, here_is_gpu, gpu_device, note, cache_bytes(tables), gpus,
-                int(base.labels.min_votes_high))
+                int(base.labels.min_votes_high), card_table(cfgs))
 
 
 def _rate(per_s: float) -> str:
@@ -583,6 +585,7 @@ def plan_lines(plan: Plan) -> list[str]:
                  f"(an estimate, reading {PREPARE_S_PER_TEST_EEG} s per EEG; T4 items/s: "
                  + ", ".join(f"{m.name} {_rate(m.t4_infer_per_s)} ({m.t4_how})" for m in plan.members
                              if m.t4_infer_per_s) + ")")
+    lines += plan_memory_lines(plan.memory)
     lines.append("[hms plan] upper bounds: every stage runs its configured epochs (early stopping and the full fits' "
                  f"CV-derived length cut them); inference at {INFER_SPEEDUP:g}x the training rate; no cache build time")
     return lines

@@ -13,7 +13,6 @@ float32 conversion alone cost ~0.2 ms per item): `widened` makes them float32 on
 """
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from hms.cache.store import Cache
 from hms.training.augment import MIRROR_PANELS, mirror_order
 from hms.config import resolve_device
+from hms.training.device import loader_workers
 from hms.data import labels, schema
 from hms.signal import filters, kaggle_spec, montage
 
@@ -159,12 +159,25 @@ def seed_worker(worker_id: int) -> None:
         dataset.reseed(seed)
 
 
+def eval_batch_size(cfg) -> int:
+    """Validation and test batches: infer.batch_size, or null for twice the training batch (no
+    gradients or saved activations: a forward's memory is a small part of a training step's)."""
+    size = OmegaConf.select(cfg, "infer.batch_size", default=None)
+    return int(size) if size else 2 * int(cfg.train.batch_size)
+
+
 def make_loader(dataset, cfg, shuffle: bool, sampler=None) -> DataLoader:
-    workers = cfg.train.num_workers
+    """A training loader (shuffle or a sampler: train.batch_size, the last partial batch
+    dropped) or an evaluation one (eval_batch_size, every item). Dropping the last partial
+    batch: a batch of 1-31 items would get a full step's weight from a noisy gradient and
+    BatchNorm statistics over a few items, and a new shape for cuDNN to tune; the shuffle
+    drops other items each epoch. A set smaller than one batch keeps its one partial batch."""
     device = torch.device(resolve_device(cfg))
-    if workers == "auto":
-        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=int(workers), drop_last=False,
-                      pin_memory=device.type == "cuda", persistent_workers=int(workers) > 0,
-                      worker_init_fn=seed_worker if int(workers) > 0 else None)
+    training = shuffle or sampler is not None
+    workers = loader_workers(cfg.train.num_workers, device, training)
+    batch = int(cfg.train.batch_size) if training else eval_batch_size(cfg)
+    drop_last = training and len(sampler if sampler is not None else dataset) > batch
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=seed_worker if workers > 0 else None)

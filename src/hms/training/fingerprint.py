@@ -6,8 +6,11 @@ the settings that can change what a run learns. The rest cannot, and is left out
 
   paths.*, device          where the data and artefacts live, which device runs it
   cache.*, synth.*         how caches are built, how the embedded dataset is made
-  train.num_workers, train.logger, train.compile, train.ddp_timeout_minutes
-                           how fast it runs and where it logs
+  train.num_workers, train.logger, train.compile, train.ddp_timeout_minutes,
+  train.micro_batch, train.precision, train.channels_last, train.cudnn_benchmark,
+  infer.batch_size         how fast it runs on this card and where it logs (micro-batches sum to
+                           the same gradients; `auto` resolves per card, so a run may resume on
+                           another; BatchNorm layers see the micro-batch, the one difference)
   train.n_seeds, train.full_fits, train.test_runs, ensemble.*
                            which runs the experiment has and how they are joined, not what one
                            run learns (so `hms run --hours` can add a member's second seed later)
@@ -28,7 +31,8 @@ from hms import config as C
 
 IGNORED_SECTIONS = ("paths", "device", "cache", "synth", "ensemble", "name", "free_form")
 IGNORED_KEYS = ("train.num_workers", "train.logger", "train.compile", "train.ddp_timeout_minutes",
-                "train.n_seeds", "train.full_fits", "train.test_runs")
+                "train.micro_batch", "train.precision", "train.channels_last", "train.cudnn_benchmark",
+                "infer.batch_size", "train.n_seeds", "train.full_fits", "train.test_runs")
 RUN_CONFIG = "config.yaml"  # in each run's folder (hms.training.loop)
 
 

@@ -26,15 +26,14 @@ from hms.cache.store import open_cache
 from hms.data import labels, schema
 from hms.metric import kl_score
 from hms.models.factory import fitted_once, uses_kaggle_spec
-from hms.training.augment import augment_batch
 from hms.training.dataset import HMSDataset, make_loader, training_set
 from hms.training.fingerprint import ConfigChanged, check_unchanged, fingerprint
 from hms.training.dist import barrier, broadcast_from_main, cuda_indexed, init_distributed, launched_world_size
-from hms.training.losses import kl_loss
 from hms.training.network import build_network
 from hms.training.predict import predict_probs, predict_test, to_device
 from hms.training.pseudo import pseudo_labelled
 from hms.training.runs import RunSpec
+from hms.training.step import TrainStep, device_setup
 from hms.training.tracking import EpochLogger
 from hms.training.workdir import exp_dir, load_checkpoint
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, bars_off
@@ -109,30 +108,6 @@ def make_ema(net, decay: float):
     return ModelEmaV3(net, decay=float(decay), use_warmup=True)
 
 
-def train_step(net, batch, opt, sched, scaler, cfg, device, augment: bool = True,
-               low_vote_weight: float | None = None) -> torch.Tensor:
-    """One optimiser step; returns the loss as a device tensor (reading it would sync every step).
-    low_vote_weight: this epoch's weight for rows under min_votes (a decaying schedule); None
-    keeps the dataset's."""
-    batch = to_device(batch, device)  # augment=False: the bare step `hms bench train` compares with
-    if low_vote_weight is not None:
-        batch["weight"] = torch.where(batch["low_vote"], low_vote_weight, 1.0).float()
-    if augment:
-        augment_batch(batch, cfg.augment)
-    with torch.autocast(device_type=device.type, enabled=scaler.is_enabled()):
-        logits = net(batch, cfg.augment if augment else None)
-    loss = kl_loss(logits, batch["target"], batch["weight"])
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.train.grad_clip:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-    scaler.step(opt)
-    scaler.update()
-    sched.step()
-    return loss.detach()
-
-
 # ---------------------------------------------------------------- one fold
 
 class FoldRun:
@@ -148,9 +123,6 @@ class FoldRun:
         self.device = cuda_indexed(torch.device(C.resolve_device(cfg)), local_rank if self.world > 1 else None)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-            # no cudnn.benchmark: on an H200 it autotuned EfficientNet-B0 at 512x512 for 24 s per new
-            # batch shape (first, last, validation and TTA batches: ~50 s an epoch of 23 batches),
-            # and its steps were no faster than channels_last alone (0.06 s)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.dir = exp_dir(cfg) / run.name
         self.stages = self.run_stages()
@@ -166,15 +138,18 @@ class FoldRun:
             self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
             self.val_high = val_mask_high(self.val_set.items, self.min_votes)
         self.net = build_network(cfg).to(self.device)
-        if self.device.type == "cuda" and self.net.input_kind == "image":
-            self.net = self.net.to(memory_format=torch.channels_last)  # faster convolutions with AMP
+        self.setup = device_setup(cfg, self.net, self.device, self.tag, say=self.say)  # shared with the bench
+        self.precision = self.setup.precision
         self.train_net = self.net  # what the optimiser steps through: DDP-wrapped under torchrun
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_net = DistributedDataParallel(self.net, device_ids=ids)
         if cfg.train.compile:  # compile the DDP wrapper, as PyTorch advises, so it can split graphs at buckets
             self.train_net = torch.compile(self.train_net)
-        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
+
+    def say(self, line: str) -> None:
+        if self.is_main:
+            print(line, flush=True)
 
     def run_stages(self) -> list:
         """The configured stages, each with `run_epochs` (epochs actually trained: a full fit
@@ -193,7 +168,7 @@ class FoldRun:
     def validate(self, net, tta: bool = False) -> tuple[dict, np.ndarray | None]:
         if self.val_set is None:  # a full fit: nothing held out
             return {}, None
-        probs = predict_probs(net, self.val_loader, self.device, tta_lr_swap=tta, amp=self.amp)
+        probs = predict_probs(net, self.val_loader, self.device, tta_lr_swap=tta, precision=self.precision)
         target = self.val_set.targets
         high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
         return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
@@ -234,7 +209,6 @@ class FoldRun:
         loader = self.stage_loader(stage)
         stage = OmegaConf.merge(stage, {"steps_per_epoch": len(loader)})
         opt, sched = make_optimizer(self.net, stage, self.cfg, self.world)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         start = 0
         if state["stage"] == s_idx and state["epoch"] >= 0:  # resume inside this stage
             self.net.load_state_dict(state["model"])
@@ -248,6 +222,8 @@ class FoldRun:
         ema = make_ema(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         if ema and start > 0 and "ema" in state:
             ema.module.load_state_dict(state["ema"])
+        step = TrainStep(self.net, opt, sched, self.cfg, self.device, self.precision, self.setup.micro_batch,
+                         train_net=self.train_net, ema=ema)
         scheduled = not isinstance(stage.get("low_vote_weight", 0.0), (int, float))
         for epoch in range(start, stage.run_epochs):
             if state["bad_epochs"] >= self.cfg.train.patience:
@@ -257,13 +233,12 @@ class FoldRun:
                 loader.sampler.set_epoch(epoch + 1000 * s_idx)
             low_w = low_vote_weight_at(stage, epoch, self.cfg.labels.low_vote_weight) if scheduled else None
             loss_sum, steps = torch.zeros((), device=self.device), 0
+            step.updates = epoch * len(loader)  # the EMA's warm-up goes on across epochs and resumes
+            self.train_net.train()  # validation left the network in eval mode
             bar = tqdm(loader, desc=f"{self.tag} s{s_idx} e{epoch}", disable=bars_off(self.progress), leave=False)
             for batch in bar:
-                loss_sum += train_step(self.train_net, batch, opt, sched, scaler, self.cfg, self.device,
-                                       low_vote_weight=low_w)
+                loss_sum += step(batch, low_vote_weight=low_w)
                 steps += 1
-                if ema:
-                    ema.update(self.net, step=epoch * len(loader) + steps)
             evaluated = ema.module if ema else self.net
             # rank 0 validates (the whole fold) and decides; the other ranks take its numbers
             scores = broadcast_from_main(self.validate(evaluated)[0] if self.is_main else None)
@@ -318,7 +293,7 @@ class FoldRun:
         if self.val_set is not None:
             atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
             metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
-        test = predict_test(self.cfg, [self.net], self.device, amp=self.amp,
+        test = predict_test(self.cfg, [self.net], self.device, precision=self.precision,
                             prior=labels.prior(self.train_rows, self.min_votes))
         atomic_to_csv(test, self.dir / "test_pred.csv")
         atomic_write_json(self.dir / "metrics.json", metrics)

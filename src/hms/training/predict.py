@@ -15,6 +15,7 @@ from hms import config as C
 from hms.data import schema
 from hms.training.augment import MIRROR_PANELS, mirror_order
 from hms.training.dataset import widened
+from hms.training.device import autocast
 
 
 def to_device(batch: dict, device) -> dict:
@@ -30,20 +31,38 @@ def mirrored(batch: dict) -> dict:
     return out
 
 
+def padded(batch: dict, size: int) -> dict:
+    """The batch with its first item repeated up to `size` items: a last, smaller evaluation
+    batch takes the full batch's shape (one shape for cuDNN's autotuning; eval mode, so the
+    extra items change nothing but their own discarded rows)."""
+    n = len(batch["signal"])
+    if n >= size:
+        return batch
+    return {k: torch.cat([v, v[:1].expand(size - n, *v.shape[1:])]) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def predict_probs(net: torch.nn.Module, loader: DataLoader, device, tta_lr_swap: bool = False,
-                  amp: bool = False, progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Softmax probabilities (n, 6) float64, in the loader's order."""
+                  amp: bool = False, progress: bool = False, desc: str = "predict",
+                  precision: str | None = None) -> np.ndarray:
+    """Softmax probabilities (n, 6) float64, in the loader's order. precision: 'bf16' | 'fp16' |
+    'fp32' (hms.training.device); None: fp16 autocast when amp, else fp32. Probabilities stay on
+    the device until the end: one transfer, no sync per batch."""
+    device = torch.device(device)
+    precision = precision or ("fp16" if amp else "fp32")
     net.eval()
     out = []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = to_device(batch, device)
-        with torch.autocast(device_type=torch.device(device).type, enabled=amp):
+        n = len(batch["signal"])
+        if device.type == "cuda" and loader.batch_size:
+            batch = padded(batch, loader.batch_size)
+        with autocast(device, precision):
             probs = torch.softmax(net(batch).float(), dim=1)
             if tta_lr_swap:
                 probs = (probs + torch.softmax(net(mirrored(batch)).float(), dim=1)) / 2
-        out.append(probs.cpu().double().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 6))
+        out.append(probs[:n])
+    return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, 6))
 
 
 # ---------------------------------------------------------------- test predictions
@@ -84,7 +103,8 @@ def check_fallback(test: pd.DataFrame, ok: np.ndarray, caches: list) -> None:
             f"{MAX_FALLBACK_SHARE:.0%}: a data format problem, not bad luck); causes: {examples}")
 
 
-def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progress: bool = False) -> pd.DataFrame:
+def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progress: bool = False,
+                 precision: str | None = None) -> pd.DataFrame:
     """Mean probabilities of `nets` (folds sharing one input config) for every test.csv row, in
     its order; rows whose files are missing or unreadable get `prior` (uniform if None) and a
     warning naming them, up to MAX_FALLBACK_SHARE of the rows (beyond that: an error)."""
@@ -102,7 +122,7 @@ def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progres
                         signal_cfg=cfg.signal)
         loader = make_loader(ds, cfg, shuffle=False)
         probs[ok] = np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
-                                           progress=progress, desc=f"predict {cfg.name}") for net in nets], axis=0)
+                                           precision=precision, progress=progress, desc=f"predict {cfg.name}") for net in nets], axis=0)
     out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
     out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
     return out

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from hms import config as C
+from hms.training.device import CORES_ENV
 from hms.training.experiment import all_runs, set_aside
 from hms.training.runs import cv_runs
 from hms.training.workdir import TRAIN_LOG, exp_dir, is_complete
@@ -84,15 +85,17 @@ def device_slots(gpus: str | int = "all", devices: list[str] | None = None) -> l
     return visible[:n]
 
 
-def slot_env(slot: str, n_cpu_slots: int) -> dict[str, str]:
-    """The environment of a job on this slot: one GPU visible to it (as cuda:0), or the CPU with
-    a share of the cores."""
+def slot_env(slot: str, n_cpu_slots: int, n_slots: int = 1) -> dict[str, str]:
+    """The environment of a job on this slot: one GPU visible to it (as cuda:0) with its share of
+    the cores for its loader workers (hms.training.device.loader_workers), or the CPU with a share
+    of the cores."""
     env = dict(os.environ)
     if slot == CPU_SLOT:
         env.update(HMS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="",
                    OMP_NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)) // max(1, n_cpu_slots))))
     else:
-        env.update(HMS_DEVICE="cuda", CUDA_VISIBLE_DEVICES=slot)
+        env.update(HMS_DEVICE="cuda", CUDA_VISIBLE_DEVICES=slot,
+                   **{CORES_ENV: str(max(1, len(os.sched_getaffinity(0)) // max(1, n_slots)))})
     return env
 
 
@@ -190,7 +193,8 @@ class Scheduler:
         fh.write(f"==== {started} on device {self.slots[slot]}: {' '.join(command[1:])}\n")
         fh.flush()
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=slot_env(self.slots[slot], self.n_cpu), preexec_fn=die_with_parent)
+                                env=slot_env(self.slots[slot], self.n_cpu, len(self.slots)),
+                                preexec_fn=die_with_parent)
         self.running[slot] = (job, proc, time.perf_counter(), fh)
 
     def wait_any(self) -> int:
