@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hms.data import schema
 from hms.data.schema import N_CLASSES, SAMPLING_RATE
 from hms.models.conv1d import signal_groups
-from hms.signal.melspec import TorchMelSpectrogram
+from hms.signal.melspec import REFERENCES, TorchMelSpectrogram
 from hms.signal.spectrogram import centre_crop
 from hms.models.pooling import GeM
 from hms.models.registry import register
@@ -188,6 +189,44 @@ class TimmSpectrogramNet(nn.Module):
 
 
 LAYOUTS = ("chain_avg_stack", "chain_avg_channels", "pairs_stack", "pairs_channels")
+PANEL_ORDERS = ("chains", "left_right")
+ZOOM_PLACEMENTS = ("right", "centre")
+
+
+def left_right_order() -> list[int]:
+    """BIPOLAR_PAIRS indices with each left pair followed by its right mirror, temporal chains
+    first (Fp1-F7, Fp2-F8, F7-T3, F8-T4, ..., Fp1-F3, Fp2-F4, ...): 3rd place's panel order."""
+    mirror = schema.mirrored_bipolar_order()
+    left = [i for c in ("LL", "LP") for i in range(schema.CHAIN_NAMES.index(c) * schema.PAIRS_PER_CHAIN,
+                                                    (schema.CHAIN_NAMES.index(c) + 1) * schema.PAIRS_PER_CHAIN)]
+    return [j for i in left for j in (i, mirror[i])]
+
+
+def electrode_neighbours() -> list[list[int]]:
+    """For each bipolar pair, the pairs that share one of its electrodes: exactly two in the
+    double banana (a chain's next and previous pair, or at a chain end the other chain that
+    starts or ends at the same electrode). 3rd place's `mirror_ids2`."""
+    pairs = schema.BIPOLAR_PAIRS
+    out = [[j for j, q in enumerate(pairs) if j != i and set(p) & set(q)] for i, p in enumerate(pairs)]
+    if any(len(n) != 2 for n in out):
+        raise ValueError(f"every bipolar pair should share an electrode with two others, got {out}")
+    return out
+
+
+def fresh_first_conv(backbone: nn.Module, in_chans: int) -> nn.Conv2d:
+    """Replace the backbone's first conv (timm's pretrained_cfg first_conv) by a new, randomly
+    initialised Conv2d of the same geometry for `in_chans` channels (3rd place's new stem:
+    their mixnet_xl conv_stem, 3 x 3, stride 2, padding 1, no bias). Returns it."""
+    name = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    old = backbone.get_submodule(name) if name else None
+    if type(old) is not nn.Conv2d:
+        raise ValueError(f"fresh_stem: backbone {type(backbone).__name__} has no plain Conv2d first conv "
+                         f"(timm first_conv {name!r}: {type(old).__name__})")
+    new = nn.Conv2d(in_chans, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                    padding=old.padding, dilation=old.dilation, bias=old.bias is not None)
+    parent, _, leaf = name.rpartition(".")
+    setattr(backbone.get_submodule(parent) if parent else backbone, leaf, new)
+    return new
 
 
 @register("timm_mel")
@@ -201,10 +240,23 @@ class OnTheFlyMelNet(nn.Module):
       pairs_stack        every pair its own panel, stacked vertically (1 ch)
       pairs_channels     every pair its own channel (S ch)
     Signals beyond full chains (midline, EKG) form one extra group.
-    dB is mapped to about [-1, 1] by (db + db_offset) / db_scale (the starter's /40 rule).
+    dB is mapped by (db + db_offset) / db_scale (the starter's /40 rule maps relative dB to
+    about [-1, 1]).
+    db_reference: "max" (librosa ref=np.max: each spectrogram's loudest bin is 0 dB, floor at
+    -top_db) or "absolute" (torchaudio AmplitudeToDB(top_db), 3rd place: dB re power 1, values
+    not shifted, floored top_db below the loudest bin of the sample's view, all its panels
+    together, so a quiet or zeroed pair stays dark). torchaudio floors a 3D (B*S, mels, frames)
+    input at the whole batch's max; the floor here is per sample, so a prediction does not
+    depend on the rows it was batched with.
+    mel_scale, mel_norm, pad_mode: TorchMelSpectrogram's (torchaudio: htk, None, reflect).
     zoom_seconds (3rd place): a second mel of the central zoom_seconds with its own STFT
-    (zoom_n_fft, zoom_win_length, zoom_hop_length; same mels and band), zoom_width frames,
-    placed right of the full view in every panel.
+    (zoom_n_fft, zoom_win_length, zoom_hop_length; same mels and band), zoom_width frames;
+    zoom_placement "right": right of the full view; "centre" (3rd place): in place of the full
+    view's central zoom_cut fraction of frames.
+    contrast_channels (3rd place, pairs_stack): 3 channels per pair: its dB, it minus the mean of
+    the other pairs, it minus the mean of the two pairs sharing an electrode with it.
+    panel_order (pairs layouts): "chains" (LL, RL, LP, RP) or "left_right" (3rd place: each left
+    pair then its right mirror). fresh_stem (3rd place): a new randomly initialised first conv.
     """
 
     input_kind = "signal"
@@ -225,6 +277,10 @@ class OnTheFlyMelNet(nn.Module):
         fmin: float = 0.0,
         fmax: float = 20.0,
         top_db: float = 80.0,
+        db_reference: str = "max",
+        mel_scale: str = "slaney",
+        mel_norm: str | None = "slaney",
+        pad_mode: str = "constant",
         width: int = 256,
         db_offset: float = 40.0,
         db_scale: float = 40.0,
@@ -233,6 +289,11 @@ class OnTheFlyMelNet(nn.Module):
         zoom_win_length: int = 16,
         zoom_hop_length: int = 4,
         zoom_width: int = 512,
+        zoom_placement: str = "right",
+        zoom_cut: float = 0.2,
+        contrast_channels: bool = False,
+        panel_order: str = "chains",
+        fresh_stem: bool = False,
         pretrained: bool = False,
         checkpoint_path: str | None = None,
         drop_rate: float = 0.2,
@@ -245,53 +306,112 @@ class OnTheFlyMelNet(nn.Module):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
-        if top_db is None:  # the image needs a floor: frames padded to `width` sit at -top_db
+        if top_db is None:  # the image needs a floor: frames padded to `width` sit on it
             raise ValueError("OnTheFlyMelNet needs a numeric top_db")
+        if db_reference not in REFERENCES:
+            raise ValueError(f"model.db_reference {db_reference!r} not in {REFERENCES}")
+        if zoom_placement not in ZOOM_PLACEMENTS:
+            raise ValueError(f"model.zoom_placement {zoom_placement!r} not in {ZOOM_PLACEMENTS}")
+        if panel_order not in PANEL_ORDERS:
+            raise ValueError(f"model.panel_order {panel_order!r} not in {PANEL_ORDERS}")
+        if not 0 < zoom_cut < 1:
+            raise ValueError(f"model.zoom_cut must be a fraction in (0, 1), got {zoom_cut}")
+        by_pair = (contrast_channels or panel_order != "chains")
+        if by_pair and (not layout.startswith("pairs") or n_signals != len(schema.BIPOLAR_PAIRS)):
+            raise ValueError("model.contrast_channels and panel_order need a pairs layout of the "
+                             f"{len(schema.BIPOLAR_PAIRS)} bipolar pairs, got layout {layout!r}, n_signals {n_signals}")
+        if contrast_channels and layout != "pairs_stack":
+            raise ValueError("model.contrast_channels stacks 3 channels per pair: it needs layout pairs_stack")
         self.layout, self.width = layout, width
         self.group_sizes = signal_groups(n_signals, chain_size)
         self.image_size = tuple(image_size) if image_size else None
         self.db_offset, self.db_scale, self.top_db = db_offset, db_scale, top_db
-        self.mel = TorchMelSpectrogram(
-            sr=sr, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-            hop_divisor=hop_divisor, n_mels=n_mels, fmin=fmin, fmax=fmax, top_db=top_db,
-        )
+        self.db_reference = db_reference
+        # absolute dB is floored here, over all the sample's panels; max-referenced per spectrogram
+        mel_top_db = top_db if db_reference == "max" else None
+        spectrum = dict(sr=sr, n_mels=n_mels, fmin=fmin, fmax=fmax, top_db=mel_top_db, mel_scale=mel_scale,
+                        norm=mel_norm, pad_mode=pad_mode, reference=db_reference)
+        self.mel = TorchMelSpectrogram(n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+                                       hop_divisor=hop_divisor, **spectrum)
         self.sr, self.zoom_seconds, self.zoom_width = sr, zoom_seconds, zoom_width
+        self.zoom_placement, self.zoom_cut = zoom_placement, zoom_cut
         self.zoom = TorchMelSpectrogram(
-            sr=sr, n_fft=zoom_n_fft, win_length=zoom_win_length, hop_length=zoom_hop_length,
-            n_mels=n_mels, fmin=fmin, fmax=fmax, top_db=top_db,
+            n_fft=zoom_n_fft, win_length=zoom_win_length, hop_length=zoom_hop_length, **spectrum,
         ) if zoom_seconds else None
-        in_chans = {"chain_avg_channels": len(self.group_sizes), "pairs_channels": n_signals}
+        self.contrast_channels = contrast_channels
+        if contrast_channels:
+            self.register_buffer("neighbours", torch.tensor(electrode_neighbours()), persistent=False)
+        self.panel_order = panel_order
+        if panel_order != "chains":
+            self.register_buffer("order", torch.tensor(left_right_order()), persistent=False)
+        in_chans = {"chain_avg_channels": len(self.group_sizes), "pairs_channels": n_signals}.get(layout, 1)
+        in_chans = 3 if contrast_channels else in_chans
         self.net = TimmSpectrogramNet(
-            backbone=backbone, in_chans=in_chans.get(layout, 1), pretrained=pretrained,
+            backbone=backbone, in_chans=in_chans, pretrained=pretrained,
             checkpoint_path=checkpoint_path, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
             gem_p=gem_p, gem_trainable=gem_trainable, n_classes=n_classes,
             backbone_kwargs=backbone_kwargs,
         )
+        if fresh_stem:
+            fresh_first_conv(self.net.backbone, in_chans)
 
-    def _fix_width(self, db: torch.Tensor, width: int) -> torch.Tensor:
+    def _fix_width(self, db: torch.Tensor, width: int, floor: torch.Tensor) -> torch.Tensor:
         frames = db.shape[-1]
         if frames >= width:
             return db[..., :width]  # the starter keeps the first `width` frames
-        return F.pad(db, (0, width - frames), value=-float(self.top_db))
+        return torch.cat([db, floor.expand(*db.shape[:-1], width - frames)], dim=-1)
 
     def _panels_db(self, x: torch.Tensor, mel: TorchMelSpectrogram, width: int) -> torch.Tensor:
-        """(B, S, T) -> (B, panels, n_mels, width) dB: one panel per pair, or per group's mean."""
+        """(B, S, T) -> (B, panels, n_mels, width) dB: one panel per pair, or per group's mean;
+        frames past the signal's end sit on the floor."""
         if self.layout.startswith("chain_avg"):  # each group's mean dB (one log per group)
             db = torch.cat([mel.mean_db(g, g.shape[1]) for g in torch.split(x, self.group_sizes, dim=1)], 1)
         else:
             db = mel(x)  # (B, S, n_mels, frames)
-        return self._fix_width(db, width)
+        if self.db_reference == "absolute":
+            floor = db.amax(dim=(1, 2, 3), keepdim=True) - float(self.top_db)
+            db = torch.maximum(db, floor)
+        else:
+            floor = db.new_full((1, 1, 1, 1), -float(self.top_db))
+        return self._fix_width(db, width, floor)
+
+    def _with_zoom(self, full: torch.Tensor, zoomed: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """The zoomed view right of the full one, or (3rd place) in place of the full view's
+        central zoom_cut of frames: their int(w * cut // 2) frames either side of column
+        w * centre // T, clamped inside the view."""
+        if self.zoom_placement == "right":
+            return torch.cat([full, zoomed], dim=-1)
+        w = full.shape[-1]
+        half = int(w * self.zoom_cut // 2)
+        start = min(max(w * (n_samples // 2) // n_samples - half, 0), w - 2 * half - 1)
+        return torch.cat([full[..., :start], zoomed, full[..., start + 2 * half:]], dim=-1)
+
+    def _contrasts(self, db: torch.Tensor) -> torch.Tensor:
+        """(B, P, M, W) -> (B, P, 3, M, W): each pair's dB, it minus the mean of the other pairs,
+        it minus the mean of its two electrode neighbours (3rd place's 3 channels)."""
+        others = (db.sum(1, keepdim=True) - db) / (db.shape[1] - 1)
+        near = db[:, self.neighbours].mean(2)
+        return torch.stack([db, db - others, db - near], dim=2)
 
     def signals_to_image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, T) -> (B, C, H, W) normalised image; public for plots and Grad-CAM overlays."""
         if x.shape[1] != sum(self.group_sizes):
             raise ValueError(f"expected {sum(self.group_sizes)} signals, got {x.shape[1]}")
         db = self._panels_db(x, self.mel, self.width)
-        if self.zoom is not None:  # the labelled centre, finer in time, right of the full view
+        if self.zoom is not None:  # the labelled centre, finer in time
             zoomed = self._panels_db(centre_crop(x, self.zoom_seconds, self.sr), self.zoom, self.zoom_width)
-            db = torch.cat([db, zoomed], dim=-1)
-        img = (db + self.db_offset) / self.db_scale
-        if self.layout.endswith("_stack"):
+            db = self._with_zoom(db, zoomed, x.shape[-1])
+        if self.contrast_channels:  # (B, P, 3, M, W): the dB offset only on the pair's own dB
+            img = self._contrasts(db)
+            img[:, :, 0] += self.db_offset
+            img = img / self.db_scale
+        else:
+            img = (db + self.db_offset) / self.db_scale
+        if self.panel_order != "chains":
+            img = img[:, self.order]
+        if self.contrast_channels:
+            img = img.transpose(1, 2).flatten(2, 3)  # (B, 3, P * M, W): panels top to bottom
+        elif self.layout.endswith("_stack"):
             img = img.flatten(1, 2).unsqueeze(1)  # panels top to bottom in chain order
         if self.image_size:
             img = F.interpolate(img, size=self.image_size, mode="bilinear", align_corners=False)

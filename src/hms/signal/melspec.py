@@ -11,6 +11,11 @@
 for every trailing signal of a batch, on whatever device the module lives on. It exists
 so that spectrograms of the 16 bipolar pairs can be made on the GPU inside the model
 (CPU librosa was the bottleneck users reported) while librosa stays the reference.
+
+torchaudio's MelSpectrogram + AmplitudeToDB (3rd place's MixNet) is the same module with
+mel_scale="htk", norm=None, pad_mode="reflect" and reference="absolute" (dB re power 1,
+librosa.power_to_db(ref=1.0)): its defaults, which librosa reaches with htk=True, norm=None,
+pad_mode="reflect".
 """
 from __future__ import annotations
 
@@ -49,33 +54,70 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= SLANEY_LOG_MEL, log, mel * SLANEY_HZ_PER_MEL)
 
 
-def mel_filter_bank(sr: float, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
-    """librosa.filters.mel(htk=False, norm="slaney"), (n_mels, n_fft // 2 + 1), float32.
+def htk_hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """HTK's mel scale (torchaudio's default, librosa's htk=True): 2595 log10(1 + f / 700)."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def htk_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+MEL_SCALES = {"slaney": (hz_to_mel, mel_to_hz), "htk": (htk_hz_to_mel, htk_mel_to_hz)}
+MEL_NORMS = ("slaney", None)
+PAD_MODES = ("constant", "reflect")  # librosa's default | torchaudio's default
+REFERENCES = ("max", "absolute")  # librosa ref=np.max | ref=1.0 (torchaudio AmplitudeToDB)
+
+
+def mel_filter_bank(sr: float, n_fft: int, n_mels: int, fmin: float, fmax: float,
+                    mel_scale: str = "slaney", norm: str | None = "slaney") -> torch.Tensor:
+    """librosa.filters.mel(htk=mel_scale == "htk", norm=norm), (n_mels, n_fft // 2 + 1), float32.
 
     Written out here because importing librosa costs ~2 s, paid by every model build and by
     the viewer's first view; tests hold it to librosa's own bank."""
+    if mel_scale not in MEL_SCALES:
+        raise ValueError(f"mel_scale {mel_scale!r} not in {tuple(MEL_SCALES)}")
+    if norm not in MEL_NORMS:
+        raise ValueError(f"mel norm {norm!r} not in {MEL_NORMS}")
+    to_mel, to_hz = MEL_SCALES[mel_scale]
     fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sr)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # n_mels triangles
+    edges = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2))  # n_mels triangles
     widths = np.diff(edges)
     ramps = edges[:, None] - fft_hz[None, :]
     rising = -ramps[:-2] / widths[:-1, None]
     falling = ramps[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
-    weights *= 2.0 / (edges[2:] - edges[:-2])[:, None]  # Slaney: constant energy per filter
+    if norm == "slaney":
+        weights *= 2.0 / (edges[2:] - edges[:-2])[:, None]  # constant energy per filter
     return torch.from_numpy(weights)
 
 
-def power_to_db(power: torch.Tensor, top_db: float | None = 80.0, inplace: bool = False) -> torch.Tensor:
-    """librosa.power_to_db(ref=np.max) per spectrogram (max over the last two axes).
+def power_to_db(power: torch.Tensor, top_db: float | None = 80.0, inplace: bool = False,
+                reference: str = "max") -> torch.Tensor:
+    """librosa.power_to_db per spectrogram (max over the last two axes), ref=np.max
+    (reference "max": the loudest bin is 0 dB) or ref=1.0 ("absolute": dB re power 1, the
+    floor top_db below the spectrogram's own max, values not shifted).
     inplace=True overwrites `power` (the mel path owns a fresh tensor); inplace=False
     stays differentiable."""
+    if reference not in REFERENCES:
+        raise ValueError(f"dB reference {reference!r} not in {REFERENCES}")
     if inplace:
         db = power.clamp_min_(AMIN).log10_().mul_(10.0)
-        db = db.sub_(db.amax(dim=(-2, -1), keepdim=True))  # ref=np.max: the loudest bin is 0 dB
-        return db.clamp_min_(-float(top_db)) if top_db is not None else db
-    db = power.clamp(min=AMIN).log10() * 10.0
-    db = db - db.amax(dim=(-2, -1), keepdim=True)
-    return db.clamp(min=-float(top_db)) if top_db is not None else db
+    else:
+        db = power.clamp(min=AMIN).log10() * 10.0
+    if reference == "max":
+        peak = db.amax(dim=(-2, -1), keepdim=True)
+        db = db.sub_(peak) if inplace else db - peak
+        if top_db is None:
+            return db
+        return db.clamp_min_(-float(top_db)) if inplace else db.clamp(min=-float(top_db))
+    return db if top_db is None else floor_db(db, top_db, dims=(-2, -1), inplace=inplace)
+
+
+def floor_db(db: torch.Tensor, top_db: float, dims: tuple[int, ...], inplace: bool = False) -> torch.Tensor:
+    """top_db's floor on dB: every value at least (max over `dims`) - top_db."""
+    floor = db.amax(dim=dims, keepdim=True) - float(top_db)
+    return torch.maximum(db, floor, out=db) if inplace else torch.maximum(db, floor)
 
 
 def mel_band(fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,10 +137,13 @@ def mel_band(fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TorchMelSpectrogram(nn.Module):
-    """(..., T) signals -> (..., n_mels, frames) log-mel power in dB (max = 0 dB).
+    """(..., T) signals -> (..., n_mels, frames) log-mel power in dB (max = 0 dB, or dB re
+    power 1 with reference="absolute").
 
     hop_length, when None, is T // hop_divisor at call time (the starter's len//256),
     so the same module serves 50 s and shorter crops. frames = 1 + T // hop.
+    mel_scale, norm: librosa.filters.mel's htk and norm; pad_mode: what the centred frames
+    see past the ends (librosa: constant zeros, torchaudio: reflect).
     """
 
     def __init__(
@@ -113,17 +158,26 @@ class TorchMelSpectrogram(nn.Module):
         fmax: float = 20.0,
         top_db: float | None = 80.0,
         to_db: bool = True,
+        mel_scale: str = "slaney",
+        norm: str | None = "slaney",
+        pad_mode: str = "constant",
+        reference: str = "max",
     ):
         super().__init__()
         if win_length > n_fft:
             raise ValueError(f"win_length ({win_length}) must be <= n_fft ({n_fft})")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode {pad_mode!r} not in {PAD_MODES}")
+        if reference not in REFERENCES:
+            raise ValueError(f"dB reference {reference!r} not in {REFERENCES}")
         self.n_fft, self.win_length = n_fft, win_length
         self.hop_length, self.hop_divisor = hop_length, hop_divisor
         self.top_db, self.to_db = top_db, to_db
+        self.pad_mode, self.reference = pad_mode, reference
         # periodic Hann == scipy get_window('hann', fftbins=True), which librosa uses;
         # torch.stft centres it inside n_fft exactly like librosa.util.pad_center
         self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
-        fb = mel_filter_bank(sr, n_fft, n_mels, fmin, fmax)
+        fb = mel_filter_bank(sr, n_fft, n_mels, fmin, fmax, mel_scale, norm)
         # With fmax=20 Hz only ~1/5 of the n_fft//2+1 bins carry weight; dropping the
         # all-zero tail makes the (n_mels x bins) @ (bins x frames) product 5x cheaper.
         nonzero = torch.nonzero(fb.abs().sum(dim=0) > 0)
@@ -194,11 +248,14 @@ class TorchMelSpectrogram(nn.Module):
     def _fusable(self, group: int) -> bool:
         """Whether a product of `group` floored relative powers stays a normal float32 (each is
         >= 10 ** (-top_db / 10); float32 normals reach 1.2e-38)."""
-        return self.to_db and self.top_db is not None and group * float(self.top_db) / 10.0 < 37
+        return self.to_db and self.reference == "max" and self.top_db is not None \
+            and group * float(self.top_db) / 10.0 < 37
 
     def _log_mel(self, x: torch.Tensor, hop: int) -> torch.Tensor:
         mel = self._mel_power(x, hop)
-        return power_to_db(mel, self.top_db, inplace=not x.requires_grad) if self.to_db else mel
+        if not self.to_db:
+            return mel
+        return power_to_db(mel, self.top_db, inplace=not x.requires_grad, reference=self.reference)
 
     def _fused_mean_db(self, x: torch.Tensor, hop: int, group: int) -> torch.Tensor:
         """Mean dB of signal groups without a log per signal.
@@ -223,8 +280,12 @@ class TorchMelSpectrogram(nn.Module):
         center=True STFT: frame j's window covers samples j*hop - lead onwards
         (zeros past the ends)."""
         n_win, first = self.win_length, self.first_folded
-        lead = self.n_fft // 2 - (self.n_fft - n_win) // 2  # librosa: pad n_fft//2, window centred
-        padded = torch.nn.functional.pad(x, (lead, lead + n_win))
+        if self.pad_mode == "reflect":  # torchaudio: reflect n_fft//2 each side, window centred
+            padded = torch.nn.functional.pad(x.unsqueeze(1), (self.n_fft // 2,) * 2, mode="reflect")
+            padded = padded[:, 0, (self.n_fft - n_win) // 2:]
+        else:
+            lead = self.n_fft // 2 - (self.n_fft - n_win) // 2  # librosa: pad n_fft//2, window centred
+            padded = torch.nn.functional.pad(x, (lead, lead + n_win))
         n_frames = 1 + x.shape[-1] // hop
         frames = padded.unfold(-1, n_win, hop)[:, :n_frames]  # (N, frames, win): a view
         upper = frames[..., first:]  # samples N/2 + m ...
@@ -242,4 +303,5 @@ class TorchMelSpectrogram(nn.Module):
     def extra_repr(self) -> str:
         hop = self.hop_length or f"T//{self.hop_divisor}"
         return (f"n_fft={self.n_fft}, win_length={self.win_length}, hop={hop}, "
-                f"n_mels={self.mel_fb.shape[0]}, top_db={self.top_db}")
+                f"n_mels={self.mel_fb.shape[0]}, top_db={self.top_db}, reference={self.reference}, "
+                f"pad_mode={self.pad_mode}")
