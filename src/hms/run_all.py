@@ -48,11 +48,11 @@ def refuse_torchrun() -> None:
                             "hms ensemble EXP [EXP...]")
 
 
-def build_once(cfgs: list[DictConfig]) -> None:
+def build_once(cfgs: list[DictConfig]) -> dict[str, tuple]:
     """Every experiment's validate report, caches (train and test) and the folds, built before
-    any parallel work: the jobs then only read them."""
-    for cfg in cfgs:
-        prepare_experiment(cfg)
+    any parallel work: the jobs then only read them. Returns what each experiment prepared
+    (name -> (caches, train table)), which train_experiment takes instead of preparing again."""
+    return {cfg.name: prepare_experiment(cfg) for cfg in cfgs}
 
 
 def pseudo_sources(cfg: DictConfig) -> list[str]:
@@ -95,7 +95,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     print_plan(plan)
     if stop_when_long:
         check_budget(plan)
-    build_once(cfgs)
+    prepared = build_once(cfgs)
     print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
     if devices or len(slots) > 1:
         collected = {}  # each experiment's summary, written as soon as its last run is done
@@ -107,7 +107,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
                  on_experiment_done=collect)
         summaries = [collected[cfg.name] for cfg in cfgs]
     else:
-        summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
+        summaries = [train_experiment(cfg, force=force, prepared=prepared[cfg.name]) for cfg in cfgs]
     dirs = [exp_dir(cfg) for cfg in cfgs]
     test = load_test(base)
     report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high,
