@@ -288,3 +288,25 @@ def test_an_experiment_extracts_each_window_once(tiny_synth, tmp_path, monkeypat
     assert sum(extracted) == 2 * (n_train + n_test)  # plain and mirrored (infer.tta_lr_swap), once each
     predict_experiment(exp_dir(cfg), tiny_synth, tmp_path, device="cpu", progress=False)
     assert sum(extracted) == 2 * (n_train + n_test)  # hms predict reads the test caches too
+
+
+def test_hms_run_prepares_each_experiment_once(tiny_synth, tmp_path, monkeypatch):
+    """build_once prepares (validate report, caches, folds, feature caches) and hands that to
+    train_experiment, which no longer prepares and hashes it all again; `hms train` alone
+    still prepares for itself."""
+    from hms.run_all import run_all
+    from hms.training import experiment
+
+    calls = []
+    real = experiment.prepare
+    monkeypatch.setattr(experiment, "prepare", lambda cfg, **kw: calls.append(cfg.name) or real(cfg, **kw))
+    overrides = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tmp_path / 'work'}",
+                 f"paths.submission_dir={tmp_path / 'sub'}", "folds.n_folds=2", "train.batch_size=16",
+                 "model.max_iter=20", "model.min_samples_leaf=5"]
+    result = run_all(["configs/demo/qeeg_trees.yaml"], overrides)
+    assert calls == ["qeeg_trees"] and (tmp_path / "sub" / "submission.csv").is_file()
+    assert result["rows"][0]["model"] == "qeeg_trees"
+    from hms.config import load_config
+
+    experiment.train_experiment(load_config(["configs/demo/qeeg_trees.yaml"], overrides), progress=False)
+    assert calls == ["qeeg_trees", "qeeg_trees"]  # alone, it prepares (every run is done: nothing retrains)
