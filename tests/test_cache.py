@@ -274,3 +274,73 @@ def test_a_train_file_damaged_past_its_footer_stops_prepare_with_the_way_on(mini
     with pytest.raises(io.HMSDataError) as err:
         build_cache(_cfg(tmp_path), broken, "train", "eeg", train, workers=1, progress=False)
     assert victim.name in str(err.value) and "--skip-bad" in str(err.value) and "hms download" in str(err.value)
+
+
+# ---------------------------------------------------------------- the tree member's feature caches
+
+TREES_TINY = ["folds.n_folds=2", "train.batch_size=8", "model.max_iter=5", "model.min_samples_leaf=2"]
+PREPARE_FEATURES = ("import sys; from hms.cache import features; features.CHUNK_ITEMS = 2; "
+                    "from hms.config import load_config; from hms.training.experiment import prepare_experiment; "
+                    "prepare_experiment(load_config(['configs/demo/qeeg_trees.yaml'], sys.argv[1:]), progress=False)")
+
+
+@pytest.mark.slow
+def test_concurrent_feature_builds_finish_alike_with_a_serial_build_s_bytes(tmp_path):
+    """Two processes preparing a tree experiment on an empty work dir: one extracts each feature
+    cache under its lock (2-window chunks over the cache workers), the other waits and reuses it;
+    both finish, and the files equal a serial build's byte for byte."""
+    data = write_mini_dataset(tmp_path / "data", n_patients=3, eegs_per_patient=2, n_test=2)
+    cmd = [sys.executable, "-c", PREPARE_FEATURES, f"paths.data_dir={data}", *TREES_TINY]
+    serial = subprocess.run([*cmd, f"paths.work_dir={tmp_path / 'serial'}", "cache.workers=1"],
+                            capture_output=True, text=True)
+    assert serial.returncode == 0, serial.stderr
+    both = [subprocess.Popen([*cmd, f"paths.work_dir={tmp_path / 'shared'}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    built = sorted((tmp_path / "serial" / "cache").glob("features-train-*"))
+    assert len(built) == 2  # plain and mirrored (infer.tta_lr_swap)
+    for d in built:
+        twin = tmp_path / "shared" / "cache" / d.name
+        for f in ("data.npy", "windows.csv", "meta.json"):
+            assert (twin / f).read_bytes() == (d / f).read_bytes(), f"{d.name}/{f}"
+        assert not list(twin.glob("*.partial.npy"))
+        assert np.isfinite(np.load(d / "data.npy")).all()
+
+
+def test_an_interrupted_feature_build_resumes_where_it_stopped(tmp_path, monkeypatch):
+    from hms.cache import features as fc
+
+    windows = pd.DataFrame({"eeg_id": np.arange(10), "eeg_label_offset_seconds": 0.0,
+                            "spectrogram_id": np.arange(10) + 100, "spectrogram_label_offset_seconds": 2.0})
+    monkeypatch.setattr(fc, "CHUNK_ITEMS", 3)
+    extractor = (_fake_extractor, (4,))
+    real_job, seen = fc._chunk_job, []
+
+    def crashing(job):
+        if len(seen) == 2:
+            raise RuntimeError("simulated crash")
+        seen.append(job[0])
+        return real_job(job)
+
+    monkeypatch.setattr(fc, "_chunk_job", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fc.build_feature_cache(tmp_path, "train", {"k": 1}, windows, 4, extractor, workers=1, progress=False)
+    monkeypatch.setattr(fc, "_chunk_job", lambda job: seen.append(job[0]) or real_job(job))
+    root = fc.build_feature_cache(tmp_path, "train", {"k": 1}, windows, 4, extractor, workers=1, progress=False)
+    assert seen == [0, 1, 2, 3]  # the two finished chunks were not extracted again
+    cache = fc.open_feature_cache(root)
+    np.testing.assert_array_equal(cache.data, _fake_features(windows, 4))
+    shuffled = windows.sample(frac=1, random_state=0)
+    np.testing.assert_array_equal(cache.data[cache.positions(shuffled)], _fake_features(shuffled, 4))
+    assert (cache.positions(windows.assign(eeg_label_offset_seconds=1.0)) == -1).all()  # another window
+    assert not (root / "data.partial.npy").exists()
+
+
+def _fake_features(windows: pd.DataFrame, n: int) -> np.ndarray:
+    return windows.eeg_id.to_numpy()[:, None] * 10.0 + windows.spectrogram_label_offset_seconds.to_numpy()[:, None] \
+        + np.arange(n)
+
+
+def _fake_extractor(n: int):
+    return lambda windows: _fake_features(windows, n)

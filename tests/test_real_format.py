@@ -136,6 +136,16 @@ def test_real_test_pair_reads_and_makes_one_window(real_schema):
     assert eeg.shape == (REAL["eeg_rows_test"], 20) and eeg.dtype == np.float32
 
 
+def test_real_spectrograms_read_as_the_pandas_reader_did(real_schema):
+    """The fast reader against the one before it, on the real-file fixture's train and test files."""
+    from test_io import assert_same_spectrogram
+
+    paths = [*(real_schema / "train_spectrograms").glob("*.parquet"), *(real_schema / "test_spectrograms").glob("*.parquet")]
+    assert len(paths) >= 2
+    for path in paths:
+        assert_same_spectrogram(path)
+
+
 @pytest.mark.parametrize("spelling", [
     lambda name, f: f"{name[:2]}_{f:.2f}",  # numpy's .2f (LL_3.12, LL_4.10)
     lambda name, f: f"{name[:2].lower()}_{f:.4f}",  # other tools: lower case, 4 decimals

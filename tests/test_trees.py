@@ -1,6 +1,8 @@
 """The tree member: torch trees against scikit-learn's own predictions, soft-target fitting,
 the qEEG features against scipy references and signals with known answers, and a whole
 experiment through the fold machinery and `hms predict`."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,3 +206,107 @@ def test_trees_refuse_the_context_branch(tiny_synth, tmp_path):
     cfg = tiny_config(tiny_synth, tmp_path, *TREES, "context.enabled=true")
     with pytest.raises(ValueError, match="context.enabled: false"):
         build_network(cfg)
+
+
+# ---------------------------------------------------------------- the feature caches
+
+def reference_run(cfg, fold: int):
+    """Today's path for one CV run, extracting its own features: (fit features, fitted core,
+    validation probabilities with the TTA) through the run's loaders, as TreeRun did before the
+    feature caches."""
+    from hms.cache.prepare import prepare
+    from hms.cache.store import open_cache
+    from hms.data.tables import load_train
+    from hms.training.dataset import HMSDataset, make_loader
+    from hms.training.loop import feature_matrix
+    from hms.training.network import build_network
+    from hms.training.predict import predict_probs
+
+    caches = prepare(cfg, progress=False)
+    eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
+    train = load_train(cfg)
+    fit_rows = HMSDataset(train[train.fold != fold], eeg, spec, train=False, weighting=(cfg.labels.min_votes_high, 0.5),
+                          use_spec=True, signal_cfg=cfg.signal)
+    net = build_network(cfg)
+    features = feature_matrix(net, make_loader(fit_rows, cfg, shuffle=False), torch.device("cpu"))
+    net.core.fit(features, fit_rows.targets, fit_rows.weights, seed=cfg.seed)
+    val = HMSDataset(train[train.fold == fold], eeg, spec, train=False, use_spec=True, signal_cfg=cfg.signal)
+    probs = predict_probs(net, make_loader(val, cfg, shuffle=False), torch.device("cpu"), tta_lr_swap=True)
+    return features, net, probs, fit_rows
+
+
+def test_cached_features_and_fitted_trees_are_bit_identical_to_extracting_per_run(trees_experiment, monkeypatch):
+    """The runs read features built once by the cache workers (other processes, one thread each,
+    other batches); the features, the fitted trees and the TTA OOF equal, bit for bit, what a run
+    extracting its own features through its loaders computed."""
+    import shutil
+
+    from hms.cache import features as feature_cache
+    from hms.cache.prepare import prepare
+    from hms.data.tables import load_train
+    from hms.training.experiment import exp_dir
+    from hms.training.loop import ItemFeatures
+
+    cfg, _ = trees_experiment
+    features, net, probs, fit_rows = reference_run(cfg, fold=0)
+    caches = prepare(cfg, progress=False)
+    for built in (Path(cfg.paths.work_dir) / "cache").glob("features-train-*"):
+        shutil.rmtree(built)  # rebuilt below in 7-window chunks over 2 worker processes
+    monkeypatch.setattr(feature_cache, "CHUNK_ITEMS", 7)
+    cached = ItemFeatures(cfg, "train", load_train(cfg), caches["train"]["eeg"], caches["train"]["spec"], False,
+                          workers=2)
+    assert len(cached.caches[False].windows) > 2 * 7  # several chunks, so both workers took some
+    np.testing.assert_array_equal(cached.of(fit_rows.items), features)
+    saved = torch.load(exp_dir(cfg) / "fold0" / "best.pt", weights_only=True)
+    for name, value in net.state_dict().items():
+        assert torch.equal(saved[name], value), name
+    oof = pd.read_csv(exp_dir(cfg) / "fold0" / "val_pred.csv")
+    np.testing.assert_array_equal(oof[VOTES].to_numpy(), probs)
+
+
+def test_an_experiment_extracts_each_window_once(tiny_synth, tmp_path, monkeypatch):
+    """Five... here two folds and a full fit, their TTA validation and test predictions, then
+    `hms predict`: every train and test window is extracted once per view (plain, mirrored)."""
+    from hms.data.tables import load_test, load_train
+    from hms.inference.predict import predict_experiment
+    from hms.training import loop
+    from hms.training.experiment import exp_dir, train_experiment
+
+    extracted = []
+    original = loop.feature_matrix
+
+    def counting(net, loader, device, *args, **kwargs):
+        out = original(net, loader, device, *args, **kwargs)
+        extracted.append(len(out))
+        return out
+
+    monkeypatch.setattr(loop, "feature_matrix", counting)
+    cfg = tiny_config(tiny_synth, tmp_path, *TREES, "cache.workers=1")
+    assert train_experiment(cfg, progress=False)["complete"]
+    n_train = len(load_train(cfg).drop_duplicates(["eeg_id", *VOTES]))
+    n_test = len(load_test(cfg))
+    assert sum(extracted) == 2 * (n_train + n_test)  # plain and mirrored (infer.tta_lr_swap), once each
+    predict_experiment(exp_dir(cfg), tiny_synth, tmp_path, device="cpu", progress=False)
+    assert sum(extracted) == 2 * (n_train + n_test)  # hms predict reads the test caches too
+
+
+def test_hms_run_prepares_each_experiment_once(tiny_synth, tmp_path, monkeypatch):
+    """build_once prepares (validate report, caches, folds, feature caches) and hands that to
+    train_experiment, which no longer prepares and hashes it all again; `hms train` alone
+    still prepares for itself."""
+    from hms.run_all import run_all
+    from hms.training import experiment
+
+    calls = []
+    real = experiment.prepare
+    monkeypatch.setattr(experiment, "prepare", lambda cfg, **kw: calls.append(cfg.name) or real(cfg, **kw))
+    overrides = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tmp_path / 'work'}",
+                 f"paths.submission_dir={tmp_path / 'sub'}", "folds.n_folds=2", "train.batch_size=16",
+                 "model.max_iter=20", "model.min_samples_leaf=5"]
+    result = run_all(["configs/demo/qeeg_trees.yaml"], overrides)
+    assert calls == ["qeeg_trees"] and (tmp_path / "sub" / "submission.csv").is_file()
+    assert result["rows"][0]["model"] == "qeeg_trees"
+    from hms.config import load_config
+
+    experiment.train_experiment(load_config(["configs/demo/qeeg_trees.yaml"], overrides), progress=False)
+    assert calls == ["qeeg_trees", "qeeg_trees"]  # alone, it prepares (every run is done: nothing retrains)

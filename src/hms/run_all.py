@@ -54,11 +54,11 @@ def refuse_torchrun() -> None:
                             "hms ensemble EXP [EXP...]")
 
 
-def build_once(cfgs: list[DictConfig]) -> None:
+def build_once(cfgs: list[DictConfig]) -> dict[str, tuple]:
     """Every experiment's validate report, caches (train and test) and the folds, built before
-    any parallel work: the jobs then only read them."""
-    for cfg in cfgs:
-        prepare_experiment(cfg)
+    any parallel work: the jobs then only read them. Returns what each experiment prepared
+    (name -> (caches, train table)), which train_experiment takes instead of preparing again."""
+    return {cfg.name: prepare_experiment(cfg) for cfg in cfgs}
 
 
 def pseudo_sources(cfg: DictConfig) -> list[str]:
@@ -116,7 +116,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     if not force:  # an edited config never reuses the runs of the old one
         for cfg in cfgs:
             check_runs_unchanged(cfg)
-    build_once(cfgs)
+    prepared = build_once(cfgs)
     print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
     if devices or len(slots) > 1:
         collected = {}  # each experiment's summary, written as soon as its last run is done
@@ -128,7 +128,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
                  on_experiment_done=collect, member_overrides=chosen.overrides)
         summaries = [collected[cfg.name] for cfg in cfgs]
     else:
-        summaries = [train_experiment(cfg, force=force) for cfg in cfgs]
+        summaries = [train_experiment(cfg, force=force, prepared=prepared[cfg.name]) for cfg in cfgs]
     dirs = [exp_dir(cfg) for cfg in cfgs]
     test = load_test(base)
     report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high,

@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from hms.models.factory import fitted_once
+from hms.training.loop import tree_test_predictions
 from hms.training.fingerprint import check_same_runs
 from hms.training.network import load_fold_network
 from hms.training.predict import predict_test
@@ -51,4 +53,6 @@ def predict_experiment(exp_dir: Path, data_dir: Path, work_dir: Path, device: st
     cfg, nets = load_folds(Path(exp_dir), overrides, device)
     summary = Path(exp_dir) / "summary.json"
     prior = json.loads(summary.read_text()).get("prior") if summary.is_file() else None
+    if fitted_once(cfg):  # the test features once for all its runs, from the feature caches
+        return tree_test_predictions(cfg, nets, device, prior=prior, progress=progress)
     return predict_test(cfg, nets, device, prior=prior, amp=device.startswith("cuda"), progress=progress)

@@ -19,7 +19,7 @@ from hms.metric import kl_score
 from hms.models.factory import fitted_once
 from hms.training.fingerprint import check_unchanged
 from hms.training.dist import barrier, init_distributed, is_main_process, launched_world_size
-from hms.training.loop import FoldRun, TreeRun, check_launch
+from hms.training.loop import FoldRun, TreeRun, check_launch, tree_feature_caches
 from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, predicting_runs
 from hms.training.workdir import exp_dir, is_complete
 from hms.utils import atomic_to_csv, atomic_write_json, seed_everything
@@ -29,7 +29,8 @@ def prepare_experiment(cfg: DictConfig, progress: bool = True) -> tuple[dict, pd
     """(cache dirs, train table with folds): the validate report, every cache this experiment
     reads and folds.csv, built once. Under torchrun rank 0 builds them while the other ranks
     wait; separate processes (`hms run`'s scheduled folds, a Slurm array's tasks) wait on each
-    build's file lock instead and then reuse what the first one built."""
+    build's file lock instead and then reuse what the first one built. A model fitted once on
+    fixed features (qeeg_trees) gets its train feature caches here too, read by all its runs."""
     world = launched_world_size()
     if world > 1:
         init_distributed(cfg.train.ddp_timeout_minutes)
@@ -37,20 +38,26 @@ def prepare_experiment(cfg: DictConfig, progress: bool = True) -> tuple[dict, pd
             prepare(cfg, progress=progress)
             load_train(cfg)
         barrier()
-    return prepare(cfg, progress=progress and world == 1), load_train(cfg)
+    caches, train = prepare(cfg, progress=progress and world == 1), load_train(cfg)
+    if fitted_once(cfg):  # one process: check_launch refuses torchrun for these
+        tree_feature_caches(cfg, caches, train, progress)
+    return caches, train
 
 
 def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: bool = False,
-                     progress: bool = True, full: list[int] | None = None) -> dict:
+                     progress: bool = True, full: list[int] | None = None,
+                     prepared: tuple[dict, pd.DataFrame] | None = None) -> dict:
     """Train the requested runs, every seed of each, skipping finished runs unless forced:
     by default every fold, then the full-data fits; `folds` only those folds (no full fits);
     `full` only those full fits (every CV run must be finished: they copy its epochs). Writes
-    the experiment's oof.csv, test_pred.csv and summary.json once every run is done."""
+    the experiment's oof.csv, test_pred.csv and summary.json once every run is done. `prepared`:
+    what prepare_experiment returned for this config earlier in the same process (`hms run`'s
+    build_once), so the validate report, caches and folds are not looked up and hashed again."""
     check_launch(cfg)
     if not force:
         check_runs_unchanged(cfg)
     seed_everything(cfg.seed)
-    caches, train = prepare_experiment(cfg, progress)
+    caches, train = prepared if prepared is not None else prepare_experiment(cfg, progress)
     if full is None:
         for run in cv_runs(cfg, folds):
             train_run(cfg, run, train, caches, force, progress)

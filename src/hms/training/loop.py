@@ -286,6 +286,13 @@ class FoldRun:
             barrier()
             return None
         self.net.load_state_dict(load_checkpoint(self.dir / "best.pt", self.device))
+        metrics = self.write_results(state)
+        (self.dir / "last.pt").unlink(missing_ok=True)  # the run is done; best.pt is what counts
+        barrier()
+        return metrics
+
+    def write_results(self, state: dict) -> dict:
+        """val_pred.csv, test_pred.csv and, last (it marks the run complete), metrics.json."""
         # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
         scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
         metrics = {"run": self.run_spec.name, "fold": self.run_spec.fold, "seed": self.run_spec.seed, **scores,
@@ -293,13 +300,13 @@ class FoldRun:
         if self.val_set is not None:
             atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
             metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
-        test = predict_test(self.cfg, [self.net], self.device, precision=self.precision,
-                            prior=labels.prior(self.train_rows, self.min_votes))
-        atomic_to_csv(test, self.dir / "test_pred.csv")
+        atomic_to_csv(self.test_predictions(), self.dir / "test_pred.csv")
         atomic_write_json(self.dir / "metrics.json", metrics)
-        (self.dir / "last.pt").unlink(missing_ok=True)  # the run is done; best.pt is what counts
-        barrier()
         return metrics
+
+    def test_predictions(self) -> pd.DataFrame:
+        return predict_test(self.cfg, [self.net], self.device, precision=self.precision,
+                            prior=labels.prior(self.train_rows, self.min_votes))
 
     def val_frame(self, probs: np.ndarray) -> pd.DataFrame:
         items = self.val_set.items
@@ -316,7 +323,13 @@ class TreeRun(FoldRun):
     features of every training item's labelled middle window, one fit, then the same validation,
     TTA OOF, test predictions and files as a trained run (best.pt holds the fitted trees, log.csv
     one row), so folds, seeds, full fits, pseudo-labels, the ensemble and inference treat it like
-    any other experiment. Only the first of train.stages applies (its rows and low_vote_weight)."""
+    any other experiment. Only the first of train.stages applies (its rows and low_vote_weight).
+    The features (and their mirrored copies for the TTA) come from the split's feature cache
+    (ItemFeatures), extracted once for all the experiment's runs, not again in each."""
+
+    def __init__(self, cfg: DictConfig, run: RunSpec, train: pd.DataFrame, caches: dict, progress: bool):
+        super().__init__(cfg, run, train, caches, progress)
+        self.features = ItemFeatures(cfg, "train", train, caches["train"]["eeg"], caches["train"]["spec"], progress)
 
     def run(self) -> dict:
         check_unchanged(self.cfg, [self.dir])
@@ -339,21 +352,170 @@ class TreeRun(FoldRun):
         weighting = (self.min_votes, low_vote_weight_at(stage, 0, self.cfg.labels.low_vote_weight))
         data = HMSDataset(stage_rows(self.train_rows, stage, self.min_votes), *self.caches, train=False,
                           weighting=weighting, use_spec=True, signal_cfg=self.cfg.signal)
-        features = feature_matrix(self.net, make_loader(data, self.cfg, shuffle=False), self.device,
-                                  progress=self.progress, desc=f"{self.tag} features")
+        features = self.features.of(data.items)
         self.net.core.fit(features, data.targets, data.weights, seed=self.run_spec.seed)
         with torch.no_grad():
             logits = self.net.core.trees(torch.from_numpy(features).to(self.device))
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         return kl_score(data.targets, probs)
 
+    def validate(self, net, tta: bool = False) -> tuple[dict, np.ndarray | None]:
+        """FoldRun.validate's scores, from the cached features of the fold's items."""
+        if self.val_set is None:
+            return {}, None
+        probs = self.features.probs(net, self.val_set.items, self.device, tta)
+        target = self.val_set.targets
+        high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
+        return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
+
+    def finish(self, state: dict) -> dict:
+        """FoldRun.finish for one process, on the fitted trees in memory; the TTA OOF (validate)
+        and the test predictions come from the feature caches (the test one is built by the
+        first run and read by the others)."""
+        return self.write_results(state)
+
+    def test_predictions(self) -> pd.DataFrame:
+        return tree_test_predictions(self.cfg, [self.net], self.device,
+                                     prior=labels.prior(self.train_rows, self.min_votes))
+
 
 @torch.no_grad()
-def feature_matrix(net, loader, device, progress: bool = False, desc: str = "features") -> np.ndarray:
-    """(n_items, n_features) float64: the fitted-once core's features of each item, in order."""
+def feature_matrix(net, loader, device, progress: bool = False, desc: str = "features",
+                   mirror: bool = False) -> np.ndarray:
+    """(n_items, n_features) float64: the fitted-once core's features of each item, in order
+    (mirror: of its left/right-swapped copy, as the TTA feeds it)."""
+    from hms.training.predict import mirrored
+
     net.eval()
     out = []
     for batch in tqdm(loader, desc=desc, disable=bars_off(progress), leave=False):
         batch = to_device(batch, device)
+        if mirror:
+            batch = mirrored(batch)
         out.append(net.core.features(net.model_signal(batch["signal"]), batch["spec"]).cpu().numpy())
     return np.concatenate(out)
+
+
+def window_extractor(cfg: dict, eeg_root: str, spec_root: str, mirror: bool):
+    """(in a feature-cache worker, or here) windows table -> their features (n, F) float64 on the
+    CPU, through the same dataset, batches and network code a run's own loader used to take."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        torch.set_num_threads(1)  # one worker per core: its own threads would only contend
+    cfg = OmegaConf.create(cfg)
+    net = build_network(cfg)
+    eeg, spec = open_cache(eeg_root), open_cache(spec_root)
+
+    def extract(windows: pd.DataFrame) -> np.ndarray:
+        data = HMSDataset(windows, eeg, spec, train=False, use_spec=True, signal_cfg=cfg.signal)
+        loader = DataLoader(data, batch_size=int(cfg.train.batch_size), shuffle=False)
+        return feature_matrix(net, loader, torch.device("cpu"), mirror=mirror)
+
+    return extract
+
+
+def feature_code() -> str:
+    """A hash of the code the features come from: an edited feature invalidates its caches."""
+    import hashlib
+    import sys
+
+    from hms.models.context import SpectrogramSummary
+    from hms.models.qeeg import EEGFeatures
+    from hms.signal.cleaner import WindowCleaner
+    from hms.signal import filters
+
+    files = [sys.modules[c.__module__].__file__ for c in (EEGFeatures, SpectrogramSummary, WindowCleaner, HMSDataset)]
+    return hashlib.sha256(b"".join(open(f, "rb").read() for f in [*files, filters.__file__])).hexdigest()[:16]
+
+
+class ItemFeatures:
+    """The fitted-once core's features of a split's item windows (and their mirrored copies when
+    infer.tta_lr_swap), from feature caches built on first use over the cache workers
+    (hms.cache.features) and read by every later run and prediction. A window not in the
+    caches (a table other than the one they were built for) is extracted here."""
+
+    def __init__(self, cfg: DictConfig, split: str, table: pd.DataFrame, eeg_root, spec_root, progress: bool = True,
+                 workers: int | None = None):
+        import os
+
+        from hms.cache.features import build_feature_cache, open_feature_cache, unique_windows
+        from hms.cache.store import cache_workers
+        from hms.training.dataset import group_items
+
+        self.cfg = cfg
+        items = group_items(table)[0] if "eeg_sub_id" in table else table
+        windows = unique_windows(self.windows(items))
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        core = build_network(cfg).core
+        fit_keys, self.n_features = set(core.fit_params), len(core.names)
+        settings = {"eeg": os.path.basename(eeg_root), "spec": os.path.basename(spec_root), "code": feature_code(),
+                    "model": {k: v for k, v in plain["model"].items() if k not in fit_keys},
+                    "signal": plain["signal"], "input": plain["input"]}
+        self.extractors, self.caches = {}, {}
+        for mirror in (False, True) if cfg.infer.tta_lr_swap else (False,):
+            self.extractors[mirror] = (window_extractor, (plain, str(eeg_root), str(spec_root), mirror))
+            root = build_feature_cache(C.work_dir(cfg), split, {**settings, "mirror": mirror}, windows,
+                                       self.n_features, self.extractors[mirror], cache_workers(cfg, workers), progress)
+            self.caches[mirror] = open_feature_cache(root)
+
+    @staticmethod
+    def windows(items: pd.DataFrame) -> pd.DataFrame:
+        from hms.training.dataset import window_columns
+
+        return pd.DataFrame(window_columns(items))
+
+    def of(self, items: pd.DataFrame, mirror: bool = False) -> np.ndarray:
+        """(len(items), n_features) float64, in the items' order."""
+        table = self.windows(items)
+        pos = self.caches[mirror].positions(table)
+        out = np.empty((len(table), self.n_features))
+        have = pos >= 0
+        out[have] = self.caches[mirror].data[pos[have]]
+        if not have.all():
+            factory, args = self.extractors[mirror]
+            out[~have] = factory(*args)(table[~have].reset_index(drop=True))
+        return out
+
+    @torch.no_grad()
+    def probs(self, net, items: pd.DataFrame, device, tta: bool = False) -> np.ndarray:
+        """predict_probs of the network on the items, from their cached features: the same
+        softmax, TTA mean and batches, without reading or cleaning a signal."""
+        net.eval()
+        plain, swapped = self.of(items), self.of(items, mirror=True) if tta else None
+        batch, out = int(self.cfg.train.batch_size), []
+        for lo in range(0, len(plain), batch):
+            probs = torch.softmax(net.core.trees(torch.from_numpy(plain[lo:lo + batch]).to(device)).float(), dim=1)
+            if tta:
+                swapped_logits = net.core.trees(torch.from_numpy(swapped[lo:lo + batch]).to(device)).float()
+                probs = (probs + torch.softmax(swapped_logits, dim=1)) / 2
+            out.append(probs.cpu().double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(schema.VOTE_COLUMNS)))
+
+
+def tree_feature_caches(cfg: DictConfig, caches: dict, train: pd.DataFrame, progress: bool = True) -> None:
+    """Build the train split's feature caches of a fitted-once experiment before its runs start
+    (prepare_experiment), so that parallel runs only read them."""
+    ItemFeatures(cfg, "train", train, caches["train"]["eeg"], caches["train"]["spec"], progress)
+
+
+def tree_test_predictions(cfg: DictConfig, nets: list, device, prior=None, progress: bool = False) -> pd.DataFrame:
+    """predict_test for fitted-once networks: every net reads the test feature caches, built once
+    for all of them (and for every later run or `hms predict` of the same settings)."""
+    import warnings
+
+    from hms.training.predict import check_fallback, test_inputs
+
+    test, eeg, spec, ok = test_inputs(cfg, progress)
+    check_fallback(test, ok, [eeg, spec])
+    probs = np.tile(np.asarray(prior if prior is not None else np.full(6, 1 / 6), dtype=np.float64), (len(test), 1))
+    if (~ok).any():
+        warnings.warn(f"{(~ok).sum()} test rows have missing or unreadable files and get the prior: "
+                      f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=2)
+    if ok.any():
+        features = ItemFeatures(cfg, "test", test[ok], eeg.root, spec.root, progress)
+        tta = bool(cfg.infer.tta_lr_swap)
+        probs[ok] = np.mean([features.probs(net, test[ok], device, tta) for net in nets], axis=0)
+    out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
+    out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
+    return out
