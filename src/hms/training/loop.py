@@ -502,20 +502,10 @@ def tree_feature_caches(cfg: DictConfig, caches: dict, train: pd.DataFrame, prog
 def tree_test_predictions(cfg: DictConfig, nets: list, device, prior=None, progress: bool = False) -> pd.DataFrame:
     """predict_test for fitted-once networks: every net reads the test feature caches, built once
     for all of them (and for every later run or `hms predict` of the same settings)."""
-    import warnings
+    from hms.training.predict import test_frame
 
-    from hms.training.predict import check_fallback, test_inputs
+    def probs_of(rows, eeg, spec):
+        features = ItemFeatures(cfg, "test", rows, eeg.root, spec.root, progress)
+        return np.mean([features.probs(net, rows, device, bool(cfg.infer.tta_lr_swap)) for net in nets], axis=0)
 
-    test, eeg, spec, ok = test_inputs(cfg, progress)
-    check_fallback(test, ok, [eeg, spec])
-    probs = np.tile(np.asarray(prior if prior is not None else np.full(6, 1 / 6), dtype=np.float64), (len(test), 1))
-    if (~ok).any():
-        warnings.warn(f"{(~ok).sum()} test rows have missing or unreadable files and get the prior: "
-                      f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=2)
-    if ok.any():
-        features = ItemFeatures(cfg, "test", test[ok], eeg.root, spec.root, progress)
-        tta = bool(cfg.infer.tta_lr_swap)
-        probs[ok] = np.mean([features.probs(net, test[ok], device, tta) for net in nets], axis=0)
-    out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
-    out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
-    return out
+    return test_frame(cfg, probs_of, prior, True, progress)

@@ -111,18 +111,28 @@ def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progres
     from hms.training.dataset import HMSDataset, make_loader
     from hms.models.factory import uses_kaggle_spec
 
+    def probs_of(rows, eeg, spec):
+        loader = make_loader(HMSDataset(rows, eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
+                                        signal_cfg=cfg.signal), cfg, shuffle=False)
+        return np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
+                                      precision=precision, progress=progress, desc=f"predict {cfg.name}")
+                        for net in nets], axis=0)
+
+    return test_frame(cfg, probs_of, prior, uses_kaggle_spec(cfg), progress)
+
+
+def test_frame(cfg, probs_of, prior=None, reads_spec: bool = True, progress: bool = False) -> pd.DataFrame:
+    """Every test.csv row's probabilities, in its order: probs_of(rows, eeg cache, spec cache) for
+    the rows whose files could be read, `prior` (uniform if None) with a warning naming the others
+    (at most MAX_FALLBACK_SHARE of them). Shared by the networks' and the trees' predictions."""
     test, eeg, spec, ok = test_inputs(cfg, progress)
-    check_fallback(test, ok, [eeg, spec] if uses_kaggle_spec(cfg) else [eeg])
+    check_fallback(test, ok, [eeg, spec] if reads_spec else [eeg])
     probs = np.tile(np.asarray(prior if prior is not None else np.full(6, 1 / 6), dtype=np.float64), (len(test), 1))
     if (~ok).any():
         warnings.warn(f"{(~ok).sum()} test rows have missing or unreadable files and get the prior: "
-                      f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=2)
+                      f"eeg_id {test.eeg_id[~ok].tolist()[:20]}", stacklevel=3)
     if ok.any():
-        ds = HMSDataset(test[ok], eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
-                        signal_cfg=cfg.signal)
-        loader = make_loader(ds, cfg, shuffle=False)
-        probs[ok] = np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
-                                           precision=precision, progress=progress, desc=f"predict {cfg.name}") for net in nets], axis=0)
+        probs[ok] = probs_of(test[ok], eeg, spec)
     out = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
     out.insert(0, "eeg_id", test["eeg_id"].to_numpy())
     return out
