@@ -138,7 +138,7 @@ def check_same_runs(exp_dir: Path, run_dirs: list[Path]) -> None:
         return
     (first_dir, first), mixed = found[0], []
     for d, s in found[1:]:
-        diff = {k: (first.get(k), v) for k, v in s.items() if first.get(k) != v}
+        diff = differences(first, s)
         if diff:
             mixed.append((Path(d).name, diff))
     if mixed:
