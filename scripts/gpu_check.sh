@@ -50,7 +50,7 @@ if [ ${#STEPS[@]} -gt 0 ] && named recipe; then
   step "caches for the embedded dataset"
   hms prepare configs/demo/conv1d.yaml 2>&1 | tail -n 3 | tee -a "$LOG" || status=1
   step "recipe: bench train per member (${RECIPE_STEPS} steps x ${RECIPE_REPEATS} repeats, budget ${RECIPE_BUDGET_S} s)"
-  "$HMS_PY" -c "import glob; from hms.bench import bench_recipe; bench_recipe(sorted(glob.glob('configs/recipe/*.yaml')), $RECIPE_STEPS, $RECIPE_REPEATS, $RECIPE_BUDGET_S)" \
+  "$HMS_PY" -c "import glob; from hms.jobs.bench import bench_recipe; bench_recipe(sorted(glob.glob('configs/recipe/*.yaml')), $RECIPE_STEPS, $RECIPE_REPEATS, $RECIPE_BUDGET_S)" \
     2>&1 | tee -a "$LOG" | grep '^{' >> "$BENCH" || status=1
   step "recipe: the plan's memory lines with the measured peaks"
   hms plan configs/recipe/*.yaml 2>&1 | grep "memory" | tee -a "$LOG" || status=1
@@ -66,7 +66,7 @@ if wanted bench; then
   hms prepare configs/demo/conv1d.yaml 2>&1 | tail -n 3 | tee -a "$LOG" || status=1
   step "bench spectrogram (the starter's 128-mel recipe, batch 256)"
   hms bench spectrogram --batch 256 2>&1 | tee -a "$LOG" | grep '^{' >> "$BENCH" || status=1
-  stepped=$("$HMS_PY" -c "import glob, sys; from hms.bench import split_by_training; print(*split_by_training(sorted(glob.glob('configs/exp/*.yaml')))[0])") || status=1
+  stepped=$("$HMS_PY" -c "import glob, sys; from hms.jobs.bench import split_by_training; print(*split_by_training(sorted(glob.glob('configs/exp/*.yaml')))[0])") || status=1
   for cfg in $stepped; do
     step "bench train $cfg"
     random_weights=(); grep -q "pretrained: true" "$cfg" && random_weights=(model.pretrained=false)

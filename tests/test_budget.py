@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from hms import plan as P
+from hms.jobs import plan as P
 from hms.cli import main
 from test_plan import json_line, real_shaped_train, write_tables
 
@@ -90,7 +90,7 @@ def test_no_argument_job_with_cuda_and_real_data_trains_to_the_night_budget(real
     """A fake CUDA device (the H200's figures): instead of stopping over 3 h, the recipe's most valuable
     members that fit 10 h go to training, with the overrides that make it train exactly them."""
     import hms.config
-    import hms.run_all
+    import hms.jobs.run
 
     monkeypatch.setenv("HMS_DATA_DIR", str(real_shaped))
     monkeypatch.setenv("HMS_WORK_DIR", str(tmp_path / "work"))
@@ -106,7 +106,7 @@ def test_no_argument_job_with_cuda_and_real_data_trains_to_the_night_budget(real
         asked.extend(cfgs)
         raise Stop
 
-    monkeypatch.setattr(hms.run_all, "build_once", build_once)
+    monkeypatch.setattr(hms.jobs.run, "build_once", build_once)
     with pytest.raises(Stop):
         main(["run"])
     out = capsys.readouterr().out

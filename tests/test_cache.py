@@ -86,7 +86,7 @@ def _per_montage_cache_window(path, t0: float, extras) -> np.ndarray:
 def test_conv1d_and_trees_read_one_cache_with_the_inputs_of_their_own_caches(tmp_path):
     """conv1d (16 signals) and qeeg_trees (+ midline) share one cache; each item's signal is
     bit-identical to what its own montage's cache gave before."""
-    from hms.training.dataset import HMSDataset
+    from hms.inputs.dataset import HMSDataset
 
     data = write_mini_dataset(tmp_path / "data", n_patients=2, eegs_per_patient=2, n_test=1)
     train = io.read_train_csv(data / schema.TRAIN_CSV)
@@ -136,7 +136,7 @@ def test_spectrogram_windows_start_at_the_first_frame_at_or_after_their_offset(t
     at the file's first frame at or after its own offset, not 2 s late."""
     from pathlib import Path
 
-    from hms.training.dataset import HMSDataset
+    from hms.inputs.dataset import HMSDataset
 
     real = json.loads((Path(__file__).parent / "fixtures" / "real_files.json").read_text())
     first, last = real["spectrogram_time_first_last_test"]  # 1, 599 for 300 rows

@@ -21,7 +21,7 @@ FRAMES, FREQS = schema.SPEC_WINDOW_FRAMES, schema.SPEC_N_FREQS
 
 
 def _net(context=TINY_CONTEXT):
-    from hms.training.network import HMSNet
+    from hms.models.network import HMSNet
 
     return HMSNet(TINY_CONV1D, signal_cfg={}, input_cfg={"downsample": 4}, context_cfg=context)
 
@@ -158,7 +158,7 @@ def test_a_config_without_the_section_builds_without_the_branch():
 
     from hms.config import load_config
     from hms.models.factory import uses_kaggle_spec
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     cfg = load_config(["configs/demo/conv1d.yaml"], [])
     old = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items() if k != "context"})
@@ -175,15 +175,15 @@ def test_the_dataset_hands_a_context_model_the_panels_it_asks_for(tiny_synth, tm
     from hms.data import io
     from hms.data.tables import load_train
     from hms.signal import kaggle_spec
-    from hms.training.dataset import training_set
+    from hms.inputs.dataset import make_dataset
 
     cfg = tiny_config(tiny_synth, tmp_path, "context.enabled=true", "augment.lr_swap=0")
     caches = prepare(cfg, ("train",), progress=False)["train"]
     rows = load_train(cfg)
     eeg, spec = open_cache(caches["eeg"]), open_cache(caches["spec"])
-    plain = training_set(rows, eeg, spec, tiny_config(tiny_synth, tmp_path), (10, 1.0))
+    plain = make_dataset(tiny_config(tiny_synth, tmp_path), rows, (eeg, spec), "train", (10, 1.0))
     assert tuple(plain[0]["spec"].shape) == (4, 1, 1)
-    ds = training_set(rows, eeg, spec, cfg, (10, 1.0))
+    ds = make_dataset(cfg, rows, (eeg, spec), "train", (10, 1.0))
     ds.train = False  # the middle sub-window, no random choice
     item, row = ds[0], ds.items.iloc[0]
     path = tiny_synth / schema.TRAIN_SPEC_DIR / f"{int(row.spectrogram_id)}.parquet"
@@ -198,7 +198,7 @@ def test_the_dataset_hands_a_context_model_the_panels_it_asks_for(tiny_synth, tm
 @pytest.mark.slow
 def test_a_trained_context_fold_predicts_the_same_after_reloading(tiny_synth, tmp_path):
     from hms.training.experiment import train_experiment
-    from hms.training.network import load_fold_network
+    from hms.models.network import load_fold_network
 
     cfg = tiny_config(tiny_synth, tmp_path, "context.enabled=true", "train.stages=[{rows: all, epochs: 2, lr: 3.0e-3}]")
     train_experiment(cfg, folds=[0], progress=False)
@@ -211,8 +211,9 @@ def test_a_trained_context_fold_predicts_the_same_after_reloading(tiny_synth, tm
     from hms.cache.prepare import prepare
     from hms.cache.store import open_cache
     from hms.data.tables import load_train
-    from hms.training.dataset import HMSDataset, make_loader
-    from hms.training.predict import predict_probs
+    from hms.inputs.dataset import HMSDataset
+    from hms.inputs.loaders import make_loader
+    from hms.inference.batch import predict_probs
 
     caches = prepare(cfg, ("train",), progress=False)["train"]
     rows = load_train(cfg)

@@ -39,7 +39,7 @@ def step_grads(cfg, batch: dict, micro: int | None, train_net_wrap=None, device=
     running statistics, dropout is off: what differs between micro-batches and one batch is only
     the accumulation)."""
     from hms.training.loop import make_optimizer
-    from hms.training.network import build_network
+    from hms.models.network import build_network
     from hms.training.step import TrainStep
 
     torch.manual_seed(0)
@@ -217,7 +217,7 @@ RECIPE_2D = {  # recipe members with a 2D backbone, shrunk to CPU size (the back
 
 
 def recipe_net(path: str, extra: list[str]):
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     cfg = load_config([str(ROOT / path)], list(extra))
     if "pretrained" in cfg.model:  # random weights: nothing is fetched
@@ -227,8 +227,8 @@ def recipe_net(path: str, extra: list[str]):
 
 
 def test_every_recipe_member_with_a_2d_backbone_is_in_the_channels_last_check():
-    from hms.bench import split_by_training
-    from hms.training.device import image_backbones
+    from hms.jobs.bench import split_by_training
+    from hms.models.device import image_backbones
 
     stepped, _ = split_by_training(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs/recipe").glob("*.yaml")),
                                    ROOT)
@@ -240,7 +240,7 @@ def test_every_recipe_member_with_a_2d_backbone_is_in_the_channels_last_check():
 def test_channels_last_reaches_every_2d_backbone_input_and_keeps_the_logits(path):
     """B5's raw-EEG image and MixNet-XL's mel image are built inside the network: the stem's
     input is still channels-last once enabled, and the logits equal the contiguous network's."""
-    from hms.training.device import apply_channels_last, image_backbones, is_convolutional
+    from hms.models.device import apply_channels_last, image_backbones, is_convolutional
 
     contiguous, cfg = recipe_net(path, RECIPE_2D[path])
     converted, _ = recipe_net(path, RECIPE_2D[path])
@@ -271,8 +271,8 @@ def test_channels_last_reaches_every_2d_backbone_input_and_keeps_the_logits(path
 
 
 def test_a_multi_channel_image_enters_the_backbone_channels_last(tmp_path):
-    from hms.training.device import apply_channels_last, image_backbones
-    from hms.training.network import build_network
+    from hms.models.device import apply_channels_last, image_backbones
+    from hms.models.network import build_network
 
     cfg = tiny_config(tmp_path, tmp_path, "model={kind: timm_mel, backbone: resnet10t, n_fft: 256, win_length: 32, "
                       "n_mels: 16, width: 32, layout: chain_avg_channels}")
@@ -292,7 +292,7 @@ def test_a_multi_channel_image_enters_the_backbone_channels_last(tmp_path):
 def test_fold_run_and_the_bench_take_the_same_step_in_train_mode(tiny_synth, tmp_path, monkeypatch):
     """One TrainStep class serves both; every call sees the network in training mode (validation
     leaves it in eval mode, and nothing set it back before) and a plain augment section."""
-    from hms import bench
+    from hms.jobs import bench
     from hms.training import loop, step
     from hms.training.experiment import train_experiment
 
@@ -336,7 +336,7 @@ def test_precision_auto_is_bf16_on_ampere_and_later_and_fp16_with_a_scaler_on_a_
 
 @pytest.mark.parametrize("cores, train, evaluation", [(16, 8, 2), (4, 2, 1), (2, 1, 1), (64, 8, 2)])
 def test_loader_workers_come_from_the_cores_of_the_gpu_slot(monkeypatch, cores, train, evaluation):
-    from hms.training.device import CORES_ENV, loader_workers
+    from hms.inputs.loaders import CORES_ENV, loader_workers
 
     monkeypatch.setenv(CORES_ENV, str(cores))
     assert loader_workers("auto", "cuda", training=True) == train
@@ -347,8 +347,8 @@ def test_loader_workers_come_from_the_cores_of_the_gpu_slot(monkeypatch, cores, 
 def test_the_scheduler_gives_each_gpu_job_its_share_of_the_cores(monkeypatch):
     import os
 
-    from hms.training.device import CORES_ENV
-    from hms.training.schedule import slot_env
+    from hms.inputs.loaders import CORES_ENV
+    from hms.jobs.schedule import slot_env
 
     cores = len(os.sched_getaffinity(0))
     assert slot_env("0", 0, 2)[CORES_ENV] == str(max(1, cores // 2))
@@ -357,7 +357,7 @@ def test_the_scheduler_gives_each_gpu_job_its_share_of_the_cores(monkeypatch):
 def test_training_drops_the_last_partial_batch_and_evaluation_runs_at_a_larger_batch(tmp_path):
     from torch.utils.data import TensorDataset
 
-    from hms.training.dataset import make_loader
+    from hms.inputs.loaders import make_loader
 
     cfg = tiny_config(tmp_path, tmp_path, "device=cpu", "train.batch_size=8")
     items = TensorDataset(torch.arange(20))
@@ -370,7 +370,7 @@ def test_training_drops_the_last_partial_batch_and_evaluation_runs_at_a_larger_b
 
 
 def test_a_padded_last_evaluation_batch_keeps_its_items_and_takes_the_full_shape():
-    from hms.training.predict import padded
+    from hms.inference.batch import padded
 
     batch = {"signal": torch.randn(3, 2, 5), "spec": torch.randn(3, 4, 1, 1)}
     full = padded(batch, 8)

@@ -127,7 +127,7 @@ def test_the_main_job_names_the_predictor_each_blend_score_measures(tiny_synth, 
     """`hms run` on data with answers, ensemble.calibration=matched: the printed lines say the
     nested score is the CV runs' blend, what each experiment submits, why the calibration is off,
     and what the blend not chosen would score on the test."""
-    from hms.run_all import run_all
+    from hms.jobs.run import run_all
 
     config = tmp_path / "trees.yaml"
     config.write_text("model: {kind: qeeg_trees, max_iter: 20, min_samples_leaf: 5}\n"

@@ -19,7 +19,7 @@ TARGETS = [f"{c}_target" for c in schema.CLASSES]
 # ---------------------------------------------------------------- seeds and full-data fits
 
 def test_epochs_to_best_counts_each_stage_up_to_its_own_best_checkpoint():
-    from hms.training.runs import epochs_to_best, full_fit_epochs
+    from hms.models.runs import epochs_to_best, full_fit_epochs
 
     # best at stage 0 epoch 2 (stage 0 ran 5 epochs, then stage 1 never improved)
     a = pd.DataFrame({"stage": [0, 0, 0, 0, 0, 1], "epoch": [0, 1, 2, 3, 4, 0],
@@ -40,7 +40,7 @@ def test_epochs_to_best_counts_each_stage_up_to_its_own_best_checkpoint():
 
 
 def test_run_folders_are_named_once_and_found_by_the_loaders(tmp_path):
-    from hms.training.runs import cv_runs, full_runs, run_dirs
+    from hms.models.runs import cv_runs, full_runs, run_dirs
 
     cfg = OmegaConf.create({"seed": 42, "folds": {"n_folds": 2}, "train": {"n_seeds": 2, "full_fits": 1}})
     runs = cv_runs(cfg) + full_runs(cfg, [3, 1])
@@ -83,7 +83,7 @@ def test_seeds_average_into_the_oof_and_every_run_into_the_test_mean(seeded):
 
 def test_test_runs_full_keeps_the_full_fits_alone_and_the_loaders_follow(seeded):
     from hms.training.experiment import collect_experiment
-    from hms.training.runs import run_dirs
+    from hms.models.runs import run_dirs
 
     cfg, _, root = seeded
     try:
@@ -101,7 +101,7 @@ def test_test_runs_full_keeps_the_full_fits_alone_and_the_loaders_follow(seeded)
 
 
 def test_full_fit_trains_the_cv_epochs_on_every_row(seeded):
-    from hms.training.runs import full_fit_epochs
+    from hms.models.runs import full_fit_epochs
 
     cfg, _, root = seeded
     logs = [pd.read_csv(root / name / "log.csv") for name in ("fold0", "fold1", "fold0-seed1", "fold1-seed1")]
@@ -153,7 +153,7 @@ def test_pseudo_targets_mix_votes_and_oof_on_low_vote_rows_only():
 
 def test_pseudo_stage_needs_its_teacher_trained_first(tiny_synth, tmp_path):
     from hms.training.pseudo import pseudo_labelled
-    from hms.training.runs import RunSpec
+    from hms.models.runs import RunSpec
 
     cfg = tiny_config(tiny_synth, tmp_path, "labels.pseudo.from=[teacher]")
     for run, missing in ((RunSpec("fold0", 0, 1), "fold0 is not trained"), (RunSpec("full0", None, 1), "oof.csv not found")):
@@ -168,7 +168,7 @@ def test_a_students_fold_learns_only_from_teachers_that_never_saw_that_fold(seed
 
     from hms.data.tables import load_train
     from hms.training.pseudo import pseudo_labelled
-    from hms.training.runs import RunSpec
+    from hms.models.runs import RunSpec
 
     cfg, _, root = seeded
     shutil.copytree(root, tmp_path / "teacher")
@@ -209,7 +209,7 @@ def test_train_step_reweights_low_vote_rows_with_this_epochs_weight():
 
     seen = {}
 
-    def fake_loss_net(batch, augment_cfg=None):
+    def fake_loss_net(batch, augmenter=None):
         seen["weight"] = batch["weight"].clone()
         return net(batch["signal"].mean(-1))
 
@@ -227,7 +227,7 @@ def test_dataset_flags_low_vote_items(tiny_synth, tmp_path):
     from hms.cache.prepare import prepare
     from hms.cache.store import open_cache
     from hms.data.tables import load_train
-    from hms.training.dataset import HMSDataset
+    from hms.inputs.dataset import HMSDataset
 
     cfg = tiny_config(tiny_synth, tmp_path)
     caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
@@ -300,7 +300,7 @@ def test_multilabel_folds_group_patients_and_are_recorded(tmp_path):
 
 def test_the_main_job_trains_pseudo_label_teachers_before_their_students():
     from hms.config import ConfigError
-    from hms.run_all import teachers_first
+    from hms.jobs.run import teachers_first
 
     def exp(name, *sources):
         return OmegaConf.create({"name": name, "labels": {"pseudo": {"from": list(sources)}}})

@@ -32,7 +32,7 @@ def copy(finished, tmp_path):
 
 def test_an_edited_config_stops_before_training_and_names_the_change(copy, tiny_synth):
     from hms.training.experiment import train_experiment
-    from hms.training.fingerprint import ConfigChanged
+    from hms.models.fingerprint import ConfigChanged
 
     best = copy / "tiny" / "fold0" / "best.pt"
     before = best.stat().st_mtime_ns
@@ -63,7 +63,7 @@ def test_settings_that_cannot_change_a_run_do_not_stop_it(copy, tiny_synth, caps
 
 
 def test_a_run_saved_by_an_older_version_counts_missing_keys_as_defaults(copy, tiny_synth):
-    from hms.training.fingerprint import changed_runs
+    from hms.models.fingerprint import changed_runs
 
     cfg = tiny_config(tiny_synth, copy, *one_epoch())
     saved = copy / "tiny" / "fold0" / "config.yaml"
@@ -80,7 +80,7 @@ def test_a_run_saved_by_an_older_version_counts_missing_keys_as_defaults(copy, t
 def test_a_resumed_run_refuses_a_last_pt_saved_under_another_config(tiny_synth, tmp_path, monkeypatch):
     import hms.training.loop as loop
     from hms.training.experiment import train_experiment
-    from hms.training.fingerprint import ConfigChanged
+    from hms.models.fingerprint import ConfigChanged
 
     cfg = tiny_config(tiny_synth, tmp_path)
     real_save = loop.FoldRun.save_state
@@ -124,7 +124,7 @@ def test_joining_runs_trained_under_different_configs_is_refused(copy, tiny_synt
     from hms.inference.ensemble import describe_members
     from hms.inference.predict import load_folds
     from hms.kaggle.package import copy_experiment
-    from hms.training.fingerprint import ConfigChanged
+    from hms.models.fingerprint import ConfigChanged
 
     exp = copy / "tiny"
     assert len(describe_members([exp])[0]["test_runs"]) == 2  # one config: joined
@@ -151,7 +151,7 @@ def test_the_cli_says_it_in_one_line_and_exits_non_zero(copy, tiny_synth, capsys
 
 HOLD = """
 import sys, time
-from hms.training.workdir import one_main_job
+from hms.jobs.lock import one_main_job
 with one_main_job(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -171,7 +171,7 @@ def test_a_second_main_job_on_one_work_dir_says_who_holds_it(tmp_path, capsys):
     import signal
 
     from hms.cli import main
-    from hms.training.workdir import one_main_job
+    from hms.jobs.lock import one_main_job
 
     holder = _holder(tmp_path, 60)
     try:
@@ -191,7 +191,7 @@ def test_a_second_main_job_on_one_work_dir_says_who_holds_it(tmp_path, capsys):
 def test_a_second_main_job_waits_for_the_first_by_default(tmp_path, capsys):
     import time
 
-    from hms.training.workdir import one_main_job
+    from hms.jobs.lock import one_main_job
 
     holder = _holder(tmp_path, 2)
     t0 = time.perf_counter()
@@ -220,7 +220,7 @@ def test_a_damaged_best_pt_is_one_line_naming_it_and_the_way_on(copy, tiny_synth
 
 def test_a_damaged_last_pt_says_delete_it_to_restart(copy, tiny_synth):
     from hms.training.experiment import train_experiment
-    from hms.training.workdir import DamagedFile
+    from hms.models.workdir import DamagedFile
 
     run = copy / "tiny" / "fold0"
     (run / "metrics.json").unlink()  # as if killed mid-run: unfinished, with a resume state
@@ -259,7 +259,7 @@ def test_a_truncated_folds_csv_is_rebuilt_the_same(copy, tiny_synth, capsys):
 
 def test_a_truncated_oof_csv_is_refused_by_the_ensemble(copy):
     from hms.inference.ensemble import load_oofs
-    from hms.training.workdir import DamagedFile
+    from hms.models.workdir import DamagedFile
 
     oof = copy / "tiny" / "oof.csv"
     lines = oof.read_text().splitlines()
@@ -407,7 +407,7 @@ def test_parallel_slots_stop_with_their_parent_and_resume(tiny_synth, tmp_path):
     No process is left and the work-dir lock is free each time; the next run finishes."""
     import signal
 
-    from hms.training.workdir import one_main_job
+    from hms.jobs.lock import one_main_job
 
     slots, started = ("--devices", "cpu,cpu"), "[hms run] "
     code, out = hms_run(tmp_path, tiny_synth, "jobs on 2 devices", *slots, sig=signal.SIGTERM,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from hms.bench import split_by_training
+from hms.jobs.bench import split_by_training
 from hms.data import schema
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -35,10 +35,10 @@ def real_batch(cfg, data_dir: Path, n: int = 8) -> dict:
     from hms.cache.prepare import prepare
     from hms.cache.store import open_cache
     from hms.data.tables import load_train
-    from hms.training.dataset import training_set
+    from hms.inputs.dataset import make_dataset
 
     caches = prepare(cfg, ("train",), workers=1, progress=False)["train"]
-    ds = training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
+    ds = make_dataset(cfg, load_train(cfg), (open_cache(caches["eeg"]), open_cache(caches["spec"])), "train",
                       (cfg.labels.min_votes_high, 0.5))
     return next(iter(torch.utils.data.DataLoader(ds, batch_size=n, shuffle=False)))
 
@@ -56,7 +56,7 @@ def shipped_config(path: str, data_dir: Path, work_dir: Path, device: torch.devi
 def test_shipped_configs_split_into_stepped_and_fitted_once():
     """The AMP test gets every config with parameters to step, the fit test every other one:
     an empty parameter list (the trees) once made the AMP test fail on every GPU."""
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     assert "configs/demo/qeeg_trees.yaml" in FITTED and "configs/demo/conv1d.yaml" in STEPPED
     assert sorted(STEPPED + FITTED) == SHIPPED and not set(STEPPED) & set(FITTED)
@@ -74,10 +74,10 @@ def check_amp_steps(path: str, data_dir: Path, work_dir: Path, device: torch.dev
     a gated WaveNet shows up here."""
     from omegaconf import OmegaConf
 
-    from hms.training.device import apply_channels_last, autocast
+    from hms.models.device import apply_channels_last, autocast
     from hms.training.loop import make_optimizer
-    from hms.training.network import build_network
-    from hms.training.predict import to_device
+    from hms.models.network import build_network
+    from hms.inference.batch import to_device
     from hms.training.step import TrainStep
 
     cfg = shipped_config(path, data_dir, work_dir, device)
@@ -106,7 +106,7 @@ def check_amp_steps(path: str, data_dir: Path, work_dir: Path, device: torch.dev
 
 
 def cuda_precisions() -> list[str]:
-    from hms.training.device import has_bf16
+    from hms.models.device import has_bf16
 
     return ["fp16", "bf16"] if torch.cuda.is_available() and has_bf16(CUDA) else ["fp16"]
 
@@ -127,7 +127,7 @@ def test_accumulation_on_cuda_gives_the_gradients_of_one_batch_channels_last(tmp
     """tests/test_device.py's CPU check on the GPU, through a 2D network converted to channels-last."""
     from test_device import random_batch, step_grads
 
-    from hms.training.device import apply_channels_last
+    from hms.models.device import apply_channels_last
 
     cfg = tiny_config(tmp_path, tmp_path, "device=cuda", "train.grad_clip=0",
                       "model={kind: timm_mel, backbone: resnet10t, n_fft: 256, win_length: 32, n_mels: 16, "
@@ -147,7 +147,7 @@ def test_accumulation_on_cuda_gives_the_gradients_of_one_batch_channels_last(tmp
 
 @needs_cuda
 def test_bench_train_on_cuda_reports_peak_memory_beside_the_estimate(tiny_synth, tmp_path):
-    from hms.bench import bench_train
+    from hms.jobs.bench import bench_train
 
     result = bench_train(tiny_config(tiny_synth, tmp_path, "device=cuda", "train.micro_batch=auto"), steps=2,
                          repeats=1)
@@ -158,7 +158,7 @@ def test_bench_train_on_cuda_reports_peak_memory_beside_the_estimate(tiny_synth,
 def fit_fold0(path: str, data_dir: Path, work_dir: Path, device: torch.device, name: str, *overrides: str) -> Path:
     """Fold 0 of a fitted-once config, fitted with its features computed on `device`."""
     from hms.training.experiment import train_experiment
-    from hms.training.workdir import exp_dir
+    from hms.models.workdir import exp_dir
 
     cfg = shipped_config(path, data_dir, work_dir, device, f"name={name}", "train.full_fits=0", *overrides)
     train_experiment(cfg, folds=[0], progress=False)
@@ -171,8 +171,8 @@ def check_tree_fit_across_devices(path: str, data_dir: Path, work_dir: Path, dev
     features, the CPU-fitted trees predict the same when run on `device`, and the two fits
     validate alike (a feature a hair from a split threshold may grow another tree, so the fits
     are compared by their predictions, not their trees)."""
-    from hms.training.network import load_fold_network
-    from hms.training.predict import to_device
+    from hms.models.network import load_fold_network
+    from hms.inference.batch import to_device
 
     reference = fit_fold0(path, data_dir, work_dir, CPU, "reference", *overrides)
     candidate = fit_fold0(path, data_dir, work_dir, device, "candidate", *overrides)
@@ -213,7 +213,7 @@ def test_the_tree_fit_check_runs_on_the_cpu(tiny_synth, tmp_path):
 def test_gpu_mel_panels_match_librosa():
     """The starter's 128-mel recipe, computed on the GPU, against librosa on the CPU."""
     pytest.importorskip("librosa")
-    from hms.bench import simulated_bipolar
+    from hms.jobs.bench import simulated_bipolar
     from hms.config import load_config
     from hms.signal.spectrogram import eeg_panels, librosa_reference
 
@@ -229,7 +229,7 @@ def test_gpu_mel_panels_match_librosa():
 def test_cleaner_with_an_extra_band_pass_matches_the_cpu():
     """The FFT filtering, decimation and a per-window extra gain (the narrow band-pass
     augmentation's form: edges fixed here, as CPU and CUDA draw different random numbers)."""
-    from hms.bench import simulated_bipolar
+    from hms.jobs.bench import simulated_bipolar
     from hms.config import load_config
     from hms.signal.cleaner import WindowCleaner
     from hms.training.augment import butterworth_power
@@ -254,8 +254,8 @@ def test_a_fold_trained_on_cuda_predicts_the_same_on_the_cpu(tiny_synth, tmp_pat
     """Loader workers with pinned memory, AMP, EMA and channels_last on the GPU; the best.pt it
     saves loads on the CPU (the Kaggle notebook may run there) and gives the same probabilities."""
     from hms.training.experiment import train_experiment
-    from hms.training.network import load_fold_network
-    from hms.training.predict import to_device
+    from hms.models.network import load_fold_network
+    from hms.inference.batch import to_device
 
     cfg = tiny_config(tiny_synth, tmp_path, "device=cuda", "train.num_workers=2", "train.ema=0.99",
                       "model={kind: timm2d, backbone: resnet10t, drop_rate: 0.0}", "image.layout=channels",

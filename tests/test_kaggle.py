@@ -117,7 +117,7 @@ def test_notebook_offline_matches_local_predict_and_ensemble(packaged, tiny_synt
 
 def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(packaged, tiny_synth, tmp_path,
                                                                                  monkeypatch):
-    import hms.training.predict
+    import hms.inference.batch
     from hms.data.io import HMSDataError
     from hms.inference.predict import predict_experiment
 
@@ -129,7 +129,7 @@ def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(
     exp = packaged["root"] / "work" / "tiny"
     with pytest.raises(HMSDataError, match=rf"1 of {len(test)} test rows .*cannot read parquet"):  # 1 of 6 > 5%
         predict_experiment(exp, data, tmp_path / "work", progress=False)
-    monkeypatch.setattr(hms.training.predict, "MAX_FALLBACK_SHARE", 0.2)  # as if the test set were larger
+    monkeypatch.setattr(hms.inference.batch, "MAX_FALLBACK_SHARE", 0.2)  # as if the test set were larger
     with pytest.warns(UserWarning, match=str(victim)):
         pred = predict_experiment(exp, data, tmp_path / "work", progress=False)
     prior = json.loads((exp / "summary.json").read_text())["prior"]
@@ -139,7 +139,7 @@ def test_unreadable_test_file_gets_the_prior_under_the_limit_and_stops_above_it(
 
 def test_fallback_limit_is_five_percent_of_the_rows():
     from hms.data.io import HMSDataError
-    from hms.training.predict import check_fallback
+    from hms.inference.batch import check_fallback
 
     test = pd.DataFrame({"eeg_id": range(100)})
     ok = np.ones(100, bool)

@@ -13,15 +13,18 @@ RANKS = [
     ("data", ["hms.data", "hms.config", "hms.metric"]),  # config and the metric read data.schema
     ("signal", ["hms.signal"]),
     ("cache", ["hms.cache"]),
-    ("models", ["hms.models"]),
-    ("training", ["hms.training"]),
+    ("models", ["hms.models"]),  # every network, what builds its input, its checkpoint and run dirs
+    ("inputs", ["hms.inputs"]),  # datasets and loaders over the caches, for a model's config
     ("inference", ["hms.inference"]),
+    ("training", ["hms.training"]),
     ("outputs", ["hms.kaggle", "hms.report", "hms.app"]),
-    ("cli", ["hms.cli", "hms.bench", "hms.bench_scale", "hms.plan", "hms.run_all", "hms.__main__"]),
+    ("jobs", ["hms.jobs"]),  # the main job, experiment sets, the scheduler, the plan, the benches
+    ("entry", ["hms.cli", "hms.__main__"]),
 ]
-STAGE_FOLDERS = ["data", "signal", "cache", "models", "training", "inference", "kaggle", "report", "app"]
-
-
+STAGE_FOLDERS = ["data", "signal", "cache", "models", "inputs", "inference", "training", "kaggle", "report", "app",
+                 "jobs"]
+# what prediction, reports, the notebook and the viewer load must not need the training code
+NEVER_IMPORT_TRAINING = ("hms.inference", "hms.kaggle", "hms.report", "hms.app")
 def modules() -> dict[str, Path]:
     out = {}
     for path in sorted((SRC / "hms").rglob("*.py")):
@@ -68,8 +71,7 @@ def graph() -> dict[str, set[str]]:
 
 def test_every_stage_has_its_folder_and_the_top_level_is_thin():
     top = sorted(p.stem for p in (SRC / "hms").glob("*.py"))
-    assert top == ["__init__", "__main__", "bench", "bench_scale", "cli", "config", "metric", "plan", "run_all",
-                   "utils"]
+    assert top == ["__init__", "__main__", "cli", "config", "metric", "utils"]
     for folder in STAGE_FOLDERS:
         assert (SRC / "hms" / folder / "__init__.py").is_file(), folder
 
@@ -77,6 +79,12 @@ def test_every_stage_has_its_folder_and_the_top_level_is_thin():
 def test_no_lower_stage_imports_a_higher_one():
     bad = [f"{m} ({RANKS[rank(m)][0]}) imports {d} ({RANKS[rank(d)][0]})"
            for m, deps in graph().items() for d in deps if rank(d) > rank(m)]
+    assert not bad, "\n".join(bad)
+
+
+def test_prediction_reports_the_notebook_and_the_viewer_never_import_training():
+    bad = [f"{m} imports {d}" for m, deps in graph().items() if m.startswith(NEVER_IMPORT_TRAINING)
+           for d in deps if d == "hms.training" or d.startswith("hms.training.")]
     assert not bad, "\n".join(bad)
 
 

@@ -141,7 +141,7 @@ def test_validate_prepare_and_folds_run_on_it(files, tmp_path, monkeypatch, caps
 def test_stage_peak_rss_is_its_own_not_the_parents():
     """A child started by fork + exec inherits its parent's peak in ru_maxrss; the bench
     samples the child's process tree instead, so a small stage after a big parent reads small."""
-    from hms.bench_scale import TreeRssPeak
+    from hms.jobs.bench_scale import TreeRssPeak
 
     ballast = np.ones(400_000_000 // 8)  # the parent holds 400 MB
     code = "import time; b = bytearray({n}); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.8)"
@@ -159,7 +159,7 @@ def test_stage_peak_rss_is_its_own_not_the_parents():
 
 
 def test_a_member_gets_the_h200_rate_of_the_config_it_inherits(tmp_path):
-    from hms.bench_scale import h200_rate, h200_rates
+    from hms.jobs.bench_scale import h200_rate, h200_rates
 
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "conv1d_full.yaml").write_text("name: conv1d_full\n")

@@ -251,7 +251,7 @@ def test_real_schema_dataset_through_validate_prepare_train_predict_and_notebook
 def test_every_test_row_falling_back_is_an_error_that_names_the_cause(real_schema, tmp_path):
     """The public test has one row: its file unreadable must stop predict, not submit the prior."""
     from hms.data.io import HMSDataError
-    from hms.training.predict import predict_test
+    from hms.inference.batch import predict_test
 
     data = tmp_path / "data"
     shutil.copytree(real_schema, data)

@@ -101,7 +101,7 @@ def recipe_trained(tiny_synth, tmp_path_factory):
     from hms.inference.ensemble import write_submission
     from hms.kaggle import notebook, package
     from hms.training.experiment import train_experiment
-    from hms.training.workdir import exp_dir
+    from hms.models.workdir import exp_dir
 
     root = tmp_path_factory.mktemp("recipe")
     data = _small_dataset(tiny_synth, root / "data")

@@ -114,7 +114,7 @@ def test_gradcam_map_has_the_image_shape_and_is_not_constant(family, tiny_synth,
     import torch
     from test_train import FAMILIES
 
-    from hms.training.network import build_network
+    from hms.models.network import build_network
     from hms.report.explain import explain_sample, sample_for
 
     cfg = tiny_config(tiny_synth, tmp_path, *FAMILIES[family])
@@ -135,7 +135,7 @@ def test_occlusion_of_a_network_with_a_context_branch_shows_its_whole_prediction
     import torch
 
     from hms.report.explain import explain_sample, sample_for
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     cfg = tiny_config(tiny_synth, tmp_path, "context.enabled=true")
     torch.manual_seed(0)

@@ -50,7 +50,7 @@ TINY_RUN = [o for o in TINY_TRAIN if not o.startswith("train.stages")] + [ONE_EP
 # ---------------------------------------------------------------- device slots
 
 def test_visible_gpus_are_cuda_visible_devices_entries_as_given(monkeypatch):
-    from hms.training.schedule import device_slots, slot_env, visible_gpus
+    from hms.jobs.schedule import device_slots, slot_env, visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, GPU-8f3c2a, MIG-GPU-8f3c2a/1/0")
     assert visible_gpus() == ["3", "GPU-8f3c2a", "MIG-GPU-8f3c2a/1/0"]
@@ -67,8 +67,8 @@ def test_visible_gpus_are_cuda_visible_devices_entries_as_given(monkeypatch):
 
 def test_a_students_jobs_wait_for_the_teacher_jobs_they_read(tmp_path):
     from hms.config import load_config
-    from hms.run_all import teachers_first
-    from hms.training.schedule import plan_jobs
+    from hms.jobs.run import teachers_first
+    from hms.jobs.schedule import plan_jobs
 
     student = load_config([], ["name=student", "folds.n_folds=2", "train.full_fits=1",
                                "labels.pseudo.from=[teacher]"])
@@ -119,7 +119,7 @@ def stand_in_jobs(tmp_path, failing=""):
     """A teacher and its student (2 folds and a full fit each), on two slots named a and b,
     each job a stand-in process that records when it started and ended."""
     from hms.config import load_config
-    from hms.training.schedule import Scheduler, plan_jobs
+    from hms.jobs.schedule import Scheduler, plan_jobs
 
     common = [f"paths.work_dir={tmp_path}", "folds.n_folds=2", "train.full_fits=1"]
     cfgs = [load_config([], ["name=teacher", *common]),
@@ -151,7 +151,7 @@ def test_the_scheduler_runs_each_job_once_after_what_it_needs_on_both_slots(tmp_
 
 
 def test_the_scheduler_stops_at_the_first_failure_and_names_the_job_and_its_log(tmp_path):
-    from hms.training.schedule import RunFailed
+    from hms.jobs.schedule import RunFailed
 
     scheduler, jobs, collected = stand_in_jobs(tmp_path, failing="teacher fold1")
     log = tmp_path / "teacher" / "fold1" / "train.log"
@@ -275,7 +275,7 @@ def test_a_teacher_with_another_montage_predicts_from_its_own_caches(tiny_synth,
     from hms.data.tables import load_train
     from hms.training.experiment import train_experiment
     from hms.training.pseudo import pseudo_labelled
-    from hms.training.runs import RunSpec
+    from hms.models.runs import RunSpec
 
     def demo(name, *extra):
         small = TINY_TREES if name == "qeeg_trees" else TINY_TRAIN

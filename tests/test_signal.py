@@ -105,7 +105,7 @@ def test_panels_are_normalised_and_nan_safe():
 def test_zoomed_centre_view_is_the_mel_of_the_central_seconds():
     import torch.nn.functional as F
 
-    from hms.training.network import ImageBuilder
+    from hms.models.network import ImageBuilder
     from hms.signal.spectrogram import centre_crop
 
     mel = {**dict(load_config().mel), "center_seconds": 10, "n_mels": 32}
@@ -158,8 +158,8 @@ def test_a_train_window_and_the_same_50_s_as_a_test_file_give_the_same_model_inp
 
     from conftest import eeg_frame, tiny_config
     from hms.cache.store import build_cache, open_cache
-    from hms.training.dataset import HMSDataset
-    from hms.training.network import build_network
+    from hms.inputs.dataset import HMSDataset
+    from hms.models.network import build_network
 
     long = eeg_frame(seconds=120, seed=3) + 150.0  # a DC offset, as raw referential EEG has
     long.loc[5 * 200: 9 * 200, "Fp1"] = np.nan  # outside the window: must not change its fill

@@ -39,8 +39,8 @@ FAMILIES = {
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
     from hms.cache.store import open_cache
-    from hms.training.dataset import HMSDataset
-    from hms.training.network import build_network
+    from hms.inputs.dataset import HMSDataset
+    from hms.models.network import build_network
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
 
@@ -62,10 +62,10 @@ def test_each_model_family_learns_a_real_batch(family, tiny_synth, tmp_path):
 
 
 def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path):
-    from hms.training.augment import MIRROR_PANELS, MIRROR_SIGNALS
+    from hms.data.schema import MIRROR_PANELS, MIRROR_SIGNALS
     from hms.cache.store import open_cache
-    from hms.training.dataset import HMSDataset
-    from hms.training.predict import to_device
+    from hms.inputs.dataset import HMSDataset
+    from hms.inference.batch import to_device
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
 
@@ -83,7 +83,7 @@ def test_items_ship_float16_and_mirror_hemispheres_per_item(tiny_synth, tmp_path
     assert torch.equal(mirrored["signal"][n:], plain["signal"][n:])  # midline and EKG stay
     torch.testing.assert_close(mirrored["spec"], plain["spec"][MIRROR_PANELS], equal_nan=True, atol=0, rtol=0)
     assert not torch.equal(mirrored["signal"], plain["signal"])
-    from hms.training.predict import mirrored as mirrored_batch  # test-time augmentation: the same swap, batched
+    from hms.inference.batch import mirrored as mirrored_batch  # test-time augmentation: the same swap, batched
     tta = mirrored_batch({k: plain[k][None] for k in ("signal", "spec")})
     assert torch.equal(tta["signal"][0], mirrored["signal"])
     torch.testing.assert_close(tta["spec"][0], mirrored["spec"], equal_nan=True, atol=0, rtol=0)
@@ -171,7 +171,7 @@ def test_every_shipped_config_builds_its_network():
 
     from hms.config import load_config
     from hms.models.factory import fitted_once
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     configs = sorted(Path("configs").glob("*/*.yaml"))
     assert len(configs) >= 6
@@ -216,7 +216,7 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_synth, tmp_path):
 def test_signal_models_take_as_many_signals_as_the_montage_makes(extras, n_signals, tmp_path):
     """signal.extras=[midline] once crashed every 1D model in its first step (split sizes of 16)."""
     from hms.signal.montage import montage_names
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     assert len(montage_names(extras)) == n_signals
     cfg = tiny_config(tmp_path, tmp_path, f"signal.extras={extras}")

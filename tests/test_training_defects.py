@@ -45,7 +45,7 @@ def test_ddp_learning_rate_rule():
 
 
 def test_loader_pins_memory_for_any_cuda_device_and_keeps_workers(tmp_path):
-    from hms.training.dataset import make_loader, seed_worker
+    from hms.inputs.loaders import make_loader, seed_worker
 
     cfg = tiny_config(tmp_path, tmp_path, "device=cuda:1", "train.num_workers=2")
     loader = make_loader(list(range(8)), cfg, shuffle=False)
@@ -58,7 +58,7 @@ class _Masks(torch.utils.data.Dataset):
     """Each item: the NaN mask that the panels' XY masking draws on blank panels."""
 
     def __init__(self):
-        from hms.training.augment import PanelMasking
+        from hms.inputs.transforms import PanelMasking
 
         self.transform = PanelMasking(1.0)
 
@@ -73,7 +73,7 @@ class _Masks(torch.utils.data.Dataset):
 
 
 def test_two_workers_and_two_epochs_draw_different_masks(tmp_path):
-    from hms.training.dataset import make_loader
+    from hms.inputs.loaders import make_loader
 
     cfg = tiny_config(tmp_path, tmp_path, "device=cpu", "train.num_workers=2", "train.batch_size=1")
     loader = make_loader(_Masks(), cfg, shuffle=False)
@@ -83,9 +83,9 @@ def test_two_workers_and_two_epochs_draw_different_masks(tmp_path):
 
 
 def test_dataset_reseed_reaches_its_panel_transform():
-    from hms.training.augment import PanelMasking
+    from hms.inputs.transforms import PanelMasking
     from hms.data import labels
-    from hms.training.dataset import HMSDataset
+    from hms.inputs.dataset import HMSDataset
 
     ds = HMSDataset(labels.add_targets(train_frame()), None, None, train=True,
                     spec_transform=PanelMasking(1.0))
@@ -102,7 +102,7 @@ def test_mosaic_masks_hit_the_same_band_in_every_chain():
     stripe covers the same band of all four chains."""
     from omegaconf import OmegaConf
 
-    from hms.training.network import ImageBuilder
+    from hms.models.network import ImageBuilder
 
     torch.manual_seed(0)
     builder = ImageBuilder(sources=("kaggle",), layout="mosaic", panel_height=100, panel_width=300)
@@ -117,9 +117,10 @@ def test_mosaic_masks_hit_the_same_band_in_every_chain():
 @pytest.mark.slow
 def test_oof_uses_the_test_time_augmentation(tiny_synth, tmp_path):
     from hms.cache.store import open_cache
-    from hms.training.dataset import HMSDataset, make_loader
-    from hms.training.network import load_fold_network
-    from hms.training.predict import predict_probs
+    from hms.inputs.dataset import HMSDataset
+    from hms.inputs.loaders import make_loader
+    from hms.models.network import load_fold_network
+    from hms.inference.batch import predict_probs
     from hms.models.factory import uses_kaggle_spec
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
@@ -186,7 +187,7 @@ def test_panel_masking_makes_no_network_call():
     code = ("import socket\n"
             "def refuse(*a, **k): raise SystemExit('network call: ' + repr(a))\n"
             "socket.socket.connect = refuse; socket.getaddrinfo = refuse\n"
-            "from hms.training.augment import PanelMasking\n"
+            "from hms.inputs.transforms import PanelMasking\n"
             "PanelMasking(1.0)\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

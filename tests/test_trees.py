@@ -201,7 +201,7 @@ def test_hms_predict_reruns_the_saved_trees_like_the_run(trees_experiment, tiny_
 
 
 def test_trees_refuse_the_context_branch(tiny_synth, tmp_path):
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     cfg = tiny_config(tiny_synth, tmp_path, *TREES, "context.enabled=true")
     with pytest.raises(ValueError, match="context.enabled: false"):
@@ -217,10 +217,11 @@ def reference_run(cfg, fold: int):
     from hms.cache.prepare import prepare
     from hms.cache.store import open_cache
     from hms.data.tables import load_train
-    from hms.training.dataset import HMSDataset, make_loader
-    from hms.training.loop import feature_matrix
-    from hms.training.network import build_network
-    from hms.training.predict import predict_probs
+    from hms.inputs.dataset import HMSDataset
+    from hms.inputs.loaders import make_loader
+    from hms.inference.trees import feature_matrix
+    from hms.models.network import build_network
+    from hms.inference.batch import predict_probs
 
     caches = prepare(cfg, progress=False)
     eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
@@ -245,7 +246,7 @@ def test_cached_features_and_fitted_trees_are_bit_identical_to_extracting_per_ru
     from hms.cache.prepare import prepare
     from hms.data.tables import load_train
     from hms.training.experiment import exp_dir
-    from hms.training.loop import ItemFeatures
+    from hms.inference.trees import ItemFeatures
 
     cfg, _ = trees_experiment
     features, net, probs, fit_rows = reference_run(cfg, fold=0)
@@ -269,7 +270,7 @@ def test_an_experiment_extracts_each_window_once(tiny_synth, tmp_path, monkeypat
     `hms predict`: every train and test window is extracted once per view (plain, mirrored)."""
     from hms.data.tables import load_test, load_train
     from hms.inference.predict import predict_experiment
-    from hms.training import loop
+    from hms.inference import trees as loop
     from hms.training.experiment import exp_dir, train_experiment
 
     extracted = []
@@ -294,7 +295,7 @@ def test_hms_run_prepares_each_experiment_once(tiny_synth, tmp_path, monkeypatch
     """build_once prepares (validate report, caches, folds, feature caches) and hands that to
     train_experiment, which no longer prepares and hashes it all again; `hms train` alone
     still prepares for itself."""
-    from hms.run_all import run_all
+    from hms.jobs.run import run_all
     from hms.training import experiment
 
     calls = []

@@ -29,7 +29,7 @@ def _config(args):
 
 def cmd_train(args) -> int:
     from hms.config import ConfigError
-    from hms.run_all import experiment_configs
+    from hms.jobs.run import experiment_configs
     from hms.training.experiment import train_experiment
 
     files, overrides = _split_items(args)
@@ -46,7 +46,7 @@ def _job(args) -> tuple[list[str], list[str], float | None, bool]:
     """Configs, overrides, the budget in hours (None: all) and whether to stop over 3 h: named
     configs are the user's choice (trained to --hours when given, never stopped); none: the main
     job this machine and dataset suit (plan.main_job_configs), whose first line it prints."""
-    from hms.plan import main_job, parse_hours
+    from hms.jobs.plan import main_job, parse_hours
 
     files, overrides = _split_items(args)
     if files:
@@ -57,10 +57,10 @@ def _job(args) -> tuple[list[str], list[str], float | None, bool]:
 
 def cmd_run(args) -> int:
     from hms.config import load_config, work_dir
-    from hms.plan import PlanTooLong
-    from hms.run_all import refuse_torchrun, run_all
-    from hms.training.schedule import RunFailed
-    from hms.training.workdir import WorkDirBusy, one_main_job
+    from hms.jobs.plan import PlanTooLong
+    from hms.jobs.run import refuse_torchrun, run_all
+    from hms.jobs.schedule import RunFailed
+    from hms.jobs.lock import WorkDirBusy, one_main_job
 
     refuse_torchrun()  # before the main job's choice or the work dir's lock build anything
     files, overrides, hours, stop = _job(args)
@@ -91,8 +91,8 @@ def _interrupt(signum, frame):
 
 
 def cmd_plan(args) -> int:
-    from hms.plan import make_plan, print_plan, select
-    from hms.run_all import experiment_configs
+    from hms.jobs.plan import make_plan, print_plan, select
+    from hms.jobs.run import experiment_configs
 
     files, overrides, hours, _ = _job(args)
     cfgs = experiment_configs(files, overrides)
@@ -217,10 +217,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from hms import bench
+    from hms.jobs import bench
 
     if args.what == "scale":
-        from hms.bench_scale import bench_scale, default_configs
+        from hms.jobs.bench_scale import bench_scale, default_configs
 
         if not args.data:
             raise SystemExit("hms bench scale: --data DIR is required (a dataset from `hms synth --like-kaggle`)")
@@ -232,8 +232,8 @@ def cmd_bench(args) -> int:
     if args.what == "spectrogram":
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
     elif args.what == "train":
-        from hms.plan import save_train_bench
-        from hms.training.workdir import experiment_name
+        from hms.jobs.plan import save_train_bench
+        from hms.models.workdir import experiment_name
 
         files, _ = _split_items(args)
         cfg.name = experiment_name(cfg, files[0] if files else None)
@@ -270,7 +270,7 @@ def cmd_kaggle(args) -> int:
 
     cfg = _config(args)
     if args.action == "package":
-        from hms.plan import packaged_notebook_minutes
+        from hms.jobs.plan import packaged_notebook_minutes
 
         info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug,
                                lambda exps: packaged_notebook_minutes(cfg, exps), _notebook_minutes(args))
@@ -291,7 +291,7 @@ COMMANDS = {}
 
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    """--hours and --notebook-minutes; their defaults live in hms.plan (not imported here: torch)."""
+    """--hours and --notebook-minutes; their defaults live in hms.jobs.plan (not imported here: torch)."""
     p.add_argument("--hours", default=None, help="train only the most valuable part that fits in H hours on this "
                    "machine's device slots (whole members: each one's seed 0 over every fold by published score "
                    "per hour, then full fits, then further seeds), or 'all'; default: all for named configs, "
@@ -302,7 +302,7 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def _notebook_minutes(args) -> float:
-    from hms.plan import NOTEBOOK_MINUTES
+    from hms.jobs.plan import NOTEBOOK_MINUTES
 
     return NOTEBOOK_MINUTES if args.notebook_minutes is None else args.notebook_minutes
 

@@ -51,6 +51,16 @@ def mirrored_bipolar_order() -> list[int]:
     return order
 
 
+MIRROR_SIGNALS: list[int] = mirrored_bipolar_order()
+MIRROR_PANELS: list[int] = [CHAIN_NAMES.index(CHAIN_MIRROR[c]) for c in CHAIN_NAMES]  # Kaggle panels LL RL LP RP
+
+
+def mirror_order(n_signals: int) -> list[int]:
+    """Index order of n_signals signals with left and right swapped: the bipolar pairs
+    mirrored, any extras (midline, EKG) in place."""
+    return MIRROR_SIGNALS + list(range(len(MIRROR_SIGNALS), n_signals))
+
+
 # Classes in submission order, their consensus names and vote columns.
 CLASSES: tuple[str, ...] = ("seizure", "lpd", "gpd", "lrda", "grda", "other")
 CONSENSUS_NAMES: tuple[str, ...] = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")

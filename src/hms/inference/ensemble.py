@@ -17,8 +17,8 @@ from scipy.optimize import minimize
 
 from hms.data import labels, schema
 from hms.metric import kl_score, validate_submission
-from hms.training.fingerprint import check_same_runs
-from hms.training.workdir import DamagedFile
+from hms.models.fingerprint import check_same_runs
+from hms.models.workdir import DamagedFile
 from hms.utils import atomic_to_csv, atomic_write_json
 
 TARGET_COLUMNS = [f"{c}_target" for c in schema.CLASSES]

@@ -10,11 +10,11 @@ import torch
 from omegaconf import DictConfig
 
 from hms.models.factory import fitted_once
-from hms.training.loop import tree_test_predictions
-from hms.training.fingerprint import check_same_runs
-from hms.training.network import load_fold_network
-from hms.training.predict import predict_test
-from hms.training.runs import run_dirs
+from hms.inference.trees import tree_test_predictions
+from hms.models.fingerprint import check_same_runs
+from hms.models.network import load_fold_network
+from hms.inference.batch import predict_test
+from hms.models.runs import run_dirs
 
 
 def trained_experiments(work_dir: Path) -> list[str]:

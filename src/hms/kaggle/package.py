@@ -13,8 +13,8 @@ from pathlib import Path
 
 from hms.config import ConfigError
 from hms.data import schema
-from hms.training.fingerprint import check_same_runs
-from hms.training.runs import run_dirs
+from hms.models.fingerprint import check_same_runs
+from hms.models.runs import run_dirs
 from hms.kaggle.client import KaggleError, run_kaggle
 from hms.kaggle.notebook import NO_ACCELERATOR, check_machine_shape
 from hms.kaggle.offline import PACKAGE_MARKER

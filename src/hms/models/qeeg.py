@@ -30,7 +30,7 @@ PERIOD_LAGS_S = (0.3, 4.0)
 ENVELOPE_SECONDS = 0.1  # the moving average smoothing |x| before its autocorrelation
 EPS = 1e-9
 N_BIPOLAR = len(schema.BIPOLAR_NAMES)
-MIRROR_SIGNALS = schema.mirrored_bipolar_order()
+MIRROR_SIGNALS = schema.MIRROR_SIGNALS
 
 
 def chain_signals(chain: str) -> list[int]:

@@ -70,7 +70,7 @@ def fold_of(exp_dir: Path, eeg_id: int) -> int:
 def load_fold(exp_dir: Path, fold: int, paths: DictConfig | None = None):
     """(resolved config, network in eval mode) of one trained fold. `paths` (the caller's
     paths section) replaces the one saved at training time: the run may have moved."""
-    from hms.training.network import load_fold_network
+    from hms.models.network import load_fold_network
 
     return load_fold_network(Path(exp_dir) / f"fold{fold}", {"paths": paths} if paths is not None else {})
 

@@ -1,7 +1,7 @@
 """Augmentations, all configured by the experiment's `augment` section.
 
-Per-sample, on CPU in the dataset: left/right hemisphere swap (`HMSDataset(lr_swap=...)`) and
-albumentations XY masking of the Kaggle spectrogram panels.
+Per-sample, on CPU in the dataset (hms.inputs): left/right hemisphere swap and albumentations XY
+masking of the Kaggle spectrogram panels.
 Per-batch, on the device: mixup of inputs and targets in the training step (on the raw
 windows: the model's filters are linear, so mixing before cleaning equals mixing after); inside
 the network, after the window is cleaned: time shift, channel dropout and sign flip (signals),
@@ -9,51 +9,9 @@ then SpecAugment time/frequency masking and time warp (images).
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from hms.data import schema
-
-MIRROR_SIGNALS = schema.mirrored_bipolar_order()
-MIRROR_PANELS = [schema.CHAIN_NAMES.index(schema.CHAIN_MIRROR[c]) for c in schema.CHAIN_NAMES]
-
-
-@functools.cache
-def mirror_order(n_signals: int) -> list[int]:
-    """Index order of n_signals signals with left and right swapped: the bipolar pairs
-    mirrored, any extras (midline, EKG) in place."""
-    return MIRROR_SIGNALS + list(range(len(MIRROR_SIGNALS), n_signals))
-
-
-class PanelMasking:
-    """albumentations XY masking on (4, 100, 300) panels. The transform keeps its own random
-    generators: `reseed` (called per loader worker) gives each worker and epoch its own masks."""
-
-    def __init__(self, p: float):
-        # its import asks PyPI for a newer release (2 s timeout): a network call the offline
-        # Kaggle notebook and tests must not make
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        import albumentations as A
-
-        # NaN fill: the panels are normalised later and NaN becomes the mean there
-        self.mask = A.XYMasking(num_masks_x=(1, 2), num_masks_y=(1, 2), mask_x_length=(5, 30),
-                                mask_y_length=(3, 15), fill=float("nan"), p=float(p))
-
-    def reseed(self, seed: int) -> None:
-        self.mask.set_random_seed(int(seed))
-
-    def __call__(self, panels: np.ndarray) -> np.ndarray:
-        image = panels.astype(np.float32).transpose(1, 2, 0)  # albumentations wants float32 HWC
-        return np.ascontiguousarray(self.mask(image=image)["image"].transpose(2, 0, 1), dtype=panels.dtype)
-
-
-def spec_panel_transform(cfg):
-    """PanelMasking of the Kaggle panels, or None when disabled."""
-    return PanelMasking(cfg.spec_xymask) if cfg.get("spec_xymask", 0) else None
 
 
 def _coin(n: int, p: float, device) -> torch.Tensor:
@@ -154,6 +112,24 @@ def augment_batch(batch: dict, cfg) -> None:
     """Batch-level augmentations of the raw inputs, in place (the hemisphere swap is per item,
     in the dataset; signal augmentations run inside the network, after cleaning)."""
     mixup(batch, cfg.mixup_alpha, cfg.mixup_p)
+
+
+class NetworkAugmenter:
+    """What the training step hands the network (HMSNet.forward's `augmenter`), so the model
+    applies its training-time augmentations without importing the training code: a random
+    band-pass for the cleaner, then the signal and image augmentations of the `augment` section."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def extra_gain(self, batch_size: int):
+        return narrow_bandpass(batch_size, self.cfg)
+
+    def signal(self, signal: torch.Tensor) -> torch.Tensor:
+        return augment_signal(signal, self.cfg)
+
+    def image(self, image: torch.Tensor) -> torch.Tensor:
+        return augment_image(image, self.cfg)
 
 
 def augment_signal(signal: torch.Tensor, cfg) -> torch.Tensor:

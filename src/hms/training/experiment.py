@@ -1,5 +1,5 @@
 """`hms train`: every run of one experiment (its CV folds, their extra seeds, full-data fits:
-see hms.training.runs) and what joins them: the validate report, caches and folds built once
+see hms.models.runs) and what joins them: the validate report, caches and folds built once
 before any run, then oof.csv (one row per eeg_id and vote vector, each eeg_id in exactly one
 fold, a fold's seeds averaged), test_pred.csv (mean over the predicting runs, in test.csv
 order) and summary.json in $HMS_WORK_DIR/<exp>/. How one run trains: hms.training.loop."""
@@ -17,11 +17,12 @@ from hms.data import labels, schema
 from hms.data.tables import load_train
 from hms.metric import kl_score
 from hms.models.factory import fitted_once
-from hms.training.fingerprint import check_unchanged
+from hms.models.fingerprint import check_unchanged
 from hms.training.dist import barrier, init_distributed, is_main_process, launched_world_size
-from hms.training.loop import FoldRun, TreeRun, check_launch, tree_feature_caches
-from hms.training.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, predicting_runs
-from hms.training.workdir import exp_dir, is_complete
+from hms.inference.trees import tree_feature_caches
+from hms.training.loop import FoldRun, TreeRun, check_launch
+from hms.models.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, n_full_fits, predicting_runs
+from hms.models.workdir import exp_dir, is_complete
 from hms.utils import atomic_to_csv, atomic_write_json, seed_everything
 
 
@@ -70,7 +71,7 @@ def train_experiment(cfg: DictConfig, folds: list[int] | None = None, force: boo
 def selected_full_runs(cfg: DictConfig, which: list[int] | None = None) -> list[RunSpec]:
     """The full fits (all, or those numbered in `which`), as long as the CV runs took to their
     best epochs; those runs must be finished."""
-    n = int(cfg.train.get("full_fits", 0))
+    n = n_full_fits(cfg)
     which = list(range(n)) if which is None else list(which)
     if not which:
         return []

@@ -1,8 +1,8 @@
 """How one run of an experiment trains (a CV fold, one of its extra seeds, or a full-data fit;
-see hms.training.runs): FoldRun's stages and epochs, the optimiser step, early stopping,
+see hms.models.runs): FoldRun's stages and epochs, the optimiser step, early stopping,
 resume from last.pt; TreeRun for a model fitted once. The experiment around it (caches,
 folds, which runs, the OOF) is hms.training.experiment; the scheduling of runs over devices
-is hms.training.schedule.
+is hms.jobs.schedule.
 
 Per run, in $HMS_WORK_DIR/<exp>/<run>/: best.pt (plain state_dict, loads with
 weights_only=True), last.pt (resume state), metrics.json, log.csv, config.yaml, val_pred.csv,
@@ -25,17 +25,19 @@ from hms import config as C
 from hms.cache.store import open_cache
 from hms.data import labels, schema
 from hms.metric import kl_score
-from hms.models.factory import fitted_once, uses_kaggle_spec
-from hms.training.dataset import HMSDataset, make_loader, training_set
-from hms.training.fingerprint import ConfigChanged, check_unchanged, fingerprint
+from hms.models.factory import fitted_once
+from hms.inputs.dataset import make_dataset
+from hms.inputs.loaders import make_loader
+from hms.models.fingerprint import ConfigChanged, check_unchanged, fingerprint
 from hms.training.dist import barrier, broadcast_from_main, cuda_indexed, init_distributed, launched_world_size
-from hms.training.network import build_network
-from hms.training.predict import predict_probs, predict_test, to_device
+from hms.models.network import build_network
+from hms.inference.batch import predict_probs, predict_test
+from hms.inference.trees import ItemFeatures, tree_test_predictions
 from hms.training.pseudo import pseudo_labelled
-from hms.training.runs import RunSpec
+from hms.models.runs import RunSpec
 from hms.training.step import TrainStep, device_setup
 from hms.training.tracking import EpochLogger
-from hms.training.workdir import exp_dir, load_checkpoint
+from hms.models.workdir import exp_dir, load_checkpoint
 from hms.utils import atomic_path, atomic_to_csv, atomic_write_json, bars_off
 
 
@@ -131,9 +133,7 @@ class FoldRun:
         self.caches = (eeg, spec)
         self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg, run,
                                           self.device)
-        self.val_set = None if run.is_full else HMSDataset(
-            train[train.fold == run.fold], eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
-            signal_cfg=cfg.signal)
+        self.val_set = None if run.is_full else make_dataset(cfg, train[train.fold == run.fold], self.caches, "eval")
         if self.val_set is not None:
             self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
             self.val_high = val_mask_high(self.val_set.items, self.min_votes)
@@ -160,7 +160,7 @@ class FoldRun:
     def stage_loader(self, stage) -> DataLoader:
         rows = stage_rows(self.train_rows, stage, self.min_votes)
         weighting = (self.min_votes, low_vote_weight_at(stage, 0, self.cfg.labels.low_vote_weight))
-        ds = training_set(rows, *self.caches, self.cfg, weighting)
+        ds = make_dataset(self.cfg, rows, self.caches, "train", weighting)
         sampler = (DistributedSampler(ds, num_replicas=self.world, rank=self.rank, seed=self.run_spec.seed)
                    if self.world > 1 else None)
         return make_loader(ds, self.cfg, shuffle=True, sampler=sampler)
@@ -350,8 +350,7 @@ class TreeRun(FoldRun):
         """Fit the trees on the first stage's rows; returns their weighted training KL."""
         stage = self.stages[0]
         weighting = (self.min_votes, low_vote_weight_at(stage, 0, self.cfg.labels.low_vote_weight))
-        data = HMSDataset(stage_rows(self.train_rows, stage, self.min_votes), *self.caches, train=False,
-                          weighting=weighting, use_spec=True, signal_cfg=self.cfg.signal)
+        data = make_dataset(self.cfg, stage_rows(self.train_rows, stage, self.min_votes), self.caches, "eval", weighting)
         features = self.features.of(data.items)
         self.net.core.fit(features, data.targets, data.weights, seed=self.run_spec.seed)
         with torch.no_grad():
@@ -377,135 +376,3 @@ class TreeRun(FoldRun):
     def test_predictions(self) -> pd.DataFrame:
         return tree_test_predictions(self.cfg, [self.net], self.device,
                                      prior=labels.prior(self.train_rows, self.min_votes))
-
-
-@torch.no_grad()
-def feature_matrix(net, loader, device, progress: bool = False, desc: str = "features",
-                   mirror: bool = False) -> np.ndarray:
-    """(n_items, n_features) float64: the fitted-once core's features of each item, in order
-    (mirror: of its left/right-swapped copy, as the TTA feeds it)."""
-    from hms.training.predict import mirrored
-
-    net.eval()
-    out = []
-    for batch in tqdm(loader, desc=desc, disable=bars_off(progress), leave=False):
-        batch = to_device(batch, device)
-        if mirror:
-            batch = mirrored(batch)
-        out.append(net.core.features(net.model_signal(batch["signal"]), batch["spec"]).cpu().numpy())
-    return np.concatenate(out)
-
-
-def window_extractor(cfg: dict, eeg_root: str, spec_root: str, mirror: bool):
-    """(in a feature-cache worker, or here) windows table -> their features (n, F) float64 on the
-    CPU, through the same dataset, batches and network code a run's own loader used to take."""
-    import multiprocessing
-
-    if multiprocessing.parent_process() is not None:
-        torch.set_num_threads(1)  # one worker per core: its own threads would only contend
-    cfg = OmegaConf.create(cfg)
-    net = build_network(cfg)
-    eeg, spec = open_cache(eeg_root), open_cache(spec_root)
-
-    def extract(windows: pd.DataFrame) -> np.ndarray:
-        data = HMSDataset(windows, eeg, spec, train=False, use_spec=True, signal_cfg=cfg.signal)
-        loader = DataLoader(data, batch_size=int(cfg.train.batch_size), shuffle=False)
-        return feature_matrix(net, loader, torch.device("cpu"), mirror=mirror)
-
-    return extract
-
-
-def feature_code() -> str:
-    """A hash of the code the features come from: an edited feature invalidates its caches."""
-    import hashlib
-    import sys
-
-    from hms.models.context import SpectrogramSummary
-    from hms.models.qeeg import EEGFeatures
-    from hms.signal.cleaner import WindowCleaner
-    from hms.signal import filters
-
-    files = [sys.modules[c.__module__].__file__ for c in (EEGFeatures, SpectrogramSummary, WindowCleaner, HMSDataset)]
-    return hashlib.sha256(b"".join(open(f, "rb").read() for f in [*files, filters.__file__])).hexdigest()[:16]
-
-
-class ItemFeatures:
-    """The fitted-once core's features of a split's item windows (and their mirrored copies when
-    infer.tta_lr_swap), from feature caches built on first use over the cache workers
-    (hms.cache.features) and read by every later run and prediction. A window not in the
-    caches (a table other than the one they were built for) is extracted here."""
-
-    def __init__(self, cfg: DictConfig, split: str, table: pd.DataFrame, eeg_root, spec_root, progress: bool = True,
-                 workers: int | None = None):
-        import os
-
-        from hms.cache.features import build_feature_cache, open_feature_cache, unique_windows
-        from hms.cache.store import cache_workers
-        from hms.training.dataset import group_items
-
-        self.cfg = cfg
-        items = group_items(table)[0] if "eeg_sub_id" in table else table
-        windows = unique_windows(self.windows(items))
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        core = build_network(cfg).core
-        fit_keys, self.n_features = set(core.fit_params), len(core.names)
-        settings = {"eeg": os.path.basename(eeg_root), "spec": os.path.basename(spec_root), "code": feature_code(),
-                    "model": {k: v for k, v in plain["model"].items() if k not in fit_keys},
-                    "signal": plain["signal"], "input": plain["input"]}
-        self.extractors, self.caches = {}, {}
-        for mirror in (False, True) if cfg.infer.tta_lr_swap else (False,):
-            self.extractors[mirror] = (window_extractor, (plain, str(eeg_root), str(spec_root), mirror))
-            root = build_feature_cache(C.work_dir(cfg), split, {**settings, "mirror": mirror}, windows,
-                                       self.n_features, self.extractors[mirror], cache_workers(cfg, workers), progress)
-            self.caches[mirror] = open_feature_cache(root)
-
-    @staticmethod
-    def windows(items: pd.DataFrame) -> pd.DataFrame:
-        from hms.training.dataset import window_columns
-
-        return pd.DataFrame(window_columns(items))
-
-    def of(self, items: pd.DataFrame, mirror: bool = False) -> np.ndarray:
-        """(len(items), n_features) float64, in the items' order."""
-        table = self.windows(items)
-        pos = self.caches[mirror].positions(table)
-        out = np.empty((len(table), self.n_features))
-        have = pos >= 0
-        out[have] = self.caches[mirror].data[pos[have]]
-        if not have.all():
-            factory, args = self.extractors[mirror]
-            out[~have] = factory(*args)(table[~have].reset_index(drop=True))
-        return out
-
-    @torch.no_grad()
-    def probs(self, net, items: pd.DataFrame, device, tta: bool = False) -> np.ndarray:
-        """predict_probs of the network on the items, from their cached features: the same
-        softmax, TTA mean and batches, without reading or cleaning a signal."""
-        net.eval()
-        plain, swapped = self.of(items), self.of(items, mirror=True) if tta else None
-        batch, out = int(self.cfg.train.batch_size), []
-        for lo in range(0, len(plain), batch):
-            probs = torch.softmax(net.core.trees(torch.from_numpy(plain[lo:lo + batch]).to(device)).float(), dim=1)
-            if tta:
-                swapped_logits = net.core.trees(torch.from_numpy(swapped[lo:lo + batch]).to(device)).float()
-                probs = (probs + torch.softmax(swapped_logits, dim=1)) / 2
-            out.append(probs.cpu().double().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(schema.VOTE_COLUMNS)))
-
-
-def tree_feature_caches(cfg: DictConfig, caches: dict, train: pd.DataFrame, progress: bool = True) -> None:
-    """Build the train split's feature caches of a fitted-once experiment before its runs start
-    (prepare_experiment), so that parallel runs only read them."""
-    ItemFeatures(cfg, "train", train, caches["train"]["eeg"], caches["train"]["spec"], progress)
-
-
-def tree_test_predictions(cfg: DictConfig, nets: list, device, prior=None, progress: bool = False) -> pd.DataFrame:
-    """predict_test for fitted-once networks: every net reads the test feature caches, built once
-    for all of them (and for every later run or `hms predict` of the same settings)."""
-    from hms.training.predict import test_frame
-
-    def probs_of(rows, eeg, spec):
-        features = ItemFeatures(cfg, "test", rows, eeg.root, spec.root, progress)
-        return np.mean([features.probs(net, rows, device, bool(cfg.infer.tta_lr_swap)) for net in nets], axis=0)
-
-    return test_frame(cfg, probs_of, prior, True, progress)

@@ -41,9 +41,9 @@ WORKSPACE_BYTES = 1.5e9
 HALF_PRECISION_FACTOR = 0.5  # saved bytes under bf16/fp16 autocast against fp32
 BYTES_PER_PARAMETER = {"weights": 4, "gradients": 4, "adamw": 8}
 EMA_BYTES, AUTOCAST_COPY_BYTES = 4, 2
-BENCH_FILE = Path("bench") / "train.jsonl"  # under $HMS_WORK_DIR: `hms bench train` results (hms.plan reads them too)
+BENCH_FILE = Path("bench") / "train.jsonl"  # under $HMS_WORK_DIR: `hms bench train` results (hms.jobs.plan reads them too)
 SAVED_BYTES_FILE = Path("bench") / "saved_bytes.json"  # under $HMS_WORK_DIR: measure()'s counts by network
-# what a bench result keeps for the memory model (hms.plan.save_train_bench writes them)
+# what a bench result keeps for the memory model (hms.jobs.plan.save_train_bench writes them)
 MEMORY_BENCH_KEYS = ("peak_memory_bytes", "micro_batch", "precision", "parameters", "channels_last",
                      "infer_samples_per_s")
 
@@ -92,7 +92,7 @@ def measure(cfg: DictConfig) -> tuple[float, int]:
     in training mode, batch 1 on the CPU. Kept per network within a process (the bench's variants
     of a member share it) and in the work dir's SAVED_BYTES_FILE: MixNet-XL's count takes ~10 CPU-s
     and ~5 GB of host memory, which every run of `hms run` on every GPU would otherwise repeat."""
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_NETWORK]), resolve=True)
     key = hashlib.sha1(f"{yaml}torch {torch.__version__}".encode()).hexdigest()[:16]

@@ -11,12 +11,12 @@ from hms import config as C
 from hms.cache.prepare import prepare
 from hms.cache.store import open_cache
 from hms.data import labels, schema
-from hms.models.factory import uses_kaggle_spec
-from hms.training.dataset import HMSDataset, make_loader
-from hms.training.network import load_fold_network
-from hms.training.predict import predict_probs
-from hms.training.runs import RunSpec
-from hms.training.workdir import is_complete
+from hms.inputs.dataset import make_dataset
+from hms.inputs.loaders import make_loader
+from hms.models.network import load_fold_network
+from hms.inference.batch import predict_probs
+from hms.models.runs import RunSpec, pseudo_teachers
+from hms.models.workdir import is_complete
 
 
 def pseudo_labelled(rows: pd.DataFrame, cfg: DictConfig, run: RunSpec, device) -> pd.DataFrame:
@@ -26,7 +26,7 @@ def pseudo_labelled(rows: pd.DataFrame, cfg: DictConfig, run: RunSpec, device) -
     targets (teachers' OOF predictions would carry it: the other folds' models trained on fold
     k). A full fit, with nothing held out, takes the teachers' OOF. Validation always keeps the
     experts' votes."""
-    sources = list(cfg.labels.get("pseudo", {}).get("from") or [])
+    sources = pseudo_teachers(cfg)
     if not sources:
         return rows
     predictions = [teacher_predictions(C.work_dir(cfg) / name, rows, cfg, run, device) for name in sources]
@@ -48,8 +48,7 @@ def teacher_predictions(teacher: Path, rows: pd.DataFrame, cfg: DictConfig, run:
                                 "(list it before this experiment)")
     teacher_cfg, net = load_fold_network(fold_dir, {}, device)
     low = rows[~labels.high_vote_mask(rows, cfg.labels.min_votes_high)]
-    ds = HMSDataset(low, *teacher_caches(teacher_cfg, cfg), train=False, use_spec=uses_kaggle_spec(teacher_cfg),
-                    signal_cfg=teacher_cfg.signal)
+    ds = make_dataset(teacher_cfg, low, teacher_caches(teacher_cfg, cfg), "eval")
     probs = predict_probs(net, make_loader(ds, cfg, shuffle=False), device,
                           tta_lr_swap=bool(teacher_cfg.infer.tta_lr_swap), amp=device.type == "cuda")
     out = ds.items[["eeg_id"]].copy()

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from hms.models.factory import fitted_once
-from hms.training.augment import augment_batch
-from hms.training.device import apply_channels_last, autocast, grad_scaler, set_cudnn, train_precision
+from hms.training.augment import NetworkAugmenter, augment_batch
+from hms.models.device import apply_channels_last, autocast, grad_scaler, set_cudnn, train_precision
 from hms.training.losses import kl_loss
 from hms.training.memory import choose_micro_batch
-from hms.training.predict import to_device
+from hms.inference.batch import to_device
 
 
 @dataclass
@@ -91,6 +91,7 @@ class TrainStep:
         self.device, self.precision, self.micro_batch = torch.device(device), precision, micro_batch
         self.scaler = grad_scaler(self.device, precision)
         self.augment_cfg = plain_section(cfg.augment)
+        self.augmenter = NetworkAugmenter(self.augment_cfg)
         self.grad_clip = float(cfg.train.grad_clip or 0.0)
         self.updates = 0
 
@@ -113,7 +114,7 @@ class TrainStep:
             sync = ddp is None or i == len(parts) - 1
             with contextlib.nullcontext() if sync else ddp.no_sync():
                 with autocast(self.device, self.precision):
-                    logits = self.train_net(micro, self.augment_cfg if augment else None)
+                    logits = self.train_net(micro, self.augmenter if augment else None)
                 # this micro-batch's share of the batch's weighted mean
                 loss = kl_loss(logits, micro["target"], micro["weight"]) * (micro["weight"].float().sum() / total_weight)
                 self.scaler.scale(loss).backward()

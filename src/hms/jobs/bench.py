@@ -78,17 +78,17 @@ def split_by_training(config_paths: list[str], root=".") -> tuple[list[str], lis
 def training_dataset(cfg):
     """The experiment's training-mode dataset over its prepared train caches (built if missing)."""
     from hms.cache.store import open_cache
-    from hms.training.dataset import training_set
+    from hms.inputs.dataset import make_dataset
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
 
     caches = prepare(cfg, ("train",), progress=False)["train"]
-    return training_set(load_train(cfg), open_cache(caches["eeg"]), open_cache(caches["spec"]), cfg,
+    return make_dataset(cfg, load_train(cfg), (open_cache(caches["eeg"]), open_cache(caches["spec"])), "train",
                         (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
 
 
 def _train_setup(cfg):
-    from hms.training.network import build_network
+    from hms.models.network import build_network
     from hms.config import ConfigError
     from hms.models.factory import fitted_once
 
@@ -120,7 +120,7 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     from omegaconf import OmegaConf
 
     from hms.config import resolve_device
-    from hms.training.dataset import eval_batch_size, make_loader
+    from hms.inputs.loaders import eval_batch_size, make_loader
     from hms.training.loop import make_ema, make_optimizer
     from hms.training.memory import memory_model
     from hms.training.step import TrainStep, device_setup
@@ -166,7 +166,7 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     estimate = memory_model(cfg, setup.precision, use_measured=False).peak(setup.micro_batch) if cuda else None
     infer = bench_forward(net, random_batch, eval_batch_size(cfg), device, setup.precision, steps)
-    from hms.plan import device_name, forward_gflops, model_family
+    from hms.jobs.plan import device_name, forward_gflops, model_family
 
     return {"bench": "train", "experiment": str(cfg.get("name")), "samples_per_s": round(full, 1),
             "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
@@ -181,7 +181,7 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
 
 def bench_forward(net, sample: dict, batch: int, device, precision: str, steps: int) -> float:
     """Samples/s of the network's forward alone (no TTA) on random inputs at the evaluation batch."""
-    from hms.training.device import autocast
+    from hms.models.device import autocast
 
     reps = -(-batch // len(sample["signal"]))
     inputs = {k: torch.cat([v] * reps)[:batch].to(device) for k, v in sample.items()}
@@ -205,8 +205,8 @@ def recipe_variants(config_paths: list[str], root=".") -> list[tuple[str, list[s
     _off) and, for each convolutional 2D member, fp16 + GradScaler (<exp>-fp16). The variants carry
     their own names, so `hms plan` keeps reading the members' own figures."""
     from hms.config import load_config
-    from hms.training.device import image_backbones, is_convolutional
-    from hms.training.network import build_network
+    from hms.models.device import image_backbones, is_convolutional
+    from hms.models.network import build_network
 
     stepped, _ = split_by_training(config_paths, root)
     first, layouts, fp16 = [], [], []
@@ -233,7 +233,7 @@ def bench_recipe(config_paths: list[str], steps: int, repeats: int, budget_s: fl
     import gc
 
     from hms.config import load_config
-    from hms.plan import save_train_bench
+    from hms.jobs.plan import save_train_bench
 
     t0, results = time.perf_counter(), []
     for path, overrides in recipe_variants(config_paths, root):
@@ -266,8 +266,8 @@ def bench_infer(cfg, batch: int | None = None, exp: str | None = None) -> dict:
     from omegaconf import OmegaConf
 
     from hms.inference.predict import load_folds, predict_experiment
-    from hms.training.dataset import eval_batch_size
-    from hms.training.predict import test_inputs
+    from hms.inputs.loaders import eval_batch_size
+    from hms.inference.batch import test_inputs
     from hms.data.tables import ensure_dataset
 
     work = C.work_dir(cfg)

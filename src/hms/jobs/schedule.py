@@ -3,7 +3,7 @@
 students', full fits after their experiment's CV runs. Each job's output goes to
 $HMS_WORK_DIR/<exp>/<run>/train.log; one line per finished job; the first failure stops the
 others and names the job and its log. Caches, folds and the validate report are built once
-before (hms.run_all), so the jobs only read them."""
+before (hms.jobs.run), so the jobs only read them."""
 from __future__ import annotations
 
 import json
@@ -19,10 +19,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from hms import config as C
-from hms.training.device import CORES_ENV
+from hms.inputs.loaders import CORES_ENV
 from hms.training.experiment import all_runs, set_aside
-from hms.training.runs import cv_runs
-from hms.training.workdir import TRAIN_LOG, exp_dir, is_complete
+from hms.models.runs import cv_runs, n_full_fits, pseudo_teachers
+from hms.models.workdir import TRAIN_LOG, exp_dir, is_complete
 
 CPU_SLOT = "cpu"  # a device slot that trains on the CPU (tests; a machine with no GPU)
 POLL_S = 0.2  # seconds between looks at the running jobs
@@ -87,7 +87,7 @@ def device_slots(gpus: str | int = "all", devices: list[str] | None = None) -> l
 
 def slot_env(slot: str, n_cpu_slots: int, n_slots: int = 1) -> dict[str, str]:
     """The environment of a job on this slot: one GPU visible to it (as cuda:0) with its share of
-    the cores for its loader workers (hms.training.device.loader_workers), or the CPU with a share
+    the cores for its loader workers (hms.inputs.loaders.loader_workers), or the CPU with a share
     of the cores."""
     env = dict(os.environ)
     if slot == CPU_SLOT:
@@ -108,13 +108,13 @@ def plan_jobs(cfgs: list[DictConfig], sources: dict[str, str], overrides: list[s
     names = {c.name for c in cfgs}
     jobs: list[Job] = []
     for cfg in cfgs:
-        teachers = [str(t) for t in (cfg.labels.get("pseudo", {}).get("from") or []) if str(t) in names]
+        teachers = [t for t in pseudo_teachers(cfg) if t in names]
         base = [sources[cfg.name], *overrides, *(member_overrides or {}).get(cfg.name, [])]
         folds = [Job(cfg.name, f"fold{k}", [*base, "--fold", str(k)], {f"{t} fold{k}" for t in teachers})
                  for k in range(cfg.folds.n_folds)]
         teacher_jobs = {j.key for j in jobs if j.exp in teachers}
         fulls = [Job(cfg.name, f"full{i}", [*base, "--full", str(i)], {j.key for j in folds} | teacher_jobs)
-                 for i in range(int(cfg.train.get("full_fits", 0)))]
+                 for i in range(n_full_fits(cfg))]
         jobs += folds + fulls
     return jobs
 

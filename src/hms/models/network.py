@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hms.training.augment import augment_image, augment_signal, narrow_bandpass
 from hms.data import schema
-from hms.training.dataset import widened
 from hms.models.context import build_context
 from hms.models.factory import build_model, model_input, model_kwargs
 from hms.signal.cleaner import WindowCleaner
@@ -20,10 +18,15 @@ from hms.signal.melspec import TorchMelSpectrogram
 from hms.signal.montage import montage_names
 from hms.signal.kaggle_spec import normalize_batch
 from hms.signal.spectrogram import centre_crop, chain_panels
-from hms.training.workdir import load_checkpoint
+from hms.models.workdir import load_checkpoint
 
 SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
 LAYOUTS = ("mosaic", "channels")
+
+
+def widened(batch: dict) -> dict:
+    """The batch with floating tensors as float32 (items ship float16); no copy when already so."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
 
 
 class ImageBuilder(nn.Module):
@@ -60,8 +63,8 @@ class ImageBuilder(nn.Module):
         pairs = signal[:, : len(schema.BIPOLAR_PAIRS)]
         return chain_panels(pairs, self.mel, self.mel_width).flip(-2)  # low frequencies at the bottom
 
-    def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
-        """augment_cfg (training): time warp and SpecAugment masks per source, before tiling, so
+    def forward(self, batch: dict, augmenter=None) -> torch.Tensor:
+        """augmenter (training, hms.training.augment.NetworkAugmenter): time warp and SpecAugment masks per source, before tiling, so
         a warp never bends the 10-minute Kaggle panels and the 50 s EEG panels together and a
         frequency stripe covers the same band in all four chains."""
         panels = []
@@ -72,8 +75,8 @@ class ImageBuilder(nn.Module):
         if "eeg_center" in self.sources:  # the labelled central seconds, zoomed to a full panel
             panels.append(self.eeg_panels(centre_crop(batch["signal"], self.center_seconds, self.sr)))
         panels = [F.interpolate(p, size=self.panel, mode="bilinear", align_corners=False) for p in panels]
-        if augment_cfg is not None:  # after resizing: the same cost as on the final image
-            panels = [augment_image(p, augment_cfg) for p in panels]
+        if augmenter is not None:  # after resizing: the same cost as on the final image
+            panels = [augmenter.image(p) for p in panels]
         if self.layout == "channels":
             image = torch.cat(panels, dim=1)
         else:  # chains stacked vertically per source, sources side by side
@@ -117,17 +120,17 @@ class HMSNet(nn.Module):
             raise ValueError(f"model kind {model_cfg['kind']!r} already reads the spectrogram and is not "
                              "trained by gradient steps: set context.enabled: false")
 
-    def model_signal(self, signal: torch.Tensor, augment_cfg=None) -> torch.Tensor:
+    def model_signal(self, signal: torch.Tensor, augmenter=None) -> torch.Tensor:
         """Raw windows -> the cleaned, cropped, decimated signals the model reads."""
-        if augment_cfg is None:
+        if augmenter is None:
             return self.cleaner(signal)
-        return augment_signal(self.cleaner(signal, narrow_bandpass(signal.shape[0], augment_cfg)), augment_cfg)
+        return augmenter.signal(self.cleaner(signal, augmenter.extra_gain(signal.shape[0])))
 
-    def inputs(self, batch: dict, augment_cfg=None) -> torch.Tensor:
-        signal = self.model_signal(batch["signal"], augment_cfg)
+    def inputs(self, batch: dict, augmenter=None) -> torch.Tensor:
+        signal = self.model_signal(batch["signal"], augmenter)
         if self.builder is None:
             return signal
-        return self.builder({**batch, "signal": signal}, augment_cfg)
+        return self.builder({**batch, "signal": signal}, augmenter)
 
     def logits(self, model_input: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
         """The core model's logits on its input, plus the context branch's on the raw Kaggle
@@ -137,9 +140,10 @@ class HMSNet(nn.Module):
             return logits
         return logits + self.context(spec)
 
-    def forward(self, batch: dict, augment_cfg=None) -> torch.Tensor:
+    def forward(self, batch: dict, augmenter=None) -> torch.Tensor:
+        """augmenter: the training step's NetworkAugmenter (hms.training.augment), None to predict."""
         batch = widened(batch)  # a raw loader batch works too
-        return self.logits(self.inputs(batch, augment_cfg), batch.get("spec"))
+        return self.logits(self.inputs(batch, augmenter), batch.get("spec"))
 
 
 def build_network(cfg) -> HMSNet:

@@ -1,9 +1,9 @@
 """`hms plan`: what a set of experiments will cost, before anything trains and before any cache
 is built. It reads train.csv and test.csv only (no parquet file is opened) and prints
 
-  - every run of every experiment (CV folds x seeds, then the full-data fits: training/runs.py),
+  - every run of every experiment (CV folds x seeds, then the full-data fits: models/runs.py),
     the items each stage's epoch walks through (one item per eeg_id and vote vector, as
-    training/dataset.py makes them) and the epochs per stage;
+    inputs/dataset.py makes them) and the epochs per stage;
   - device time per member, from measured throughput: `hms bench train` results saved per device
     name under $HMS_WORK_DIR/bench/, then configs/throughput.yaml (README's H200 figures); a
     member with no measurement is scaled from a measured one by forward FLOPs;
@@ -32,7 +32,7 @@ from hms.models.factory import fitted_once, model_input
 from hms.signal.montage import montage_names
 from hms.training.loop import stage_rows
 from hms.training.memory import BENCH_FILE, MEMORY_BENCH_KEYS, card_table, plan_memory_lines
-from hms.training.runs import RunSpec, cv_runs, full_runs, predicting_runs
+from hms.models.runs import RunSpec, cv_runs, full_runs, n_full_fits, n_seeds as configured_seeds, predicting_runs
 from hms.utils import atomic_write_text
 
 RECIPE_DIR = Path("configs/recipe")  # the competition recipe: the no-argument main job on a CUDA device
@@ -100,7 +100,7 @@ def _count_gflops(cfg: DictConfig) -> tuple[float, tuple[int, int] | None]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hms.training.network import build_network
+    from hms.models.network import build_network
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     if "pretrained" in cfg.model:
@@ -773,8 +773,8 @@ def select(plan: Plan, cfgs: list[DictConfig], hours: float | None,
             n_seeds = sum(u.what.startswith("seed") for u in mine)
             full = sum(len(u.runs) for u in mine if u.what == "full fits")
             overrides[str(cfg.name)] = [f"train.{k}={v}" for k, v, old in
-                                        (("n_seeds", n_seeds, cfg.train.get("n_seeds", 1)),
-                                         ("full_fits", full, cfg.train.get("full_fits", 0))) if int(old) != v]
+                                        (("n_seeds", n_seeds, configured_seeds(cfg)),
+                                         ("full_fits", full, n_full_fits(cfg))) if int(old) != v]
     s = Selection(hours, chosen, left, overrides, order, on_gpu, notebook_limit)
     notebook_choices(plan, cfgs, s)
     return s
@@ -801,7 +801,7 @@ def notebook_choices(plan: Plan, cfgs: list[DictConfig], s: Selection) -> None:
     where a member has full fits), then no left/right TTA (infer.tta_lr_swap=false)."""
     by_name = {str(c.name): c for c in cfgs}
     for key, value, applies in (("train.test_runs", "full", lambda c: c.train.get("test_runs", "all") == "all"
-                                 and int(OmegaConf.merge(c, OmegaConf.from_dotlist(s.overrides[c.name])).train.full_fits) > 0),
+                                 and n_full_fits(OmegaConf.merge(c, OmegaConf.from_dotlist(s.overrides[c.name]))) > 0),
                                 ("infer.tta_lr_swap", "false", lambda c: bool(c.infer.tta_lr_swap))):
         for m in sorted((m for m in plan.members if m.name in s.overrides and m.kind != "fitted once"),
                         key=lambda m: -selected_t4_minutes(m, by_name[m.name], s)):
@@ -867,7 +867,7 @@ def packaged_notebook_minutes(cfg: DictConfig, experiments: list[str]) -> tuple[
     """The notebook's estimate for these trained experiments (every run that predicts, as the
     notebook loads them: training.runs.run_dirs; each run's own config for TTA and network) on the
     Kaggle T4 (kaggle_t4_minutes), and the choice that cuts it most, for `hms kaggle package`."""
-    from hms.training.runs import run_dirs
+    from hms.models.runs import run_dirs
 
     table = throughput_table()
     refs = references(cfg, table["gpu_reference"], table)

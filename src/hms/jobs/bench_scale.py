@@ -2,7 +2,7 @@
 (`hms synth --like-kaggle`), one JSON line per stage: wall seconds, CPU seconds, peak RSS and
 the disk the stage added.
 
-Each stage runs in its own process (`python -m hms.bench_scale STAGE ...`), so its peak memory
+Each stage runs in its own process (`python -m hms.jobs.bench_scale STAGE ...`), so its peak memory
 is its own: the summed PSS of the stage's process tree, sampled every 0.2 s (TreeRssPeak), or
 the main process's exact high-water mark when that is larger.
 Stages whose work grows with the data also carry `full_size_s`, their wall time scaled by the
@@ -116,7 +116,7 @@ def run_stage(stage: str, args: list[str], env: dict, work_dir: Path) -> dict:
     as its last JSON line."""
     before = dir_bytes(work_dir)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "hms.bench_scale", stage, *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "hms.jobs.bench_scale", stage, *args], env=env,
                             stdout=subprocess.PIPE, text=True)
     sampler = TreeRssPeak(proc.pid)
     out = proc.stdout.read()
@@ -238,7 +238,7 @@ def stage_prepare(config: str, workers: int | None = None) -> dict:
 
 def h200_rates() -> dict[str, float]:
     """The H200 samples/s measured per experiment: hms plan's table (configs/throughput.yaml)."""
-    from hms.plan import throughput_table
+    from hms.jobs.plan import throughput_table
 
     table = throughput_table()
     measured = table["devices"][table["gpu_reference"]]["experiments"]
@@ -268,7 +268,7 @@ def stage_loader(config: str) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from hms.bench import training_dataset
+    from hms.jobs.bench import training_dataset
 
     cfg = _cfg(config)
     t0 = time.perf_counter()
@@ -300,9 +300,9 @@ def stage_trees(config: str) -> dict:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from hms.bench import training_dataset
-    from hms.training.loop import feature_matrix
-    from hms.training.network import build_network
+    from hms.jobs.bench import training_dataset
+    from hms.inference.trees import feature_matrix
+    from hms.models.network import build_network
 
     cfg = _cfg(config)
     ds = training_dataset(cfg)
@@ -324,7 +324,7 @@ def stage_trees(config: str) -> dict:
 def stage_notebook(config: str) -> dict:
     """The test caches the Kaggle notebook builds for one member before predicting
     (predict_test's inputs, all cores); a later member reuses what an earlier one built."""
-    from hms.training.predict import test_inputs
+    from hms.inference.batch import test_inputs
 
     cfg = _cfg(config)
     test, eeg, spec, ok = test_inputs(cfg)
@@ -336,7 +336,7 @@ STAGES = {"validate": stage_validate, "folds": stage_folds, "prepare": stage_pre
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hms.bench_scale")
+    p = argparse.ArgumentParser(prog="python -m hms.jobs.bench_scale")
     p.add_argument("stage", choices=sorted(STAGES))
     p.add_argument("config")
     p.add_argument("--workers", type=int, default=None)

@@ -3,7 +3,6 @@ of every experiment, the OOF-weighted ensemble, the submission and a summary tab
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
@@ -12,12 +11,13 @@ from hms import config as C
 from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data import schema
 from hms.data.tables import ensure_dataset, load_test
-from hms.plan import NOTEBOOK_MINUTES, NothingFits, check_budget, make_plan, print_plan, select
+from hms.jobs.plan import NOTEBOOK_MINUTES, NothingFits, check_budget, make_plan, print_plan, select
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
 from hms.training.experiment import check_runs_unchanged, collect_experiment, prepare_experiment, train_experiment
-from hms.training.schedule import device_slots, schedule
-from hms.training.workdir import exp_dir, experiment_name
+from hms.jobs.schedule import device_slots, schedule
+from hms.models.runs import pseudo_teachers
+from hms.models.workdir import exp_dir, experiment_name
 
 
 def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[DictConfig]:
@@ -61,10 +61,6 @@ def build_once(cfgs: list[DictConfig]) -> dict[str, tuple]:
     return {cfg.name: prepare_experiment(cfg) for cfg in cfgs}
 
 
-def pseudo_sources(cfg: DictConfig) -> list[str]:
-    return [str(s) for s in (cfg.labels.get("pseudo", {}).get("from") or [])]
-
-
 def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
     """The experiments in the given order, except that one whose pseudo-labels come from
     others (labels.pseudo.from) trains after them; sources outside this run must be trained
@@ -72,7 +68,7 @@ def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
     ordered, placed = [], set()
     pending = list(cfgs)
     while pending:
-        ready = [c for c in pending if all(s in placed or s not in {p.name for p in cfgs} for s in pseudo_sources(c))]
+        ready = [c for c in pending if all(s in placed or s not in {p.name for p in cfgs} for s in pseudo_teachers(c))]
         if not ready:
             raise C.ConfigError("labels.pseudo.from forms a cycle among "
                                 f"{[c.name for c in pending]}: an experiment cannot learn from itself")
@@ -87,7 +83,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
             notebook_minutes: float = NOTEBOOK_MINUTES) -> dict:
     """The main job: its plan first, then caches and folds once, then every run. With two or more
     device slots (the visible GPUs, `gpus` of them, or the `devices` given) the runs are
-    scheduled over them, one process each (hms.training.schedule); else they train here, one
+    scheduled over them, one process each (hms.jobs.schedule); else they train here, one
     after another. hours: train only the part of the plan that fits (plan.select: whole members
     by value per hour; NothingFits when none does); None: all of it. notebook_minutes: the Kaggle
     notebook's limit, which picks test_runs / TTA choices. stop_when_long: raise PlanTooLong before

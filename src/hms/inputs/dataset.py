@@ -9,22 +9,18 @@ in evaluation mode it takes the middle one. An item yields a dict:
                                    model normalises them per sample, batched, on its device)
   target (6,) float32, weight () float32, low_vote () bool (under min_votes), index () int64
 Inputs stay in the caches' float16 (half the bytes to collate and move; numpy's float16 to
-float32 conversion alone cost ~0.2 ms per item): `widened` makes them float32 on the device.
+float32 conversion alone cost ~0.2 ms per item): the network widens them to float32 on the device.
 """
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from hms.cache.store import Cache
-from hms.training.augment import MIRROR_PANELS, mirror_order
-from hms.config import resolve_device
-from hms.training.device import loader_workers
 from hms.data import labels, schema
 from hms.signal import filters, kaggle_spec, montage
 
@@ -39,11 +35,6 @@ WINDOW_COLUMNS = ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spect
 def window_columns(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """WINDOW_COLUMNS as numpy arrays: a per-item pandas row lookup cost ~0.1 ms."""
     return {c: table[c].to_numpy() if c in table else np.zeros(len(table)) for c in WINDOW_COLUMNS}
-
-
-def widened(batch: dict) -> dict:
-    """The batch with floating tensors as float32 (items ship float16); no copy when already so."""
-    return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
 
 
 def group_items(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -104,7 +95,7 @@ class HMSDataset(Dataset):
         lo = entry.start + int(round((offset - entry.t0) * schema.SAMPLING_RATE))
         channels = self.eeg.data[lo: lo + schema.EEG_WINDOW_SAMPLES, self.signal_columns].T  # a view if a slice
         # fancy indexing makes the one contiguous copy (mirrored when asked)
-        window = channels[mirror_order(len(channels))] if mirror else np.ascontiguousarray(channels)
+        window = channels[schema.mirror_order(len(channels))] if mirror else np.ascontiguousarray(channels)
         if eeg_id in self.eeg_with_nan or self.signal_cfg.denoise.enabled:
             return filters.prepare_window(window, self.signal_cfg)
         return window
@@ -114,7 +105,7 @@ class HMSDataset(Dataset):
         frames = self.spec.data[entry.start: entry.start + entry.length]  # a memmap view: no read yet
         start = kaggle_spec.window_start(entry.t0, offset)
         panels = kaggle_spec.raw_panels(kaggle_spec.take_window(frames, start, dtype=frames.dtype), dtype=frames.dtype)
-        return panels[MIRROR_PANELS] if mirror else panels  # normalised per batch on the device
+        return panels[schema.MIRROR_PANELS] if mirror else panels  # normalised per batch on the device
 
     def __getitem__(self, i: int) -> dict:
         row = self._window(i)
@@ -136,48 +127,22 @@ class HMSDataset(Dataset):
         return out
 
 
-def training_set(rows: pd.DataFrame, eeg: Cache, spec: Cache, cfg, weighting: tuple[int, float]) -> HMSDataset:
-    """The training-mode dataset an experiment config asks for (augmentations included)."""
-    from hms.training.augment import spec_panel_transform
+MODES = ("train", "eval")
+
+
+def make_dataset(cfg, rows: pd.DataFrame, caches: tuple[Cache, Cache], mode: str,
+                 weighting: tuple[int, float] | None = None) -> HMSDataset:
+    """The dataset an experiment config asks for over (eeg cache, spec cache). mode 'train':
+    a random labelled sub-window per item, the hemisphere swap and the Kaggle panels' masking
+    of `augment`; 'eval': the middle sub-window, no augmentation (validation, test, teachers,
+    features). weighting: (min_votes, low-vote weight) when the rows carry votes to weigh."""
+    from hms.inputs.transforms import spec_panel_transform
     from hms.models.factory import uses_kaggle_spec
 
-    return HMSDataset(rows, eeg, spec, train=True, weighting=weighting,
-                      spec_transform=spec_panel_transform(cfg.augment), use_spec=uses_kaggle_spec(cfg),
-                      lr_swap=float(cfg.augment.lr_swap), signal_cfg=cfg.signal)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: one seed for numpy, python's random and the dataset's
-    albumentations transforms, taken from torch's, which differs per worker and per epoch (the
-    loader draws a new base seed each epoch). Without it every worker repeats the parent's
-    random state: the same masks in each worker, and each epoch the last one's."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    dataset = torch.utils.data.get_worker_info().dataset
-    if hasattr(dataset, "reseed"):
-        dataset.reseed(seed)
-
-
-def eval_batch_size(cfg) -> int:
-    """Validation and test batches: infer.batch_size, or null for twice the training batch (no
-    gradients or saved activations: a forward's memory is a small part of a training step's)."""
-    size = OmegaConf.select(cfg, "infer.batch_size", default=None)
-    return int(size) if size else 2 * int(cfg.train.batch_size)
-
-
-def make_loader(dataset, cfg, shuffle: bool, sampler=None) -> DataLoader:
-    """A training loader (shuffle or a sampler: train.batch_size, the last partial batch
-    dropped) or an evaluation one (eval_batch_size, every item). Dropping the last partial
-    batch: a batch of 1-31 items would get a full step's weight from a noisy gradient and
-    BatchNorm statistics over a few items, and a new shape for cuDNN to tune; the shuffle
-    drops other items each epoch. A set smaller than one batch keeps its one partial batch."""
-    device = torch.device(resolve_device(cfg))
-    training = shuffle or sampler is not None
-    workers = loader_workers(cfg.train.num_workers, device, training)
-    batch = int(cfg.train.batch_size) if training else eval_batch_size(cfg)
-    drop_last = training and len(sampler if sampler is not None else dataset) > batch
-    return DataLoader(dataset, batch_size=batch, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=workers, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      worker_init_fn=seed_worker if workers > 0 else None)
+    if mode not in MODES:
+        raise ValueError(f"dataset mode must be one of {MODES}, got {mode!r}")
+    train = mode == "train"
+    return HMSDataset(rows, *caches, train=train, weighting=weighting,
+                      spec_transform=spec_panel_transform(cfg.augment) if train else None,
+                      use_spec=uses_kaggle_spec(cfg), lr_swap=float(cfg.augment.lr_swap) if train else 0.0,
+                      signal_cfg=cfg.signal)

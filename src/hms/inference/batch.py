@@ -13,9 +13,8 @@ from tqdm.auto import tqdm
 
 from hms import config as C
 from hms.data import schema
-from hms.training.augment import MIRROR_PANELS, mirror_order
-from hms.training.dataset import widened
-from hms.training.device import autocast
+from hms.models.network import widened
+from hms.models.device import autocast
 
 
 def to_device(batch: dict, device) -> dict:
@@ -26,8 +25,8 @@ def to_device(batch: dict, device) -> dict:
 def mirrored(batch: dict) -> dict:
     """The left/right-swapped copy of a batch (test-time augmentation)."""
     out = dict(batch)
-    out["signal"] = batch["signal"][:, mirror_order(batch["signal"].shape[1])]
-    out["spec"] = batch["spec"][:, MIRROR_PANELS]
+    out["signal"] = batch["signal"][:, schema.mirror_order(batch["signal"].shape[1])]
+    out["spec"] = batch["spec"][:, schema.MIRROR_PANELS]
     return out
 
 
@@ -46,7 +45,7 @@ def predict_probs(net: torch.nn.Module, loader: DataLoader, device, tta_lr_swap:
                   amp: bool = False, progress: bool = False, desc: str = "predict",
                   precision: str | None = None) -> np.ndarray:
     """Softmax probabilities (n, 6) float64, in the loader's order. precision: 'bf16' | 'fp16' |
-    'fp32' (hms.training.device); None: fp16 autocast when amp, else fp32. Probabilities stay on
+    'fp32' (hms.models.device); None: fp16 autocast when amp, else fp32. Probabilities stay on
     the device until the end: one transfer, no sync per batch."""
     device = torch.device(device)
     precision = precision or ("fp16" if amp else "fp32")
@@ -108,12 +107,12 @@ def predict_test(cfg, nets: list, device, prior=None, amp: bool = False, progres
     """Mean probabilities of `nets` (folds sharing one input config) for every test.csv row, in
     its order; rows whose files are missing or unreadable get `prior` (uniform if None) and a
     warning naming them, up to MAX_FALLBACK_SHARE of the rows (beyond that: an error)."""
-    from hms.training.dataset import HMSDataset, make_loader
+    from hms.inputs.dataset import make_dataset
+    from hms.inputs.loaders import make_loader
     from hms.models.factory import uses_kaggle_spec
 
     def probs_of(rows, eeg, spec):
-        loader = make_loader(HMSDataset(rows, eeg, spec, train=False, use_spec=uses_kaggle_spec(cfg),
-                                        signal_cfg=cfg.signal), cfg, shuffle=False)
+        loader = make_loader(make_dataset(cfg, rows, (eeg, spec), "eval"), cfg, shuffle=False)
         return np.mean([predict_probs(net, loader, device, tta_lr_swap=bool(cfg.infer.tta_lr_swap), amp=amp,
                                       precision=precision, progress=progress, desc=f"predict {cfg.name}")
                         for net in nets], axis=0)

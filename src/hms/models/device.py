@@ -6,18 +6,12 @@ cuDNN autotuning, and how many loader workers a process gets from the cores of i
 configs/base.yaml `train:` holds the defaults; a recipe config overrides them per member."""
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import nn
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-CORES_ENV = "HMS_CORES_PER_JOB"  # set by the scheduler for each job: the cores of its device slot
-MAX_TRAIN_WORKERS = 8
-MAX_EVAL_WORKERS = 2  # validation and test batches need few: the scale bench kept a member busy with 1-3
-
-
 def _check(value, allowed, key: str) -> str:
     value = str(value).lower()
     if value not in allowed:
@@ -142,28 +136,3 @@ def set_cudnn(cfg, device) -> bool:
     on = torch.device(device).type == "cuda" and setting != "false"
     torch.backends.cudnn.benchmark = on
     return on
-
-
-def cores_per_process() -> int:
-    """The cores this process may feed its device from: the scheduler's share of its slot
-    ($HMS_CORES_PER_JOB), else this process's cores divided among torchrun's local processes."""
-    if os.environ.get(CORES_ENV):
-        return max(1, int(os.environ[CORES_ENV]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-
-
-def loader_workers(setting, device, training: bool) -> int:
-    """train.num_workers: a number, or auto: 0 on the CPU (the main process does the work); on a
-    GPU, from the cores of this process's slot, one kept for the main process: evaluation
-    loaders at most MAX_EVAL_WORKERS, training loaders the rest up to MAX_TRAIN_WORKERS (both
-    loaders are persistent, so they run side by side)."""
-    if setting != "auto":
-        return int(setting)
-    if torch.device(device).type == "cpu":
-        return 0
-    cores = cores_per_process()
-    evaluation = min(MAX_EVAL_WORKERS, max(1, cores // 4))
-    if not training:
-        return evaluation
-    return max(1, min(MAX_TRAIN_WORKERS, cores - 1 - evaluation))

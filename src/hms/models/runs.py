@@ -35,19 +35,35 @@ class RunSpec:
         return self.fold is None
 
 
+def n_seeds(cfg) -> int:
+    n = int(cfg.train.n_seeds)
+    if n < 1:
+        raise ValueError(f"train.n_seeds must be at least 1, got {n}")
+    return n
+
+
+def n_full_fits(cfg) -> int:
+    n = int(cfg.train.full_fits)
+    if n < 0:
+        raise ValueError(f"train.full_fits must be 0 or more, got {n}")
+    return n
+
+
+def pseudo_teachers(cfg) -> list[str]:
+    """The experiments whose models relabel this one's low-vote rows (labels.pseudo.from)."""
+    return [str(name) for name in (cfg.labels.pseudo["from"] or [])]
+
+
 def cv_runs(cfg, folds: list[int] | None = None) -> list[RunSpec]:
     """Every seed's CV runs (all folds, or the given ones), seed 0 first."""
     folds = list(range(cfg.folds.n_folds)) if folds is None else folds
-    n_seeds = int(cfg.train.get("n_seeds", 1))
-    if n_seeds < 1:
-        raise ValueError(f"train.n_seeds must be at least 1, got {n_seeds}")
     return [RunSpec(f"fold{k}" + (f"-seed{s}" if s else ""), k, int(cfg.seed) + k + SEED_STRIDE * s)
-            for s in range(n_seeds) for k in folds]
+            for s in range(n_seeds(cfg)) for k in folds]
 
 
 def full_runs(cfg, stage_epochs: list[int]) -> list[RunSpec]:
     return [RunSpec(f"full{i}", None, int(cfg.seed) + FULL_SEED_OFFSET + i, tuple(stage_epochs))
-            for i in range(int(cfg.train.get("full_fits", 0)))]
+            for i in range(n_full_fits(cfg))]
 
 
 TEST_RUNS = ("all", "full", "cv")

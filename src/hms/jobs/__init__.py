@@ -1,0 +1,1 @@
+"""src/hms/jobs"""
