@@ -103,12 +103,13 @@ def test_mosaic_masks_hit_the_same_band_in_every_chain():
     from omegaconf import OmegaConf
 
     from hms.models.network import ImageBuilder
+    from hms.training.augment import NetworkAugmenter
 
     torch.manual_seed(0)
     builder = ImageBuilder(sources=("kaggle",), layout="mosaic", panel_height=100, panel_width=300)
     batch = {"spec": torch.randn(8, 4, 100, 300)}
     aug = OmegaConf.create({"time_warp": 0.0, "time_masks": 0, "freq_masks": 1, "mask_max_width": 0.3})
-    image = builder(batch, aug)  # (8, 1, 4 chains x 100, 300)
+    image = builder(batch, NetworkAugmenter(aug))  # (8, 1, 4 chains x 100, 300)
     zero_rows = (image[:, 0] == 0).all(-1).reshape(8, 4, 100)
     assert zero_rows.any()
     assert (zero_rows == zero_rows[:, :1]).all()  # the same rows in every chain of a sample
