@@ -1,7 +1,8 @@
 """How one run of an experiment trains (a CV fold, one of its extra seeds, or a full-data fit;
-see hms.models.runs): FoldRun's stages and epochs, the optimiser step, early stopping,
-resume from last.pt; TreeRun for a model fitted once. A stage's rows and low-vote weight
-are hms.training.stage's Stage; where a run stands (resume point, best score, history) is
+see hms.models.runs): Run, what every run shares (its folder, rows, validation, results);
+FoldRun's stages and epochs, the optimiser step, early stopping, resume from last.pt;
+TreeRun for a model fitted once. A stage's rows and low-vote weight are
+hms.training.stage's Stage; where a run stands (resume point, best score, history) is
 hms.training.state's RunState. The experiment around it (caches, folds, which runs, the OOF) is
 hms.training.experiment; the scheduling of runs over devices is hms.jobs.schedule.
 
@@ -98,34 +99,128 @@ def make_ema(net, decay: float):
     return ModelEmaV3(net, decay=float(decay), use_warmup=True)
 
 
-# ---------------------------------------------------------------- one fold
+# ---------------------------------------------------------------- what every run shares
 
-class FoldRun:
+def run_device(cfg: DictConfig, local_rank: int | None = None) -> torch.device:
+    """The run's device (torchrun's local GPU, else the configured one), made current, with TF32
+    matmuls on CUDA."""
+    device = cuda_indexed(torch.device(C.resolve_device(cfg)), local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+class Run:
+    """What a trained run and a fitted-once run share: the config, the run's folder, the caches,
+    its training rows (pseudo-labelled), its stages, the held-out fold, the network, the epoch
+    log and the files a finished run leaves. Subclasses say how the network learns (`run`),
+    predicts the fold (`val_probs`) and the test (`test_predictions`)."""
+
+    def __init__(self, cfg: DictConfig, run: RunSpec, train: pd.DataFrame, caches: dict, progress: bool,
+                 device: torch.device, is_main: bool = True):
+        self.cfg, self.run_spec, self.device, self.is_main = cfg, run, device, is_main
+        self.progress = progress and is_main
+        self.tag = f"{cfg.name} {run.name}"
+        self.dir = exp_dir(cfg) / run.name
+        self.stages = stages_of(cfg, run.stage_epochs)
+        self.min_votes = cfg.labels.min_votes_high
+        self.caches = (open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"]))
+        self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg, run, device)
+        self.val_set = None if run.is_full else make_dataset(cfg, train[train.fold == run.fold], self.caches, "eval")
+        if self.val_set is not None:
+            self.val_high = val_mask_high(self.val_set.items, self.min_votes)
+        self.net = build_network(cfg).to(device)
+
+    def say(self, line: str) -> None:
+        if self.is_main:
+            print(line, flush=True)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cfg)
+
+    def start(self) -> None:
+        """Refuse a folder started under another config (its config.yaml names its weights), then
+        save this run's config in it."""
+        check_unchanged(self.cfg, [self.dir])
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            C.save_resolved(self.cfg, self.dir / "config.yaml")
+        barrier()
+
+    def val_probs(self, net, tta: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def test_predictions(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def validate(self, net, tta: bool = False) -> tuple[dict, np.ndarray | None]:
+        if self.val_set is None:  # a full fit: nothing held out
+            return {}, None
+        probs = self.val_probs(net, tta)
+        target = self.val_set.targets
+        high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
+        return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
+
+    def record(self, state: RunState, s_idx: int, epoch: int, train_loss: float, scores: dict, seconds: float,
+               net) -> None:
+        """An epoch into the state, log.csv and the tracker; best.pt when it improved. Under DDP the
+        scores are rank 0's (broadcast), so every rank takes the same decisions here."""
+        row = {"stage": s_idx, "epoch": epoch, "train_loss": train_loss, **scores,
+               "lr_stage": self.stages[s_idx].lr, "seconds": round(seconds, 2)}
+        improved = state.record(row, scores)
+        if improved and self.is_main:
+            with atomic_path(self.dir / "best.pt") as tmp:
+                torch.save(net.state_dict(), tmp)
+        self.tracker.log(state.history[-1], step=len(state.history) - 1)
+        if self.is_main:
+            atomic_to_csv(pd.DataFrame(state.history), self.dir / "log.csv")
+        if self.progress:
+            val = (f"val KL {scores['val_kl']:.4f} high-vote {scores['val_kl_high']:.4f}{' *' if improved else ''}"
+                   if scores else "full fit")
+            print(f"[{self.tag}] stage {s_idx} epoch {epoch}: loss {train_loss:.4f} {val} ({seconds:.1f} s)")
+
+    def write_results(self, state: RunState) -> dict:
+        """val_pred.csv, test_pred.csv and, last (it marks the run complete), metrics.json."""
+        # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
+        scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
+        metrics = {"run": self.run_spec.name, "fold": self.run_spec.fold, "seed": self.run_spec.seed, **scores,
+                   "epochs": len(state.history), "complete": True, "fingerprint": self.fingerprint}
+        if self.val_set is not None:
+            atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
+            metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
+        atomic_to_csv(self.test_predictions(), self.dir / "test_pred.csv")
+        atomic_write_json(self.dir / "metrics.json", metrics)
+        return metrics
+
+    def prior(self) -> np.ndarray:
+        """The class prior of the training rows: what a test item without data is given."""
+        return labels.prior(self.train_rows, self.min_votes)
+
+    def val_frame(self, probs: np.ndarray) -> pd.DataFrame:
+        items = self.val_set.items
+        val = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
+        val.insert(0, "eeg_id", items["eeg_id"].to_numpy())
+        val.insert(1, "fold", self.run_spec.fold)
+        val[labels.TOTAL_VOTES] = items[labels.TOTAL_VOTES].to_numpy()
+        val[[f"{c}_target" for c in schema.CLASSES]] = self.val_set.targets
+        return val
+
+
+# ---------------------------------------------------------------- a trained run
+
+class FoldRun(Run):
     """Trains one run (a CV fold, or a full-data fit with no validation) through its stages,
-    resumable from last.pt after every epoch."""
+    resumable from last.pt after every epoch; one process, or one of torchrun's."""
 
     def __init__(self, cfg: DictConfig, run: RunSpec, train: pd.DataFrame, caches: dict, progress: bool):
         check_launch(cfg)
         self.rank, self.world, local_rank = init_distributed(cfg.train.ddp_timeout_minutes)
-        self.is_main = self.rank == 0
-        self.cfg, self.run_spec, self.progress = cfg, run, progress and self.is_main
-        self.tag = f"{cfg.name} {run.name}"
-        self.device = cuda_indexed(torch.device(C.resolve_device(cfg)), local_rank if self.world > 1 else None)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.dir = exp_dir(cfg) / run.name
-        self.stages = stages_of(cfg, run.stage_epochs)
-        self.min_votes = cfg.labels.min_votes_high
-        eeg, spec = open_cache(caches["train"]["eeg"]), open_cache(caches["train"]["spec"])
-        self.caches = (eeg, spec)
-        self.train_rows = pseudo_labelled(train if run.is_full else train[train.fold != run.fold], cfg, run,
-                                          self.device)
-        self.val_set = None if run.is_full else make_dataset(cfg, train[train.fold == run.fold], self.caches, "eval")
+        device = run_device(cfg, local_rank if self.world > 1 else None)
+        super().__init__(cfg, run, train, caches, progress, device, is_main=self.rank == 0)
         if self.val_set is not None:
             self.val_loader = make_loader(self.val_set, cfg, shuffle=False)
-            self.val_high = val_mask_high(self.val_set.items, self.min_votes)
-        self.net = build_network(cfg).to(self.device)
         self.setup = device_setup(cfg, self.net, self.device, self.tag, say=self.say)  # shared with the bench
         self.precision = self.setup.precision
         self.train_net = self.net  # what the optimiser steps through: DDP-wrapped under torchrun
@@ -135,30 +230,17 @@ class FoldRun:
         if cfg.train.compile:  # compile the DDP wrapper, as PyTorch advises, so it can split graphs at buckets
             self.train_net = torch.compile(self.train_net)
 
-    def say(self, line: str) -> None:
-        if self.is_main:
-            print(line, flush=True)
-
     def stage_loader(self, stage: Stage) -> DataLoader:
         ds = make_dataset(self.cfg, stage.rows_of(self.train_rows), self.caches, "train", stage.weighting)
         sampler = (DistributedSampler(ds, num_replicas=self.world, rank=self.rank, seed=self.run_spec.seed)
                    if self.world > 1 else None)
         return make_loader(ds, self.cfg, shuffle=True, sampler=sampler)
 
-    def validate(self, net, tta: bool = False) -> tuple[dict, np.ndarray | None]:
-        if self.val_set is None:  # a full fit: nothing held out
-            return {}, None
-        probs = predict_probs(net, self.val_loader, self.device, tta_lr_swap=tta, precision=self.precision)
-        target = self.val_set.targets
-        high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
-        return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
+    def val_probs(self, net, tta: bool) -> np.ndarray:
+        return predict_probs(net, self.val_loader, self.device, tta_lr_swap=tta, precision=self.precision)
 
     def run(self) -> dict:
-        check_unchanged(self.cfg, [self.dir])  # a started run's config.yaml is not overwritten by another config's
-        if self.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            C.save_resolved(self.cfg, self.dir / "config.yaml")
-        barrier()
+        self.start()
         state = self.load_state()
         self.tracker = EpochLogger(self.cfg, self.dir, self.run_spec.name, enabled=self.is_main)
         try:
@@ -181,10 +263,6 @@ class FoldRun:
                                 f"{saved}, now {self.fingerprint}): retrain the run with --force")
         print(f"[{self.tag}] resuming at stage {state.stage} epoch {state.epoch + 1}")
         return state
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.cfg)
 
     def run_stage(self, s_idx: int, stage: Stage, state: RunState) -> None:
         loader = self.stage_loader(stage)
@@ -237,24 +315,6 @@ class FoldRun:
             steps += 1
         return float(loss_sum) / max(1, steps)
 
-    def record(self, state: RunState, s_idx: int, epoch: int, train_loss: float, scores: dict, seconds: float,
-               net) -> None:
-        """An epoch into the state, log.csv and the tracker; best.pt when it improved. Under DDP the
-        scores are rank 0's (broadcast), so every rank takes the same decisions here."""
-        row = {"stage": s_idx, "epoch": epoch, "train_loss": train_loss, **scores,
-               "lr_stage": self.stages[s_idx].lr, "seconds": round(seconds, 2)}
-        improved = state.record(row, scores)
-        if improved and self.is_main:
-            with atomic_path(self.dir / "best.pt") as tmp:
-                torch.save(net.state_dict(), tmp)
-        self.tracker.log(state.history[-1], step=len(state.history) - 1)
-        if self.is_main:
-            atomic_to_csv(pd.DataFrame(state.history), self.dir / "log.csv")
-        if self.progress:
-            val = (f"val KL {scores['val_kl']:.4f} high-vote {scores['val_kl_high']:.4f}{' *' if improved else ''}"
-                   if scores else "full fit")
-            print(f"[{self.tag}] stage {s_idx} epoch {epoch}: loss {train_loss:.4f} {val} ({seconds:.1f} s)")
-
     def save_state(self, state: RunState, s_idx: int, epoch: int, opt, sched, ema) -> None:
         snapshot = {"model": self.net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "rng": torch.get_rng_state(), "fingerprint": self.fingerprint}
@@ -277,50 +337,29 @@ class FoldRun:
         barrier()
         return metrics
 
-    def write_results(self, state: RunState) -> dict:
-        """val_pred.csv, test_pred.csv and, last (it marks the run complete), metrics.json."""
-        # the OOF with the test predictions' TTA: ensemble weights are fit on the same kind of prediction
-        scores, probs = self.validate(self.net, tta=bool(self.cfg.infer.tta_lr_swap))
-        metrics = {"run": self.run_spec.name, "fold": self.run_spec.fold, "seed": self.run_spec.seed, **scores,
-                   "epochs": len(state.history), "complete": True, "fingerprint": self.fingerprint}
-        if self.val_set is not None:
-            atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
-            metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
-        atomic_to_csv(self.test_predictions(), self.dir / "test_pred.csv")
-        atomic_write_json(self.dir / "metrics.json", metrics)
-        return metrics
-
     def test_predictions(self) -> pd.DataFrame:
-        return predict_test(self.cfg, [self.net], self.device, precision=self.precision,
-                            prior=labels.prior(self.train_rows, self.min_votes))
-
-    def val_frame(self, probs: np.ndarray) -> pd.DataFrame:
-        items = self.val_set.items
-        val = pd.DataFrame(probs, columns=list(schema.VOTE_COLUMNS))
-        val.insert(0, "eeg_id", items["eeg_id"].to_numpy())
-        val.insert(1, "fold", self.run_spec.fold)
-        val[labels.TOTAL_VOTES] = items[labels.TOTAL_VOTES].to_numpy()
-        val[[f"{c}_target" for c in schema.CLASSES]] = self.val_set.targets
-        return val
+        return predict_test(self.cfg, [self.net], self.device, precision=self.precision, prior=self.prior())
 
 
-class TreeRun(FoldRun):
+# ---------------------------------------------------------------- a fitted-once run
+
+class TreeRun(Run):
     """A run of a model fitted once instead of trained by epochs (model kind qeeg_trees): the
     features of every training item's labelled middle window, one fit, then the same validation,
     TTA OOF, test predictions and files as a trained run (best.pt holds the fitted trees, log.csv
     one row), so folds, seeds, full fits, pseudo-labels, the ensemble and inference treat it like
     any other experiment. Only the first of train.stages applies (its rows and low-vote weight).
+    One process, no DDP (check_launch refuses torchrun), no optimiser or precision set-up.
     The features (and their mirrored copies for the TTA) come from the split's feature cache
     (ItemFeatures), extracted once for all the experiment's runs, not again in each."""
 
     def __init__(self, cfg: DictConfig, run: RunSpec, train: pd.DataFrame, caches: dict, progress: bool):
-        super().__init__(cfg, run, train, caches, progress)
+        check_launch(cfg)
+        super().__init__(cfg, run, train, caches, progress, run_device(cfg))
         self.features = ItemFeatures(cfg, "train", train, caches["train"]["eeg"], caches["train"]["spec"], progress)
 
     def run(self) -> dict:
-        check_unchanged(self.cfg, [self.dir])
-        self.dir.mkdir(parents=True, exist_ok=True)
-        C.save_resolved(self.cfg, self.dir / "config.yaml")
+        self.start()
         state = RunState()
         self.tracker = EpochLogger(self.cfg, self.dir, self.run_spec.name, enabled=True)
         try:
@@ -330,7 +369,8 @@ class TreeRun(FoldRun):
             self.record(state, 0, 0, train_kl, scores, time.perf_counter() - t0, self.net)
         finally:
             self.tracker.close()
-        return self.finish(state)
+        # the fitted trees are in memory: no best.pt to reload, no last.pt to remove
+        return self.write_results(state)
 
     def fit(self) -> float:
         """Fit the trees on the first stage's rows; returns their weighted training KL."""
@@ -343,21 +383,10 @@ class TreeRun(FoldRun):
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         return kl_score(data.targets, probs)
 
-    def validate(self, net, tta: bool = False) -> tuple[dict, np.ndarray | None]:
-        """FoldRun.validate's scores, from the cached features of the fold's items."""
-        if self.val_set is None:
-            return {}, None
-        probs = self.features.probs(net, self.val_set.items, self.device, tta)
-        target = self.val_set.targets
-        high = self.val_high if self.val_high.any() else np.ones(len(target), bool)
-        return {"val_kl": kl_score(target, probs), "val_kl_high": kl_score(target[high], probs[high])}, probs
-
-    def finish(self, state: RunState) -> dict:
-        """FoldRun.finish for one process, on the fitted trees in memory; the TTA OOF (validate)
-        and the test predictions come from the feature caches (the test one is built by the
-        first run and read by the others)."""
-        return self.write_results(state)
+    def val_probs(self, net, tta: bool) -> np.ndarray:
+        """From the cached features of the fold's items."""
+        return self.features.probs(net, self.val_set.items, self.device, tta)
 
     def test_predictions(self) -> pd.DataFrame:
-        return tree_test_predictions(self.cfg, [self.net], self.device,
-                                     prior=labels.prior(self.train_rows, self.min_votes))
+        """From the test feature cache (built by the first run, read by the others)."""
+        return tree_test_predictions(self.cfg, [self.net], self.device, prior=self.prior())
