@@ -2,10 +2,12 @@
 stage's rows, and the weighting every dataset takes (the bench's included)."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import tiny_config
 from hms.config import ConfigError, load_config
 from hms.data import labels, schema
 from hms.training.stage import Stage, first_stage, stages_of
@@ -80,3 +82,21 @@ def test_unknown_rows_or_a_missing_key_is_named_at_build_time():
         Stage.from_entry(entry(rows="low"), 10)
     with pytest.raises(ConfigError, match=r"train.stages\[1\] lacks lr"):
         stages_of(load_config([], ["train.stages=[{rows: all, epochs: 1, lr: 0.1}, {rows: high, epochs: 1}]"]))
+
+
+# ---------------------------------------------------------------- the bench's dataset
+
+@pytest.mark.parametrize("weight, expected", [("0.5", 0.5), ("[0.8, 0.2]", 0.8)])
+def test_the_bench_dataset_is_weighted_as_a_runs_first_stage(weight, expected, tiny_synth, tmp_path):
+    """labels.low_vote_weight (1.0) no longer overrides the stage's weight in `hms bench train`."""
+    from hms.jobs.bench import training_dataset
+
+    cfg = tiny_config(tiny_synth, tmp_path, f"train.stages=[{{rows: all, epochs: 3, lr: 1.0e-3, "
+                                            f"low_vote_weight: {weight}}}, {{rows: high, epochs: 1, lr: 1.0e-4}}]")
+    assert cfg.labels.low_vote_weight == 1.0
+    ds = training_dataset(cfg)
+    low = ~labels.high_vote_mask(ds.items, cfg.labels.min_votes_high)
+    assert low.any() and (~low).any()
+    np.testing.assert_allclose(ds.weights[low], expected)
+    np.testing.assert_allclose(ds.weights[~low], 1.0)
+    assert ds.low_vote.tolist() == low.tolist()
