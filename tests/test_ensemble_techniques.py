@@ -196,12 +196,15 @@ def test_a_students_fold_learns_only_from_teachers_that_never_saw_that_fold(seed
 # ---------------------------------------------------------------- low-vote weight schedule
 
 def test_low_vote_weight_decays_linearly_over_the_stage():
-    from hms.training.loop import low_vote_weight_at
+    from hms.training.stage import Stage
 
-    stage = OmegaConf.create({"epochs": 4, "low_vote_weight": [0.8, 0.2]})
-    assert [round(low_vote_weight_at(stage, e, 1.0), 6) for e in range(4)] == [0.8, 0.6, 0.4, 0.2]
-    assert low_vote_weight_at(OmegaConf.create({"epochs": 4, "low_vote_weight": 0.5}), 3, 1.0) == 0.5
-    assert low_vote_weight_at(OmegaConf.create({"epochs": 4}), 3, 0.7) == 0.7
+    def stage(**weight):
+        entry = OmegaConf.create({"rows": "all", "epochs": 4, "lr": 1e-3, **weight})
+        return Stage.from_entry(entry, min_votes=10, default_weight=0.7)
+
+    assert [round(stage(low_vote_weight=[0.8, 0.2]).weight_at(e), 6) for e in range(4)] == [0.8, 0.6, 0.4, 0.2]
+    assert stage(low_vote_weight=0.5).weight_at(3) == 0.5
+    assert stage().weight_at(3) == 0.7  # no weight of its own: the default (labels.low_vote_weight)
 
 
 def test_train_step_reweights_low_vote_rows_with_this_epochs_weight():

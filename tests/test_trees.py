@@ -311,3 +311,28 @@ def test_hms_run_prepares_each_experiment_once(tiny_synth, tmp_path, monkeypatch
 
     experiment.train_experiment(load_config(["configs/demo/qeeg_trees.yaml"], overrides), progress=False)
     assert calls == ["qeeg_trees", "qeeg_trees"]  # alone, it prepares (every run is done: nothing retrains)
+
+
+def test_a_tree_run_joins_no_process_group_and_sets_up_no_gradient_steps(trees_experiment, monkeypatch):
+    """TreeRun shares Run's folder, rows, validation and files, not FoldRun's torchrun set-up
+    (DDP refuses a network without parameters) nor its precision and micro-batch set-up; under
+    torchrun it still refuses before building anything."""
+    from hms.cache.prepare import prepare
+    from hms.config import ConfigError
+    from hms.data.tables import load_train
+    from hms.models.runs import RunSpec
+    from hms.training import loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tree run set up what only gradient steps need")
+
+    cfg, _ = trees_experiment
+    train, caches = load_train(cfg), prepare(cfg, progress=False)
+    monkeypatch.setattr(loop, "init_distributed", refuse)
+    monkeypatch.setattr(loop, "device_setup", refuse)
+    run = loop.TreeRun(cfg, RunSpec("fold0", 0, 42), train, caches, False)
+    assert run.is_main and not hasattr(run, "train_net")
+    assert run.stages[0].weighting == (cfg.labels.min_votes_high, 0.5)  # the first stage's, not labels.*'s 1.0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="fitted once, in one process"):
+        loop.TreeRun(cfg, RunSpec("fold0", 0, 42), train, caches, False)

@@ -76,15 +76,17 @@ def split_by_training(config_paths: list[str], root=".") -> tuple[list[str], lis
 
 
 def training_dataset(cfg):
-    """The experiment's training-mode dataset over its prepared train caches (built if missing)."""
+    """The experiment's training-mode dataset over its prepared train caches (built if missing),
+    weighted as a run's first stage loader weights it (every row, so the bench times one size)."""
     from hms.cache.store import open_cache
     from hms.inputs.dataset import make_dataset
     from hms.data.tables import load_train
     from hms.cache.prepare import prepare
+    from hms.training.stage import first_stage
 
     caches = prepare(cfg, ("train",), progress=False)["train"]
     return make_dataset(cfg, load_train(cfg), (open_cache(caches["eeg"]), open_cache(caches["spec"])), "train",
-                        (cfg.labels.min_votes_high, cfg.labels.low_vote_weight))
+                        first_stage(cfg).weighting)
 
 
 def _train_setup(cfg):

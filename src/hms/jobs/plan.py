@@ -30,7 +30,7 @@ from hms.data.folds import make_folds
 from hms.data.validate import drop_excluded_rows
 from hms.models.factory import fitted_once, model_input
 from hms.signal.montage import montage_names
-from hms.training.loop import stage_rows
+from hms.training.stage import stages_of
 from hms.training.memory import BENCH_FILE, MEMORY_BENCH_KEYS, card_table, plan_memory_lines
 from hms.models.runs import RunSpec, cv_runs, full_runs, n_full_fits, n_seeds as configured_seeds, predicting_runs
 from hms.utils import atomic_write_text
@@ -327,25 +327,24 @@ def run_plans(cfg: DictConfig, tables: Tables, counts: dict) -> list[RunPlan]:
     experiments). Full fits: the configured epochs, an upper bound on what the CV runs' best
     epochs will give them."""
     fitted = fitted_once(cfg)
-    stages = list(cfg.train.stages)[:1] if fitted else list(cfg.train.stages)  # fitted once: the first stage's rows
-    epochs = [1] if fitted else [int(s.epochs) for s in stages]
+    stages = stages_of(cfg)[:1] if fitted else stages_of(cfg)  # fitted once: the first stage's rows
+    epochs = [1] if fitted else [s.epochs for s in stages]
     min_votes = int(cfg.labels.min_votes_high)
     runs: list[RunSpec] = cv_runs(cfg) + full_runs(cfg, epochs)
 
-    def count(fold, rows_kind):
-        key = (fold, rows_kind, min_votes, cfg.folds.n_folds)
+    def count(fold, stage=None):  # stage None: the fold's validation rows
+        key = (fold, stage.rows if stage else "val", min_votes, cfg.folds.n_folds)
         if key not in counts:
             train = tables.train
-            if rows_kind == "val":
+            if stage is None:
                 rows = train[train.fold == fold]
             else:
-                rows = stage_rows(train if fold is None else train[train.fold != fold],
-                                  OmegaConf.create({"rows": rows_kind}), min_votes)
+                rows = stage.rows_of(train if fold is None else train[train.fold != fold])
             counts[key] = item_count(rows)
         return counts[key]
 
-    return [RunPlan(r.name, [count(r.fold, s.rows) for s in stages], list(r.stage_epochs or epochs),
-                    0 if r.is_full else count(r.fold, "val"), len(tables.test), r.is_full) for r in runs]
+    return [RunPlan(r.name, [count(r.fold, s) for s in stages], list(r.stage_epochs or epochs),
+                    0 if r.is_full else count(r.fold), len(tables.test), r.is_full) for r in runs]
 
 
 def run_seconds(run: RunPlan, samples_per_s: float, tta: int, fitted: bool) -> float:
