@@ -45,7 +45,7 @@ TEMPORAL_LEFT = chain_signals("LL")  # against its mirror RL for synchrony
 TEMPORAL_RIGHT = [MIRROR_SIGNALS[i] for i in TEMPORAL_LEFT]
 
 
-def signal_groups(signal_names: list[str]) -> list[tuple[str, list[int]]]:
+def location_groups(signal_names: list[str]) -> list[tuple[str, list[int]]]:
     """(name, signal positions) of each location group: the 4 chains, then the extras."""
     groups = [(c, chain_signals(c)) for c in schema.CHAIN_NAMES]
     midline = [i for i, n in enumerate(signal_names) if n in {f"{a}-{b}" for a, b in schema.MIDLINE_PAIRS}]
@@ -64,7 +64,7 @@ class EEGFeatures(nn.Module):
         super().__init__()
         if list(signal_names[:N_BIPOLAR]) != list(schema.BIPOLAR_NAMES):
             raise ValueError(f"EEGFeatures needs the 16 double-banana signals first, got {signal_names[:N_BIPOLAR]}")
-        self.fs, self.groups = float(fs), signal_groups(list(signal_names))
+        self.fs, self.groups = float(fs), location_groups(list(signal_names))
         self.names = ([f"{g}_{f}" for g, _ in self.groups for f in PER_SIGNAL]
                       + [f"asym_{f}" for f in PER_SIGNAL] + [f"spread_{f}" for f in PER_SIGNAL]
                       + ["sync_all", "sync_left_right"])
