@@ -29,7 +29,7 @@ def _config(args):
 
 def cmd_train(args) -> int:
     from hms.config import ConfigError
-    from hms.jobs.run import experiment_configs
+    from hms.jobs.experiments import experiment_configs
     from hms.training.experiment import train_experiment
 
     files, overrides = _split_items(args)
@@ -91,8 +91,8 @@ def _interrupt(signum, frame):
 
 
 def cmd_plan(args) -> int:
+    from hms.jobs.experiments import experiment_configs
     from hms.jobs.plan import make_plan, print_plan, select
-    from hms.jobs.run import experiment_configs
 
     files, overrides, hours, _ = _job(args)
     cfgs = experiment_configs(files, overrides)
