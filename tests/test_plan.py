@@ -109,7 +109,7 @@ def independent_counts(data_dir: Path, cfg) -> dict:
 
 
 def test_plan_counts_runs_items_and_cache_bytes_on_the_embedded_dataset(tiny_synth, tmp_path, capsys):
-    from hms.cache.store import _layout, spans
+    from hms.cache.store import cache_rows
     from hms.config import load_config
     from hms.data import io
     from hms.jobs.plan import CACHE_ITEM_BYTES, EEG_CACHE_COLUMNS
@@ -140,8 +140,7 @@ def test_plan_counts_runs_items_and_cache_bytes_on_the_embedded_dataset(tiny_syn
     assert EEG_CACHE_COLUMNS == 19 and CACHE_ITEM_BYTES == 2
     assert sum(summary["cache_bytes"].values()) == expected_bytes
     assert summary["cache_gb"] == round(expected_bytes / 1e9, 2)
-    layout = _layout(spans(train, "train", "eeg"), "eeg")
-    assert layout.length.sum() == round(eeg_seconds - 50 * test.eeg_id.nunique()) * 200
+    assert cache_rows(train, "train", "eeg") == round(eeg_seconds - 50 * test.eeg_id.nunique()) * 200
 
 
 def test_plan_on_a_table_shaped_like_the_real_train_csv(real_shaped, tmp_path, capsys):

@@ -24,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hms import config as C
-from hms.cache.store import EEG_CACHE_SIGNALS, _layout, spans  # the caches' own layout and arithmetic
+from hms.cache.store import EEG_CACHE_SIGNALS, cache_rows  # the caches' own layout and arithmetic
 from hms.data import io, labels, schema
 from hms.data.folds import make_folds
 from hms.data.validate import drop_excluded_rows
@@ -458,8 +458,7 @@ def cache_bytes(tables: Tables) -> dict[str, int]:
     out = {}
     for split, table in (("train", tables.train), ("test", tables.test)):
         for kind, columns in (("eeg", EEG_CACHE_COLUMNS), ("spec", len(schema.SPEC_COLUMNS))):
-            rows = int(_layout(spans(table, split, kind), kind)["length"].sum())
-            out[f"{kind}_{split}"] = rows * columns * CACHE_ITEM_BYTES
+            out[f"{kind}_{split}"] = cache_rows(table, split, kind) * columns * CACHE_ITEM_BYTES
     return out
 
 
