@@ -186,7 +186,8 @@ def test_throughput_file_matches_readme_and_a_fresh_flop_count():
     """README's H200 table quotes configs/throughput.yaml; every figure in one is in the other,
     and each entry's forward GFLOPs is what the flop counter says for its config today."""
     from hms.config import load_config
-    from hms.jobs.plan import forward_gflops, throughput_table
+    from hms.jobs.flops import forward_gflops
+    from hms.jobs.throughput import throughput_table
 
     table = throughput_table()
     h200 = table["devices"][table["gpu_reference"]]["experiments"]
@@ -200,7 +201,7 @@ def test_throughput_file_matches_readme_and_a_fresh_flop_count():
 
 def test_a_saved_bench_result_makes_a_member_measured_and_others_scale_by_flops(tiny_synth, tmp_path, capsys):
     from hms.config import load_config
-    from hms.jobs.plan import device_name, save_train_bench
+    from hms.jobs.throughput import device_name, save_train_bench
 
     overrides = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tmp_path / 'work'}", "device=cpu"]
     cfg = load_config([DEMO_CONV1D], overrides)

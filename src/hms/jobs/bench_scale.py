@@ -237,8 +237,8 @@ def stage_prepare(config: str, workers: int | None = None) -> dict:
 
 
 def h200_rates() -> dict[str, float]:
-    """The H200 samples/s measured per experiment: hms plan's table (configs/throughput.yaml)."""
-    from hms.jobs.plan import throughput_table
+    """The H200 samples/s measured per experiment: configs/throughput.yaml (jobs/throughput.py)."""
+    from hms.jobs.throughput import throughput_table
 
     table = throughput_table()
     measured = table["devices"][table["gpu_reference"]]["experiments"]

@@ -18,7 +18,7 @@ def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[Di
 def experiment_sources(config_paths: list[str], overrides: list[str],
                        member_overrides: dict[str, list[str]] | None = None) -> list[tuple[DictConfig, str]]:
     """(config, its file) per experiment, teachers first; member_overrides: more key=value for
-    the experiment of that name (a budget's selection: plan.select)."""
+    the experiment of that name (a budget's selection: budget.select)."""
     cfgs, files = [], {}
     for path in config_paths:
         cfg = C.load_config([path], overrides)

@@ -11,7 +11,9 @@ from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data import schema
 from hms.data.tables import ensure_dataset, load_test
 from hms.jobs.experiments import build_once, experiment_sources
-from hms.jobs.plan import NOTEBOOK_MINUTES, NothingFits, check_budget, make_plan, print_plan, select
+from hms.jobs.budget import NOTEBOOK_MINUTES, NothingFits, print_plan, select
+from hms.jobs.main_job import check_budget
+from hms.jobs.plan import make_plan
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
 from hms.training.experiment import check_runs_unchanged, collect_experiment, train_experiment
@@ -35,10 +37,10 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     """The main job: its plan first, then caches and folds once, then every run. With two or more
     device slots (the visible GPUs, `gpus` of them, or the `devices` given) the runs are
     scheduled over them, one process each (hms.jobs.schedule); else they train here, one
-    after another. hours: train only the part of the plan that fits (plan.select: whole members
+    after another. hours: train only the part of the plan that fits (budget.select: whole members
     by value per hour; NothingFits when none does); None: all of it. notebook_minutes: the Kaggle
     notebook's limit, which picks test_runs / TTA choices. stop_when_long: raise PlanTooLong before
-    any cache or training when the plan's estimate on this device is over plan.STOP_HOURS."""
+    any cache or training when the plan's estimate on this device is over main_job.STOP_HOURS."""
     refuse_torchrun()
     t0 = time.perf_counter()
     sources = experiment_sources(config_paths, list(overrides))
