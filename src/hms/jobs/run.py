@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from omegaconf import DictConfig
 
 from hms import config as C
 from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data import schema
 from hms.data.tables import ensure_dataset, load_test
 from hms.jobs.experiments import build_once, experiment_sources
-from hms.jobs.budget import NOTEBOOK_MINUTES, NothingFits, print_plan, select
+from hms.jobs.budget import NOTEBOOK_MINUTES, NothingFits, Selection, print_plan, select
 from hms.jobs.main_job import check_budget
 from hms.jobs.plan import make_plan
 from hms.inference.summary import load_answers, summary_table, test_scores
@@ -44,12 +45,32 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     refuse_torchrun()
     t0 = time.perf_counter()
     sources = experiment_sources(config_paths, list(overrides))
-    cfgs = [cfg for cfg, _ in sources]
-    base = cfgs[0]
+    base = sources[0][0]
     if not (C.data_dir(base) / schema.TRAIN_CSV).is_file():
         ensure_dataset(base)  # the embedded dataset, made when absent: the plan reads its tables
     slots = device_slots(gpus, devices)
-    plan = make_plan(cfgs, gpus=max(1, len(slots)))
+    chosen = plan_first([cfg for cfg, _ in sources], len(slots), hours, notebook_minutes, stop_when_long)
+    sources = selected_sources(sources, chosen, list(overrides))
+    cfgs = [cfg for cfg, _ in sources]
+    if not force:  # an edited config never reuses the runs of the old one
+        for cfg in cfgs:
+            check_runs_unchanged(cfg)
+    prepared = build_once(cfgs)
+    print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
+    if devices or len(slots) > 1:
+        summaries = train_scheduled(sources, list(overrides), slots, force, chosen.overrides)
+    else:
+        summaries = [train_experiment(cfg, force=force, prepared=prepared[cfg.name]) for cfg in cfgs]
+    report, rows = blend_and_report(cfgs, summaries)
+    print(f"[hms] wrote {C.submission_dir(cfgs[0]) / 'submission.csv'} in {time.perf_counter() - t0:.0f} s")
+    return {"rows": rows, "ensemble": report}
+
+
+def plan_first(cfgs: list[DictConfig], n_slots: int, hours: float | None, notebook_minutes: float,
+               stop_when_long: bool) -> Selection:
+    """The plan on n_slots processes and what the budget selects of it, printed; NothingFits or
+    (stop_when_long) PlanTooLong before any cache is built or any run trains."""
+    plan = make_plan(cfgs, gpus=max(1, n_slots))
     chosen = select(plan, cfgs, hours, notebook_minutes)
     print_plan(plan, cfgs, chosen)
     if not chosen.chosen:
@@ -57,27 +78,38 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
                           "(the plan's lines above): nothing trained")
     if stop_when_long:
         check_budget(plan)
-    if chosen.left_out or any(chosen.overrides.values()):  # train exactly the selection
-        paths = {cfg.name: path for cfg, path in sources}
-        sources = experiment_sources([paths[n] for n in chosen.members], list(overrides), chosen.overrides)
-        cfgs = [cfg for cfg, _ in sources]
-        base = cfgs[0]
-    if not force:  # an edited config never reuses the runs of the old one
-        for cfg in cfgs:
-            check_runs_unchanged(cfg)
-    prepared = build_once(cfgs)
-    print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
-    if devices or len(slots) > 1:
-        collected = {}  # each experiment's summary, written as soon as its last run is done
+    return chosen
 
-        def collect(cfg):
-            collected[cfg.name] = collect_experiment(cfg)
 
-        schedule(cfgs, {cfg.name: path for cfg, path in sources}, list(overrides), slots, force=force,
-                 on_experiment_done=collect, member_overrides=chosen.overrides)
-        summaries = [collected[cfg.name] for cfg in cfgs]
-    else:
-        summaries = [train_experiment(cfg, force=force, prepared=prepared[cfg.name]) for cfg in cfgs]
+def selected_sources(sources: list[tuple[DictConfig, str]], chosen: Selection,
+                     overrides: list[str]) -> list[tuple[DictConfig, str]]:
+    """The experiments as the selection trains them: its members only, each with its overrides
+    (seeds, full fits, the notebook's choices); all of them unchanged when it takes everything."""
+    if not (chosen.left_out or any(chosen.overrides.values())):
+        return sources
+    paths = {cfg.name: path for cfg, path in sources}
+    return experiment_sources([paths[n] for n in chosen.members], overrides, chosen.overrides)
+
+
+def train_scheduled(sources: list[tuple[DictConfig, str]], overrides: list[str], slots: list[str], force: bool,
+                    member_overrides: dict[str, list[str]]) -> list[dict]:
+    """Every run over the device slots (hms.jobs.schedule); each experiment's summary is written as
+    soon as its last run is done, since its students' full fits read its OOF."""
+    collected = {}
+
+    def collect(cfg):
+        collected[cfg.name] = collect_experiment(cfg)
+
+    cfgs = [cfg for cfg, _ in sources]
+    schedule(cfgs, {cfg.name: path for cfg, path in sources}, overrides, slots, force=force,
+             on_experiment_done=collect, member_overrides=member_overrides)
+    return [collected[cfg.name] for cfg in cfgs]
+
+
+def blend_and_report(cfgs: list[DictConfig], summaries: list[dict]) -> tuple[dict, list[dict]]:
+    """The OOF-weighted blend and its submission, then the summary table (test KL too on
+    simulated data, whose answers also score the calibration not chosen)."""
+    base = cfgs[0]
     dirs = [exp_dir(cfg) for cfg in cfgs]
     test = load_test(base)
     report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high,
@@ -92,8 +124,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
                                np.asarray(summaries[0]["prior"]))["test_kl"]
         print(f"[hms] test KL of the submitted {report['blend']} blend {rows[-1]['test_kl']:.4f}; "
               f"the {other['blend']} one would score {other_kl:.4f}")
-    print(f"[hms] wrote {C.submission_dir(base) / 'submission.csv'} in {time.perf_counter() - t0:.0f} s")
-    return {"rows": rows, "ensemble": report}
+    return report, rows
 
 
 def table_rows(base, cfgs, summaries, report, dirs) -> list[dict]:
