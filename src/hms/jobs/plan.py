@@ -443,6 +443,21 @@ def hours_text(hours: float) -> str:
     return f"{hours:.2f} h" if hours < 10 else f"{hours:.1f} h"
 
 
+def member_lines(m: MemberPlan, gpu_device: str) -> list[str]:
+    """A member's speed here (and on the plan's GPU) and where it comes from, then one line per run."""
+    lines = [f"[hms plan] {m.name} ({m.kind}"
+             + (f", {m.gflops:.3g} forward GFLOPs/item" if m.gflops is not None else "")
+             + f"): {len(m.runs)} runs, {_rate(m.here.samples_per_s)} {'items' if m.gflops is None else 'samples'}"
+             f"/s here [{m.here.source}], {m.here.how}"
+             + ("" if m.gpu is m.here else f"; GPU {_rate(m.gpu.samples_per_s)}/s [{m.gpu.source}], {m.gpu.how}")]
+    for r in m.runs:
+        stages = " + ".join(f"{n:,} x {e}" for n, e in zip(r.stage_items, r.stage_epochs))
+        val = f", val {r.val_items:,}" if r.val_items else ""
+        lines.append(f"    {r.name:14s} items x epochs {stages}{val}, test {r.test_items:,}: "
+                     f"{hours_text(r.seconds / 3600)} here, {hours_text(r.gpu_seconds / 3600)} on one {gpu_device}")
+    return lines
+
+
 def plan_lines(plan: Plan) -> list[str]:
     t = plan.tables
     high = labels.high_vote_mask(t.train, plan.min_votes)
@@ -450,18 +465,7 @@ def plan_lines(plan: Plan) -> list[str]:
              f"{t.train.patient_id.nunique():,} patients, {item_count(t.train):,} items ({item_count(t.train[high]):,} "
              f"with >= {plan.min_votes} votes); test.csv {len(t.test):,} row{'' if len(t.test) == 1 else 's'}",
              f"[hms plan] device {plan.device}: {plan.refs_note}"]
-    for m in plan.members:
-        lines.append(f"[hms plan] {m.name} ({m.kind}"
-                     + (f", {m.gflops:.3g} forward GFLOPs/item" if m.gflops is not None else "")
-                     + f"): {len(m.runs)} runs, {_rate(m.here.samples_per_s)} {'items' if m.gflops is None else 'samples'}"
-                     f"/s here [{m.here.source}], {m.here.how}"
-                     + ("" if m.gpu is m.here else f"; GPU {_rate(m.gpu.samples_per_s)}/s [{m.gpu.source}], {m.gpu.how}"))
-        for r in m.runs:
-            stages = " + ".join(f"{n:,} x {e}" for n, e in zip(r.stage_items, r.stage_epochs))
-            val = f", val {r.val_items:,}" if r.val_items else ""
-            lines.append(f"    {r.name:14s} items x epochs {stages}{val}, test {r.test_items:,}: "
-                         f"{hours_text(r.seconds / 3600)} here, {hours_text(r.gpu_seconds / 3600)} on one "
-                         f"{plan.gpu_device}")
+    lines += [line for m in plan.members for line in member_lines(m, plan.gpu_device)]
     lines.append(f"[hms plan] per member, hours here / on one {plan.gpu_device}: "
                  + ", ".join(f"{m.name} {sum(r.seconds for r in m.runs) / 3600:.2f} / {plan.gpu_hours_of(m):.2f}"
                              for m in plan.members))
