@@ -1,4 +1,4 @@
-"""`--hours` and `--notebook-minutes`: the recipe sized to a budget (plan.select) on a table shaped
+"""`--hours` and `--notebook-minutes`: the recipe sized to a budget (budget.select) on a table shaped
 like the real train.csv, the no-argument job's choice of recipe and budget, and the packer's
 refusal of a weights dataset whose notebook estimate is over its limit."""
 from __future__ import annotations
@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from hms.jobs import plan as P
+from hms.jobs import budget as B, main_job as M, plan as P
 from hms.cli import main
 from test_plan import json_line, real_shaped_train, write_tables
 
-RECIPE = sorted(str(p) for p in P.RECIPE_DIR.glob("*.yaml"))
+RECIPE = sorted(str(p) for p in M.RECIPE_DIR.glob("*.yaml"))
 DEMO_CONV1D = "configs/demo/conv1d.yaml"
 UNIT = re.compile(r"^    (train    |leave out) (\w+) (seed \d+|full fits) \((\d+) runs\): ([\d.]+) h \(value ([\d.]+)\)$")
 
@@ -96,7 +96,8 @@ def test_no_argument_job_with_cuda_and_real_data_trains_to_the_night_budget(real
     monkeypatch.setenv("HMS_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr(hms.config, "resolve_device", lambda cfg: "cuda:0")
-    monkeypatch.setattr(P, "device_name", lambda device: "NVIDIA H200")
+    for module in (P, M):  # the plan's throughput key and the main job's first line
+        monkeypatch.setattr(module, "device_name", lambda device: "NVIDIA H200")
     asked = []
 
     class Stop(Exception):
@@ -111,10 +112,10 @@ def test_no_argument_job_with_cuda_and_real_data_trains_to_the_night_budget(real
         main(["run"])
     out = capsys.readouterr().out
     assert out.startswith("[hms] CUDA device NVIDIA H200 and the real data")
-    assert f"to a budget of {P.NIGHT_HOURS:g} h (one night)" in out.splitlines()[0] and "--hours" in out.splitlines()[0]
+    assert f"to a budget of {M.NIGHT_HOURS:g} h (one night)" in out.splitlines()[0] and "--hours" in out.splitlines()[0]
     summary = json_line(out)
-    assert summary["hours_here"] > P.STOP_HOURS and summary["budget_hours"] == P.NIGHT_HOURS
-    assert 0 < summary["budget_used_hours"] <= P.NIGHT_HOURS
+    assert summary["hours_here"] > M.STOP_HOURS and summary["budget_hours"] == M.NIGHT_HOURS
+    assert 0 < summary["budget_used_hours"] <= M.NIGHT_HOURS
     chosen = {label.split()[0] for label in summary["chosen"]}
     assert {c.name for c in asked} == chosen and len(chosen) < len(RECIPE)
     for cfg in asked:  # each trains exactly its chosen seeds and full fits
@@ -126,18 +127,18 @@ def test_no_argument_job_with_cuda_and_real_data_trains_to_the_night_budget(real
 def test_on_simulated_data_the_main_job_is_the_demo_on_any_device(tmp_path, real_shaped, tiny_synth):
     from hms.config import synthetic_data_dir
 
-    assert P.is_simulated(tiny_synth) and P.is_simulated(synthetic_data_dir()) and not P.is_simulated(real_shaped)
-    job = P.main_job_configs("cuda:0", tiny_synth)
-    assert job.files == sorted(str(p) for p in P.DEMO_DIR.glob("*.yaml")) and "hms download" in job.line
+    assert M.is_simulated(tiny_synth) and M.is_simulated(synthetic_data_dir()) and not M.is_simulated(real_shaped)
+    job = M.main_job_configs("cuda:0", tiny_synth)
+    assert job.files == sorted(str(p) for p in M.DEMO_DIR.glob("*.yaml")) and "hms download" in job.line
     assert job.stop and job.hours is None
-    cpu_real = P.main_job_configs("cpu", real_shaped)
+    cpu_real = M.main_job_configs("cpu", real_shaped)
     assert cpu_real.files == job.files and cpu_real.stop  # the CPU stops over 3 h, as before
-    assert not P.main_job_configs("cpu", real_shaped, yes=True).stop
+    assert not M.main_job_configs("cpu", real_shaped, yes=True).stop
 
 
 def test_the_notebook_limit_sets_test_runs_then_tta(real_shaped, tmp_path, capsys):
     free = json_line(plan_out(capsys, real_shaped, tmp_path / "w1"))
-    assert free["notebook_choices"] == [] and free["notebook_minutes"] <= P.NOTEBOOK_MINUTES
+    assert free["notebook_choices"] == [] and free["notebook_minutes"] <= B.NOTEBOOK_MINUTES
     tight = json_line(plan_out(capsys, real_shaped, tmp_path / "w2", "--notebook-minutes", "10"))
     assert tight["notebook_choices"][0].endswith("train.test_runs=full")
     assert tight["notebook_minutes"] < free["notebook_minutes"]
@@ -159,8 +160,8 @@ def test_the_packer_refuses_a_dataset_over_the_notebook_limit(tmp_path, capsys):
         save_resolved(cfg, work / cfg.name / run / "config.yaml")
     sub.mkdir()
     (sub / "ensemble.json").write_text(json.dumps({"experiments": [cfg.name]}))
-    minutes, cut = P.packaged_notebook_minutes(load_config([], [f"paths.work_dir={work}"]), [cfg.name])
-    assert P.notebook_prepare_minutes() < minutes < P.NOTEBOOK_MINUTES
+    minutes, cut = B.packaged_notebook_minutes(load_config([], [f"paths.work_dir={work}"]), [cfg.name])
+    assert P.notebook_prepare_minutes() < minutes < B.NOTEBOOK_MINUTES
     args = ["kaggle", "package", "--dir", str(tmp_path / "dataset"), "--user", "tester", f"paths.work_dir={work}",
             f"paths.submission_dir={sub}", "--notebook-minutes", f"{P.notebook_prepare_minutes() / 2:.3f}"]
     assert main(args) == 2

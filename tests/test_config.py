@@ -44,7 +44,7 @@ def test_free_form_sections_and_known_keys_load():
 
 
 def test_every_shipped_config_loads():
-    from hms.jobs.plan import THROUGHPUT_FILE
+    from hms.jobs.throughput import THROUGHPUT_FILE
 
     files = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name not in ("base.yaml", THROUGHPUT_FILE))
     assert len(files) >= 8

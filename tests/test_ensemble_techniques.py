@@ -303,7 +303,7 @@ def test_multilabel_folds_group_patients_and_are_recorded(tmp_path):
 
 def test_the_main_job_trains_pseudo_label_teachers_before_their_students():
     from hms.config import ConfigError
-    from hms.jobs.run import teachers_first
+    from hms.jobs.experiments import teachers_first
 
     def exp(name, *sources):
         return OmegaConf.create({"name": name, "labels": {"pseudo": {"from": list(sources)}}})

@@ -109,7 +109,7 @@ def independent_counts(data_dir: Path, cfg) -> dict:
 
 
 def test_plan_counts_runs_items_and_cache_bytes_on_the_embedded_dataset(tiny_synth, tmp_path, capsys):
-    from hms.cache.store import _layout, spans
+    from hms.cache.store import cache_rows
     from hms.config import load_config
     from hms.data import io
     from hms.jobs.plan import CACHE_ITEM_BYTES, EEG_CACHE_COLUMNS
@@ -140,8 +140,7 @@ def test_plan_counts_runs_items_and_cache_bytes_on_the_embedded_dataset(tiny_syn
     assert EEG_CACHE_COLUMNS == 19 and CACHE_ITEM_BYTES == 2
     assert sum(summary["cache_bytes"].values()) == expected_bytes
     assert summary["cache_gb"] == round(expected_bytes / 1e9, 2)
-    layout = _layout(spans(train, "train", "eeg"), "eeg")
-    assert layout.length.sum() == round(eeg_seconds - 50 * test.eeg_id.nunique()) * 200
+    assert cache_rows(train, "train", "eeg") == round(eeg_seconds - 50 * test.eeg_id.nunique()) * 200
 
 
 def test_plan_on_a_table_shaped_like_the_real_train_csv(real_shaped, tmp_path, capsys):
@@ -187,7 +186,8 @@ def test_throughput_file_matches_readme_and_a_fresh_flop_count():
     """README's H200 table quotes configs/throughput.yaml; every figure in one is in the other,
     and each entry's forward GFLOPs is what the flop counter says for its config today."""
     from hms.config import load_config
-    from hms.jobs.plan import forward_gflops, throughput_table
+    from hms.jobs.flops import forward_gflops
+    from hms.jobs.throughput import throughput_table
 
     table = throughput_table()
     h200 = table["devices"][table["gpu_reference"]]["experiments"]
@@ -201,7 +201,7 @@ def test_throughput_file_matches_readme_and_a_fresh_flop_count():
 
 def test_a_saved_bench_result_makes_a_member_measured_and_others_scale_by_flops(tiny_synth, tmp_path, capsys):
     from hms.config import load_config
-    from hms.jobs.plan import device_name, save_train_bench
+    from hms.jobs.throughput import device_name, save_train_bench
 
     overrides = [f"paths.data_dir={tiny_synth}", f"paths.work_dir={tmp_path / 'work'}", "device=cpu"]
     cfg = load_config([DEMO_CONV1D], overrides)

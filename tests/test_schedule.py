@@ -67,7 +67,7 @@ def test_visible_gpus_are_cuda_visible_devices_entries_as_given(monkeypatch):
 
 def test_a_students_jobs_wait_for_the_teacher_jobs_they_read(tmp_path):
     from hms.config import load_config
-    from hms.jobs.run import teachers_first
+    from hms.jobs.experiments import teachers_first
     from hms.jobs.schedule import plan_jobs
 
     student = load_config([], ["name=student", "folds.n_folds=2", "train.full_fits=1",

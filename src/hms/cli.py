@@ -29,7 +29,7 @@ def _config(args):
 
 def cmd_train(args) -> int:
     from hms.config import ConfigError
-    from hms.jobs.run import experiment_configs
+    from hms.jobs.experiments import experiment_configs
     from hms.training.experiment import train_experiment
 
     files, overrides = _split_items(args)
@@ -45,8 +45,9 @@ def cmd_train(args) -> int:
 def _job(args) -> tuple[list[str], list[str], float | None, bool]:
     """Configs, overrides, the budget in hours (None: all) and whether to stop over 3 h: named
     configs are the user's choice (trained to --hours when given, never stopped); none: the main
-    job this machine and dataset suit (plan.main_job_configs), whose first line it prints."""
-    from hms.jobs.plan import main_job, parse_hours
+    job this machine and dataset suit (main_job.main_job_configs), whose first line it prints."""
+    from hms.jobs.budget import parse_hours
+    from hms.jobs.main_job import main_job
 
     files, overrides = _split_items(args)
     if files:
@@ -91,8 +92,9 @@ def _interrupt(signum, frame):
 
 
 def cmd_plan(args) -> int:
-    from hms.jobs.plan import make_plan, print_plan, select
-    from hms.jobs.run import experiment_configs
+    from hms.jobs.budget import print_plan, select
+    from hms.jobs.experiments import experiment_configs
+    from hms.jobs.plan import make_plan
 
     files, overrides, hours, _ = _job(args)
     cfgs = experiment_configs(files, overrides)
@@ -232,7 +234,7 @@ def cmd_bench(args) -> int:
     if args.what == "spectrogram":
         bench.print_json(bench.bench_spectrogram(cfg, batch=args.batch or 64, device=args.device))
     elif args.what == "train":
-        from hms.jobs.plan import save_train_bench
+        from hms.jobs.throughput import save_train_bench
         from hms.models.workdir import experiment_name
 
         files, _ = _split_items(args)
@@ -270,7 +272,7 @@ def cmd_kaggle(args) -> int:
 
     cfg = _config(args)
     if args.action == "package":
-        from hms.jobs.plan import packaged_notebook_minutes
+        from hms.jobs.budget import packaged_notebook_minutes
 
         info = package.package(Path(args.dir), C.work_dir(cfg), C.submission_dir(cfg), args.user, args.slug,
                                lambda exps: packaged_notebook_minutes(cfg, exps), _notebook_minutes(args))
@@ -291,18 +293,19 @@ COMMANDS = {}
 
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    """--hours and --notebook-minutes; their defaults live in hms.jobs.plan (not imported here: torch)."""
+    """--hours and --notebook-minutes; their defaults live in hms.jobs.main_job and hms.jobs.budget (not
+    imported here: torch)."""
     p.add_argument("--hours", default=None, help="train only the most valuable part that fits in H hours on this "
                    "machine's device slots (whole members: each one's seed 0 over every fold by published score "
                    "per hour, then full fits, then further seeds), or 'all'; default: all for named configs, "
-                   "10 (plan.NIGHT_HOURS) for the no-argument recipe on a CUDA device with the real data")
+                   "10 (main_job.NIGHT_HOURS) for the no-argument recipe on a CUDA device with the real data")
     p.add_argument("--notebook-minutes", type=float, default=None, help="the Kaggle notebook's limit on its "
-                   "estimated minutes (default 300: plan.NOTEBOOK_MINUTES; Kaggle stops it at 540): over it, "
+                   "estimated minutes (default 300: budget.NOTEBOOK_MINUTES; Kaggle stops it at 540): over it, "
                    "members predict the test with their full fits only (train.test_runs=full), then without TTA")
 
 
 def _notebook_minutes(args) -> float:
-    from hms.jobs.plan import NOTEBOOK_MINUTES
+    from hms.jobs.budget import NOTEBOOK_MINUTES
 
     return NOTEBOOK_MINUTES if args.notebook_minutes is None else args.notebook_minutes
 
@@ -412,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slug", default="hms-weights", help="dataset slug")
     p.add_argument("--message", default="new weights", help="upload: version message")
     p.add_argument("--notebook-minutes", type=float, default=None, help="package: refuse a dataset whose notebook "
-                   "estimate on a T4 is over this (default 300: plan.NOTEBOOK_MINUTES; `hms plan` prints it)")
+                   "estimate on a T4 is over this (default 300: budget.NOTEBOOK_MINUTES; `hms plan` prints it)")
     p.add_argument("--accelerator", default=None,
                    help="notebook: kernel-metadata.json's machine_shape (default NvidiaTeslaT4; 'none': a CPU "
                         "kernel); push: kaggle's --accelerator (default: that machine_shape). Not NvidiaTeslaP100: "

@@ -203,6 +203,12 @@ def _layout(items: pd.DataFrame, kind: str) -> pd.DataFrame:
     return items.assign(length=length, start=np.concatenate([[0], np.cumsum(length)[:-1]]))
 
 
+def cache_rows(table: pd.DataFrame, split: str, kind: str) -> int:
+    """Rows the cache of this split and kind holds for the table, laid out as build_cache lays
+    them out but without reading a file (`hms plan` sizes the caches before any is built)."""
+    return int(_layout(spans(table, split, kind), kind)["length"].sum())
+
+
 def build_cache(cfg: DictConfig, data_dir: Path, split: str, kind: str, table: pd.DataFrame,
                 workers: int | None = None, progress: bool = True, skip_bad: bool = False) -> Path:
     """Build (or finish, or reuse) one cache; returns its directory. skip_bad (inference):

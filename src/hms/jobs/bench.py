@@ -168,7 +168,8 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     estimate = memory_model(cfg, setup.precision, use_measured=False).peak(setup.micro_batch) if cuda else None
     infer = bench_forward(net, random_batch, eval_batch_size(cfg), device, setup.precision, steps)
-    from hms.jobs.plan import device_name, forward_gflops, model_family
+    from hms.jobs.flops import forward_gflops, model_family
+    from hms.jobs.throughput import device_name
 
     return {"bench": "train", "experiment": str(cfg.get("name")), "samples_per_s": round(full, 1),
             "bare_model_samples_per_s": round(bare, 1), "ratio": round(full / bare, 3),
@@ -235,7 +236,7 @@ def bench_recipe(config_paths: list[str], steps: int, repeats: int, budget_s: fl
     import gc
 
     from hms.config import load_config
-    from hms.jobs.plan import save_train_bench
+    from hms.jobs.throughput import save_train_bench
 
     t0, results = time.perf_counter(), []
     for path, overrides in recipe_variants(config_paths, root):

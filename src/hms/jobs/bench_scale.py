@@ -2,15 +2,14 @@
 (`hms synth --like-kaggle`), one JSON line per stage: wall seconds, CPU seconds, peak RSS and
 the disk the stage added.
 
-Each stage runs in its own process (`python -m hms.jobs.bench_scale STAGE ...`), so its peak memory
-is its own: the summed PSS of the stage's process tree, sampled every 0.2 s (TreeRssPeak), or
-the main process's exact high-water mark when that is larger.
+Each stage runs in its own process (a fresh interpreter: STAGE_CHILD), so its peak memory is
+its own: the summed PSS of the stage's process tree, sampled every 0.2 s (TreeRssPeak), or the
+main process's exact high-water mark when that is larger.
 Stages whose work grows with the data also carry `full_size_s`, their wall time scaled by the
 real count over this dataset's (rows, or 2,000 test EEGs), when the dataset is a fraction.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,11 +21,12 @@ from pathlib import Path
 from hms.data import schema
 from hms.data.like_kaggle import REAL_COUNTS, REAL_TEST_EEGS
 
-# Samples/s of each member's full training step on one H200 (README, "On a GPU"), by config
-# name; a config inheriting one of these gets its rate (h200_rate), others no worker estimate.
 GPU_BOX_CORES = 16  # the cores of the GPU machine the loader workers share
 LOADER_SECONDS = 20.0  # how long each loader is timed (after a warm-up batch)
 TREE_ITEMS = 512  # items whose tree features are timed
+# The command a stage runs in: `python -c` rather than the `hms` CLI, so that no subcommand exists
+# only for this; its arguments are stage_in_child's (stage, config, workers).
+STAGE_CHILD = "import sys; from hms.jobs.bench_scale import stage_in_child; stage_in_child(*sys.argv[1:])"
 
 
 def default_configs() -> list[str]:
@@ -108,30 +108,36 @@ class TreeRssPeak:
         return self.peak
 
 
-def run_stage(stage: str, args: list[str], env: dict, work_dir: Path) -> dict:
-    """Run one stage in a child process; wall, CPU (the stage's processes, user + system),
-    peak RSS (GB: the larger of the summed PSS of its processes, sampled, and the main
+def timed_stage(stage: str, config: str, workers: int | None, env: dict, work_dir: Path) -> dict:
+    """Run one stage in a child process (STAGE_CHILD); wall, CPU (the stage's processes, user +
+    system), peak RSS (GB: the larger of the summed PSS of its processes, sampled, and the main
     process's exact high-water mark; peak_anon_gb: their anonymous memory alone, without the
-    memmapped cache pages) and the disk it added (GB), plus what the child printed
-    as its last JSON line."""
+    memmapped cache pages) and the disk it added (GB), plus what the child printed as its last
+    JSON line. workers: prepare's processes (None: all cores)."""
     before = dir_bytes(work_dir)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "hms.jobs.bench_scale", stage, *args], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", STAGE_CHILD, stage, config, str(workers or "")]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     sampler = TreeRssPeak(proc.pid)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     sampled, anon = sampler.stop(), sampler.peak_anon
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    extra = json.loads(lines[-1]) if lines else {}
-    if proc.returncode != 0:
-        extra["error"] = f"exit status {proc.returncode}"
+    extra = child_result(out, proc.returncode)
     peak = max(sampled, extra.pop("main_hwm_bytes", 0))
     return {"stage": stage, **extra.pop("label", {}), "wall_s": round(wall, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_gb": _gb(peak), "peak_anon_gb": _gb(anon),
             "disk_gb": _gb(dir_bytes(work_dir) - before), **extra}
+
+
+def child_result(out: str, returncode: int) -> dict:
+    """The last JSON line the stage's process printed (stage_in_child), and its exit status if it failed."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}
+    if returncode != 0:
+        result["error"] = f"exit status {returncode}"
+    return result
 
 
 def own_high_water() -> int:
@@ -164,19 +170,18 @@ def bench_scale(data_dir: Path, work_dir: Path, configs: list[str], workers: int
     scale = {"rows": REAL_COUNTS["rows"] / data["rows"], "test": REAL_TEST_EEGS / data["test_eegs"]}
     lines = [data]
     emit(json.dumps(data))
-    wargs = ["--workers", str(workers)] if workers else []
-    stages = [("validate", [configs[0]], "rows"), ("folds", [configs[0]], "rows")]
-    stages += [("prepare", [c, *wargs], "rows") for c in configs]
-    stages += [("loader", [c], None) for c in configs]
-    stages += [("trees", [c], "rows") for c in configs if _kind(c) == "qeeg_trees"]
-    stages += [("notebook", [c], "test") for c in configs]
+    stages = [("validate", configs[0], "rows"), ("folds", configs[0], "rows")]
+    stages += [("prepare", c, "rows") for c in configs]
+    stages += [("loader", c, None) for c in configs]
+    stages += [("trees", c, "rows") for c in configs if _kind(c) == "qeeg_trees"]
+    stages += [("notebook", c, "test") for c in configs]
     cleared = set()
-    for stage, args, scaled_by in [s for s in stages if not only or s[0] in only]:
+    for stage, config, scaled_by in [s for s in stages if not only or s[0] in only]:
         split = {"prepare": "train", "notebook": "test"}.get(stage)
         if split and split not in cleared:  # time the builds, not the reuse of an earlier run's caches
             clear_caches(work_dir, split, emit)
             cleared.add(split)
-        line = run_stage(stage, args, env, work_dir)
+        line = timed_stage(stage, config, workers, env, work_dir)
         if scaled_by and "full_size_s" not in line and scale[scaled_by] > 1.001:
             line["full_size_s"] = round(line["wall_s"] * scale[scaled_by], 1)
         lines.append(line)
@@ -237,8 +242,8 @@ def stage_prepare(config: str, workers: int | None = None) -> dict:
 
 
 def h200_rates() -> dict[str, float]:
-    """The H200 samples/s measured per experiment: hms plan's table (configs/throughput.yaml)."""
-    from hms.jobs.plan import throughput_table
+    """The H200 samples/s measured per experiment: configs/throughput.yaml (jobs/throughput.py)."""
+    from hms.jobs.throughput import throughput_table
 
     table = throughput_table()
     measured = table["devices"][table["gpu_reference"]]["experiments"]
@@ -335,17 +340,9 @@ STAGES = {"validate": stage_validate, "folds": stage_folds, "prepare": stage_pre
           "trees": stage_trees, "notebook": stage_notebook}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hms.jobs.bench_scale")
-    p.add_argument("stage", choices=sorted(STAGES))
-    p.add_argument("config")
-    p.add_argument("--workers", type=int, default=None)
-    args = p.parse_args(argv)
-    kwargs = {"workers": args.workers} if args.stage == "prepare" else {}
-    result = STAGES[args.stage](args.config, **kwargs)
+def stage_in_child(stage: str, config: str, workers: str = "") -> None:
+    """The stage's own process (STAGE_CHILD): run it and print its result with this process's
+    high-water mark as the last JSON line, which timed_stage reads."""
+    kwargs = {"workers": int(workers)} if stage == "prepare" and workers else {}
+    result = STAGES[stage](config, **kwargs)
     print(json.dumps({**result, "main_hwm_bytes": own_high_water()}, default=str), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,37 +11,15 @@ from hms import config as C
 from hms.inference.ensemble import blend_test, describe, write_submission
 from hms.data import schema
 from hms.data.tables import ensure_dataset, load_test
-from hms.jobs.plan import NOTEBOOK_MINUTES, NothingFits, check_budget, make_plan, print_plan, select
+from hms.jobs.experiments import build_once, experiment_sources
+from hms.jobs.budget import NOTEBOOK_MINUTES, NothingFits, Selection, print_plan, select
+from hms.jobs.main_job import check_budget
+from hms.jobs.plan import make_plan
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
-from hms.training.experiment import check_runs_unchanged, collect_experiment, prepare_experiment, train_experiment
+from hms.training.experiment import check_runs_unchanged, collect_experiment, train_experiment
 from hms.jobs.schedule import device_slots, schedule
-from hms.models.runs import pseudo_teachers
-from hms.models.workdir import exp_dir, experiment_name
-
-
-def experiment_configs(config_paths: list[str], overrides: list[str]) -> list[DictConfig]:
-    return [cfg for cfg, _ in experiment_sources(config_paths, overrides)]
-
-
-def experiment_sources(config_paths: list[str], overrides: list[str],
-                       member_overrides: dict[str, list[str]] | None = None) -> list[tuple[DictConfig, str]]:
-    """(config, its file) per experiment, teachers first; member_overrides: more key=value for
-    the experiment of that name (a budget's selection: plan.select)."""
-    cfgs, files = [], {}
-    for path in config_paths:
-        cfg = C.load_config([path], overrides)
-        cfg.name = experiment_name(cfg, path)
-        if (member_overrides or {}).get(cfg.name):
-            name = cfg.name
-            cfg = C.load_config([path], [*overrides, *member_overrides[name]])
-            cfg.name = name
-        cfgs.append(cfg)
-        files[cfg.name] = path
-    names = [c.name for c in cfgs]
-    if len(set(names)) != len(names):
-        raise C.ConfigError(f"experiment names must differ, got {names}")
-    return [(cfg, files[cfg.name]) for cfg in teachers_first(cfgs)]
+from hms.models.workdir import exp_dir
 
 
 def refuse_torchrun() -> None:
@@ -54,49 +32,45 @@ def refuse_torchrun() -> None:
                             "hms ensemble EXP [EXP...]")
 
 
-def build_once(cfgs: list[DictConfig]) -> dict[str, tuple]:
-    """Every experiment's validate report, caches (train and test) and the folds, built before
-    any parallel work: the jobs then only read them. Returns what each experiment prepared
-    (name -> (caches, train table)), which train_experiment takes instead of preparing again."""
-    return {cfg.name: prepare_experiment(cfg) for cfg in cfgs}
-
-
-def teachers_first(cfgs: list[DictConfig]) -> list[DictConfig]:
-    """The experiments in the given order, except that one whose pseudo-labels come from
-    others (labels.pseudo.from) trains after them; sources outside this run must be trained
-    already (checked when the student starts)."""
-    ordered, placed = [], set()
-    pending = list(cfgs)
-    while pending:
-        ready = [c for c in pending if all(s in placed or s not in {p.name for p in cfgs} for s in pseudo_teachers(c))]
-        if not ready:
-            raise C.ConfigError("labels.pseudo.from forms a cycle among "
-                                f"{[c.name for c in pending]}: an experiment cannot learn from itself")
-        ordered.append(ready[0])
-        placed.add(ready[0].name)
-        pending.remove(ready[0])
-    return ordered
-
-
 def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = False, gpus: str | int = "all",
             devices: list[str] | None = None, stop_when_long: bool = False, hours: float | None = None,
             notebook_minutes: float = NOTEBOOK_MINUTES) -> dict:
     """The main job: its plan first, then caches and folds once, then every run. With two or more
     device slots (the visible GPUs, `gpus` of them, or the `devices` given) the runs are
     scheduled over them, one process each (hms.jobs.schedule); else they train here, one
-    after another. hours: train only the part of the plan that fits (plan.select: whole members
+    after another. hours: train only the part of the plan that fits (budget.select: whole members
     by value per hour; NothingFits when none does); None: all of it. notebook_minutes: the Kaggle
     notebook's limit, which picks test_runs / TTA choices. stop_when_long: raise PlanTooLong before
-    any cache or training when the plan's estimate on this device is over plan.STOP_HOURS."""
+    any cache or training when the plan's estimate on this device is over main_job.STOP_HOURS."""
     refuse_torchrun()
     t0 = time.perf_counter()
     sources = experiment_sources(config_paths, list(overrides))
-    cfgs = [cfg for cfg, _ in sources]
-    base = cfgs[0]
+    base = sources[0][0]
     if not (C.data_dir(base) / schema.TRAIN_CSV).is_file():
         ensure_dataset(base)  # the embedded dataset, made when absent: the plan reads its tables
     slots = device_slots(gpus, devices)
-    plan = make_plan(cfgs, gpus=max(1, len(slots)))
+    chosen = plan_first([cfg for cfg, _ in sources], len(slots), hours, notebook_minutes, stop_when_long)
+    sources = selected_sources(sources, chosen, list(overrides))
+    cfgs = [cfg for cfg, _ in sources]
+    if not force:  # an edited config never reuses the runs of the old one
+        for cfg in cfgs:
+            check_runs_unchanged(cfg)
+    prepared = build_once(cfgs)
+    print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
+    if devices or len(slots) > 1:
+        summaries = train_scheduled(sources, list(overrides), slots, force, chosen.overrides)
+    else:
+        summaries = [train_experiment(cfg, force=force, prepared=prepared[cfg.name]) for cfg in cfgs]
+    report, rows = blend_and_report(cfgs, summaries)
+    print(f"[hms] wrote {C.submission_dir(cfgs[0]) / 'submission.csv'} in {time.perf_counter() - t0:.0f} s")
+    return {"rows": rows, "ensemble": report}
+
+
+def plan_first(cfgs: list[DictConfig], n_slots: int, hours: float | None, notebook_minutes: float,
+               stop_when_long: bool) -> Selection:
+    """The plan on n_slots processes and what the budget selects of it, printed; NothingFits or
+    (stop_when_long) PlanTooLong before any cache is built or any run trains."""
+    plan = make_plan(cfgs, gpus=max(1, n_slots))
     chosen = select(plan, cfgs, hours, notebook_minutes)
     print_plan(plan, cfgs, chosen)
     if not chosen.chosen:
@@ -104,27 +78,38 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
                           "(the plan's lines above): nothing trained")
     if stop_when_long:
         check_budget(plan)
-    if chosen.left_out or any(chosen.overrides.values()):  # train exactly the selection
-        paths = {cfg.name: path for cfg, path in sources}
-        sources = experiment_sources([paths[n] for n in chosen.members], list(overrides), chosen.overrides)
-        cfgs = [cfg for cfg, _ in sources]
-        base = cfgs[0]
-    if not force:  # an edited config never reuses the runs of the old one
-        for cfg in cfgs:
-            check_runs_unchanged(cfg)
-    prepared = build_once(cfgs)
-    print(f"[hms] caches and folds ready ({time.perf_counter() - t0:.0f} s)")
-    if devices or len(slots) > 1:
-        collected = {}  # each experiment's summary, written as soon as its last run is done
+    return chosen
 
-        def collect(cfg):
-            collected[cfg.name] = collect_experiment(cfg)
 
-        schedule(cfgs, {cfg.name: path for cfg, path in sources}, list(overrides), slots, force=force,
-                 on_experiment_done=collect, member_overrides=chosen.overrides)
-        summaries = [collected[cfg.name] for cfg in cfgs]
-    else:
-        summaries = [train_experiment(cfg, force=force, prepared=prepared[cfg.name]) for cfg in cfgs]
+def selected_sources(sources: list[tuple[DictConfig, str]], chosen: Selection,
+                     overrides: list[str]) -> list[tuple[DictConfig, str]]:
+    """The experiments as the selection trains them: its members only, each with its overrides
+    (seeds, full fits, the notebook's choices); all of them unchanged when it takes everything."""
+    if not (chosen.left_out or any(chosen.overrides.values())):
+        return sources
+    paths = {cfg.name: path for cfg, path in sources}
+    return experiment_sources([paths[n] for n in chosen.members], overrides, chosen.overrides)
+
+
+def train_scheduled(sources: list[tuple[DictConfig, str]], overrides: list[str], slots: list[str], force: bool,
+                    member_overrides: dict[str, list[str]]) -> list[dict]:
+    """Every run over the device slots (hms.jobs.schedule); each experiment's summary is written as
+    soon as its last run is done, since its students' full fits read its OOF."""
+    collected = {}
+
+    def collect(cfg):
+        collected[cfg.name] = collect_experiment(cfg)
+
+    cfgs = [cfg for cfg, _ in sources]
+    schedule(cfgs, {cfg.name: path for cfg, path in sources}, overrides, slots, force=force,
+             on_experiment_done=collect, member_overrides=member_overrides)
+    return [collected[cfg.name] for cfg in cfgs]
+
+
+def blend_and_report(cfgs: list[DictConfig], summaries: list[dict]) -> tuple[dict, list[dict]]:
+    """The OOF-weighted blend and its submission, then the summary table (test KL too on
+    simulated data, whose answers also score the calibration not chosen)."""
+    base = cfgs[0]
     dirs = [exp_dir(cfg) for cfg in cfgs]
     test = load_test(base)
     report = write_submission(dirs, test, C.submission_dir(base), base.labels.min_votes_high,
@@ -139,8 +124,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
                                np.asarray(summaries[0]["prior"]))["test_kl"]
         print(f"[hms] test KL of the submitted {report['blend']} blend {rows[-1]['test_kl']:.4f}; "
               f"the {other['blend']} one would score {other_kl:.4f}")
-    print(f"[hms] wrote {C.submission_dir(base) / 'submission.csv'} in {time.perf_counter() - t0:.0f} s")
-    return {"rows": rows, "ensemble": report}
+    return report, rows
 
 
 def table_rows(base, cfgs, summaries, report, dirs) -> list[dict]:

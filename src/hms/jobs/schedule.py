@@ -3,7 +3,7 @@
 students', full fits after their experiment's CV runs. Each job's output goes to
 $HMS_WORK_DIR/<exp>/<run>/train.log; one line per finished job; the first failure stops the
 others and names the job and its log. Caches, folds and the validate report are built once
-before (hms.jobs.run), so the jobs only read them."""
+before (hms.jobs.experiments.build_once), so the jobs only read them."""
 from __future__ import annotations
 
 import json
