@@ -41,9 +41,9 @@ WORKSPACE_BYTES = 1.5e9
 HALF_PRECISION_FACTOR = 0.5  # saved bytes under bf16/fp16 autocast against fp32
 BYTES_PER_PARAMETER = {"weights": 4, "gradients": 4, "adamw": 8}
 EMA_BYTES, AUTOCAST_COPY_BYTES = 4, 2
-BENCH_FILE = Path("bench") / "train.jsonl"  # under $HMS_WORK_DIR: `hms bench train` results (hms.jobs.plan reads them too)
+BENCH_FILE = Path("bench") / "train.jsonl"  # under $HMS_WORK_DIR: `hms bench train` results (hms.jobs.throughput writes and reads them)
 SAVED_BYTES_FILE = Path("bench") / "saved_bytes.json"  # under $HMS_WORK_DIR: measure()'s counts by network
-# what a bench result keeps for the memory model (hms.jobs.plan.save_train_bench writes them)
+# what a bench result keeps for the memory model (hms.jobs.throughput.save_train_bench writes them)
 MEMORY_BENCH_KEYS = ("peak_memory_bytes", "micro_batch", "precision", "parameters", "channels_last",
                      "infer_samples_per_s")
 
