@@ -158,3 +158,19 @@ def test_one_problem_is_singular():
     assert "2 problems in" in Report("data", 3, 0.1, "", one.problems * 2).text()
 
 
+
+
+def test_bench_reference_is_a_fixed_workload(capsys):
+    """The CPU reference the main job's time is divided by: the same network, batch and steps
+    every time (its final loss is the same number on every call), its seconds positive."""
+    import json
+
+    from hms.cli import main
+    from hms.jobs.reference import cpu_reference, ratio_line
+
+    first, second = cpu_reference(steps=2), cpu_reference(steps=2)
+    assert first["final_loss"] == second["final_loss"] and first["reference_s"] > 0
+    assert ratio_line(10 * first["reference_s"], first).split(" = ")[1].startswith("10 x the CPU reference")
+    assert main(["bench", "reference"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["bench"] == "reference" and printed["steps"] == 20 and printed["threads"] >= 1

@@ -221,6 +221,11 @@ def cmd_validate(args) -> int:
 def cmd_bench(args) -> int:
     from hms.jobs import bench
 
+    if args.what == "reference":
+        from hms.jobs.reference import cpu_reference
+
+        bench.print_json(cpu_reference())
+        return 0
     if args.what == "scale":
         from hms.jobs.bench_scale import bench_scale, default_configs
 
@@ -426,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_report(sub, _add_config_args)  # eda, evaluate, explain, app
 
     p = _register(sub, "bench", cmd_bench, "throughput benchmarks, one JSON line each")
-    p.add_argument("what", choices=["spectrogram", "train", "infer", "app", "scale"])
+    p.add_argument("what", choices=["spectrogram", "train", "infer", "app", "scale", "reference"])
     _add_config_args(p)
     p.add_argument("--data", default=None, help="scale: the dataset (`hms synth --like-kaggle`)")
     p.add_argument("--work", default=None, help="scale: its work dir (default: DATA-work beside it)")

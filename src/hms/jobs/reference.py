@@ -1,0 +1,55 @@
+"""A fixed CPU workload to measure a machine by (issue 31): the main job's time divided by it
+says what to expect on another machine better than seconds do (two 2-core machines of the same
+kind ran the demo 5x apart). `hms run` times it first and prints the ratio at the end;
+`hms bench reference` prints it alone."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REFERENCE_STEPS = 20  # a few seconds on two cores: short beside a job, long beside timer noise
+WARMUP_STEPS = 3
+
+
+def reference_net() -> nn.Module:
+    """A small conv net of fixed shape and seed (no timm: the workload must not change with a
+    library's release)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 6))
+
+
+def cpu_reference(steps: int = REFERENCE_STEPS) -> dict:
+    """Wall and CPU seconds of `steps` AdamW training steps of reference_net on a fixed
+    (32, 1, 64, 64) batch, on the CPU, with this process's torch threads."""
+    net = reference_net()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 1, 64, 64, generator=generator)
+    y = torch.randint(0, 6, (32,), generator=generator)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        loss = step()
+    return {"bench": "reference", "steps": steps, "threads": torch.get_num_threads(),
+            "reference_s": round(time.perf_counter() - wall, 3), "reference_cpu_s": round(time.process_time() - cpu, 3),
+            "final_loss": round(loss, 6)}
+
+
+def ratio_line(job_seconds: float, reference: dict) -> str:
+    return (f"{job_seconds:.0f} s = {job_seconds / reference['reference_s']:.0f} x the CPU reference "
+            f"({reference['reference_s']:.2f} s on {reference['threads']} threads: hms bench reference)")
