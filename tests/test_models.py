@@ -72,6 +72,27 @@ def test_every_registered_kind_rejects_an_unknown_key_naming_the_allowed_ones(ki
         build_model({"kind": kind, "not_a_key": 1})
 
 
+def test_the_kinds_that_build_their_own_image_take_the_timm_head_keys_of_timm2d():
+    """timm_mel and eeg_image hand their timm keys to the one head (TimmSpectrogramNet) through
+    **timm: the same keys and defaults as timm2d less in_chans (their image decides it), and
+    each reaches the head."""
+    from hms.models.factory import model_kwargs
+
+    own = {k for k, c in registered().items() if getattr(c, "builds_own_image", False)}
+    assert own == {"timm_mel", "eeg_image"}
+    head = {k: v for k, v in model_kwargs("timm2d").items() if k != "in_chans"}
+    for kind in sorted(own):
+        accepted = model_kwargs(kind)
+        assert "in_chans" not in accepted and {k: accepted[k] for k in head} == head
+        with pytest.raises(ValueError, match="unknown keys \\['in_chans'\\]"):
+            build_model({"kind": kind, "in_chans": 3})
+    net = build_model({"kind": "eeg_image", "backbone": "resnet10t", "drop_rate": 0.5, "gem_p": 2.0,
+                       "gem_trainable": False, "n_classes": 3})
+    assert isinstance(net.net, TimmSpectrogramNet) and net.net.backbone_name == "resnet10t"
+    assert net.net.dropout.p == 0.5 and net.net.pool.p.item() == 2.0 and not net.net.pool.p.requires_grad
+    assert net(torch.randn(2, 16, 1000)).shape == (2, 3)
+
+
 def test_a_new_kind_is_one_decorated_class(monkeypatch):
     monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))  # leave the real registry as it was
 

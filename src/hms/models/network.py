@@ -20,8 +20,8 @@ from hms.signal.kaggle_spec import normalize_batch
 from hms.signal.spectrogram import centre_crop, chain_panels
 from hms.models.workdir import load_checkpoint
 
-SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
-LAYOUTS = ("mosaic", "channels")
+IMAGE_SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
+IMAGE_LAYOUTS = ("mosaic", "channels")
 
 
 def widened(batch: dict) -> dict:
@@ -35,13 +35,13 @@ class ImageBuilder(nn.Module):
     mosaic: one channel, sources side by side, chains stacked (the starter's 512x512);
     channels: one channel per panel."""
 
-    def __init__(self, sources=SOURCES, layout="mosaic", panel_height=128, panel_width=256,
+    def __init__(self, sources=IMAGE_SOURCES, layout="mosaic", panel_height=128, panel_width=256,
                  image_size=None, mel: dict | None = None, spec_normalize: str = "panel"):
         super().__init__()
-        bad = [s for s in sources if s not in SOURCES]
-        if bad or layout not in LAYOUTS:
-            raise ValueError(f"image sources must be among {SOURCES} (got {list(sources)}), "
-                             f"layout one of {LAYOUTS} (got {layout!r})")
+        bad = [s for s in sources if s not in IMAGE_SOURCES]
+        if bad or layout not in IMAGE_LAYOUTS:
+            raise ValueError(f"image.sources must be among {IMAGE_SOURCES} (got {list(sources)}), "
+                             f"image.layout one of {IMAGE_LAYOUTS} (got {layout!r})")
         self.sources, self.layout = tuple(sources), layout
         self.panel = (int(panel_height), int(panel_width))
         self.image_size = tuple(image_size) if image_size else None

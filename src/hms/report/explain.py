@@ -130,7 +130,7 @@ def image_and_head(net) -> tuple:
     """For a 2D network: (batch -> image function, image -> logits module)."""
     if net.input_kind == "image":
         return net.builder, net.core
-    if hasattr(net.core, "signals_to_image"):  # timm_mel: the image is made inside the model
+    if getattr(net.core, "builds_own_image", False):  # timm_mel, eeg_image: the image is made inside the model
         return (lambda batch: net.core.signals_to_image(batch["signal"])), net.core.net
     return None, None
 
