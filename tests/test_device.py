@@ -321,7 +321,7 @@ def test_fold_run_and_the_bench_take_the_same_step_in_train_mode(tiny_synth, tmp
 # ---------------------------------------------------------------- precision, workers, loaders
 
 def test_precision_auto_is_bf16_on_ampere_and_later_and_fp16_with_a_scaler_on_a_t4(monkeypatch):
-    from hms.training import device as dev
+    from hms.models import device as dev
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))  # T4
     assert dev.resolve_precision("auto", "cuda") == "fp16"
