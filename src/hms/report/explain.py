@@ -52,9 +52,9 @@ def unsupported_reason(cfg: DictConfig) -> str | None:
 
 
 def saved_config(exp_dir: Path, fold: int = 0) -> DictConfig:
-    from omegaconf import OmegaConf
+    from hms.config import load_run_config
 
-    return OmegaConf.load(Path(exp_dir) / f"fold{fold}" / "config.yaml")
+    return load_run_config(Path(exp_dir) / f"fold{fold}")
 
 def fold_of(exp_dir: Path, eeg_id: int) -> int:
     """The fold that held eeg_id out (its honest, out-of-fold model); fold 0 when unknown."""
