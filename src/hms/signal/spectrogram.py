@@ -15,7 +15,7 @@ MEL_KEYS = ("n_fft", "win_length", "hop_divisor", "n_mels", "fmin", "fmax", "top
 def mel_module(mel_cfg, sr: float = schema.SAMPLING_RATE) -> TorchMelSpectrogram:
     """TorchMelSpectrogram from the config's `mel` section for signals sampled at sr: the raw
     200 Hz windows the viewer, the report and the bench draw, or the model's 200 / input.downsample
-    (the section's sr is null: derived by the network, models.network.matched_rate)."""
+    (the section's sr is null: derived by the network, models.network.fed_rate)."""
     return TorchMelSpectrogram(sr=sr, **{k: mel_cfg[k] for k in MEL_KEYS})
 
 
