@@ -50,3 +50,41 @@ def test_every_shipped_config_loads():
     assert len(files) >= 8
     for path in files:
         assert load_config([path]).model.kind, path
+
+
+# ---------------------------------------------------------------- derived sampling rates
+
+def test_mel_rates_follow_input_downsample_and_an_explicit_other_rate_names_both_keys():
+    """mel.sr and timm_mel's model.sr are the signals' rate, 200 Hz / input.downsample: derived
+    when left out, accepted when equal, refused (naming the key and input.downsample) otherwise."""
+    from hms.models.network import build_network
+
+    timm2d = ["input.downsample=4", "model.backbone=resnet10t", "image.sources=[eeg]", "mel.n_mels=16",
+              "mel.width=32", "image.panel_height=16", "image.panel_width=32"]
+    assert load_config([], timm2d).mel.sr is None
+    assert build_network(load_config([], timm2d)).builder.sr == 50.0
+    assert build_network(load_config([], [*timm2d, "mel.sr=50"])).builder.sr == 50
+    with pytest.raises(ConfigError, match=r"mel\.sr: 200 does not match input\.downsample: 4 .* = 50 Hz"):
+        load_config([], [*timm2d, "mel.sr=200"])
+    mel_net = ROOT / "configs" / "demo_2d" / "screen_mel_today.yaml"  # input.downsample 2
+    assert build_network(load_config([mel_net])).core.sr == 100.0
+    with pytest.raises(ConfigError, match=r"model\.sr: 200 does not match input\.downsample: 2"):
+        load_config([mel_net], ["model.sr=200"])
+    with pytest.raises(ConfigError, match=r"model\.fs: 200 does not match input\.downsample: 4"):
+        load_config([ROOT / "configs" / "demo" / "qeeg_trees.yaml"], ["model.fs=200"])
+
+
+def test_todays_configs_come_through_the_run_config_upgrade_unchanged():
+    """A run saved by today's code is read back as it was saved (its timm_mel sr stays derived,
+    not the 200 Hz default written out for runs saved before the rates were derived)."""
+    from omegaconf import OmegaConf
+
+    from hms.config import upgrade_run_config
+    from hms.jobs.plan import THROUGHPUT_FILE
+
+    files = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name not in ("base.yaml", THROUGHPUT_FILE))
+    for path in files:
+        saved = OmegaConf.create(OmegaConf.to_yaml(load_config([path]), resolve=True))  # as save_resolved writes it
+        assert upgrade_run_config(saved) == saved, path
+    explicit = load_config([ROOT / "configs" / "demo_2d" / "mel_mobilenetv3.yaml"], ["model.sr=50"])
+    assert "sr" not in upgrade_run_config(explicit).model  # an explicit matching rate reads as derived

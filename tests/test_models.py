@@ -72,6 +72,27 @@ def test_every_registered_kind_rejects_an_unknown_key_naming_the_allowed_ones(ki
         build_model({"kind": kind, "not_a_key": 1})
 
 
+def test_the_kinds_that_build_their_own_image_take_the_timm_head_keys_of_timm2d():
+    """timm_mel and eeg_image hand their timm keys to the one head (TimmSpectrogramNet) through
+    **timm: the same keys and defaults as timm2d less in_chans (their image decides it), and
+    each reaches the head."""
+    from hms.models.factory import model_kwargs
+
+    own = {k for k, c in registered().items() if getattr(c, "builds_own_image", False)}
+    assert own == {"timm_mel", "eeg_image"}
+    head = {k: v for k, v in model_kwargs("timm2d").items() if k != "in_chans"}
+    for kind in sorted(own):
+        accepted = model_kwargs(kind)
+        assert "in_chans" not in accepted and {k: accepted[k] for k in head} == head
+        with pytest.raises(ValueError, match="unknown keys \\['in_chans'\\]"):
+            build_model({"kind": kind, "in_chans": 3})
+    net = build_model({"kind": "eeg_image", "backbone": "resnet10t", "drop_rate": 0.5, "gem_p": 2.0,
+                       "gem_trainable": False, "n_classes": 3})
+    assert isinstance(net.net, TimmSpectrogramNet) and net.net.backbone_name == "resnet10t"
+    assert net.net.dropout.p == 0.5 and net.net.pool.p.item() == 2.0 and not net.net.pool.p.requires_grad
+    assert net(torch.randn(2, 16, 1000)).shape == (2, 3)
+
+
 def test_a_new_kind_is_one_decorated_class(monkeypatch):
     monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))  # leave the real registry as it was
 
@@ -141,6 +162,7 @@ def test_gem_p1_is_average_pooling_and_p_learns():
     assert gem3.p.grad is not None and gem3.p.grad.abs().item() > 0
 
 
+REFERENCE_CALL = dict(sr=200, hop_divisor=256, top_db=80.0)  # the librosa call's rate, hop (T // 256), floor
 MEL_PARAMETER_SETS = [
     dict(n_fft=1024, win_length=128, n_mels=128, fmin=0.0, fmax=20.0),  # the starter recipe
     dict(n_fft=1024, win_length=128, n_mels=64, fmin=0.5, fmax=30.0),  # 3rd place's variant
@@ -157,7 +179,7 @@ def test_torch_mel_matches_librosa(params):
     hop = 10_000 // 256
     ref = librosa.power_to_db(
         librosa.feature.melspectrogram(y=x, sr=200, hop_length=hop, **params), ref=np.max, top_db=80)
-    out = TorchMelSpectrogram(**params)(torch.from_numpy(x)).numpy()
+    out = TorchMelSpectrogram(**params, **REFERENCE_CALL)(torch.from_numpy(x)).numpy()
     assert out.shape == ref.shape == (params["n_mels"], 1 + 10_000 // hop)
     assert np.abs(out - ref).max() < 0.05
     assert ref.max() == 0 and ref.min() < -20  # the comparison spans a real dB range
@@ -177,16 +199,38 @@ def test_mel_filter_bank_equals_librosa(sr, n_fft, n_mels, fmin, fmax):
 
 @pytest.mark.parametrize("params", MEL_PARAMETER_SETS, ids=lambda p: f"win{p['win_length']}-mels{p['n_mels']}")
 def test_banded_mel_filters_rebuild_the_dense_bank(params):
-    mel = TorchMelSpectrogram(**params)
+    mel = TorchMelSpectrogram(**params, **REFERENCE_CALL)
     rebuilt = torch.zeros_like(mel.mel_fb).scatter_add_(1, mel.band_bins, mel.band_weights)
     torch.testing.assert_close(rebuilt, mel.mel_fb, atol=0, rtol=0)
+
+
+def starter_mel() -> TorchMelSpectrogram:
+    """The starter's mel at 200 Hz, from base.yaml's `mel:` section (its one home)."""
+    from hms.config import load_config
+    from hms.signal.spectrogram import mel_module
+
+    return mel_module(load_config().mel)
+
+
+def test_the_mel_numbers_are_stated_by_each_kind_not_by_the_transform():
+    """TorchMelSpectrogram states no rate, STFT, mel or floor numbers of its own (base.yaml's `mel:`
+    states timm2d's and the viewer's, timm_mel's constructor its own), and needs a hop."""
+    import inspect
+
+    params = inspect.signature(TorchMelSpectrogram.__init__).parameters
+    numbers = ("sr", "n_fft", "win_length", "n_mels", "fmin", "fmax", "top_db")
+    assert all(params[k].default is inspect.Parameter.empty for k in numbers)
+    with pytest.raises(TypeError, match="sr"):
+        TorchMelSpectrogram(**MEL_PARAMETER_SETS[0], hop_divisor=256, top_db=80.0)
+    with pytest.raises(ValueError, match="hop_length or hop_divisor"):
+        TorchMelSpectrogram(**MEL_PARAMETER_SETS[0], sr=200, top_db=80.0)
 
 
 @pytest.mark.parametrize("group", [1, 4])
 def test_fused_mean_db_equals_the_per_signal_autograd_path(group):
     """Without gradients, group means come from one log of a product per group, a few
     signals at a time; with gradients, from per-signal dB. Both must give the same numbers."""
-    mel = TorchMelSpectrogram()
+    mel = starter_mel()
     x = torch.randn(2, 16, 10_000) * 20
     x[0, 3] = 0.0  # a flat channel: every bin at the amin floor
     fused = mel.mean_db(x, group)
@@ -207,7 +251,7 @@ def test_fused_mean_db_equals_the_per_signal_autograd_path(group):
 
 
 def test_torch_mel_batches_independently():
-    mel = TorchMelSpectrogram(n_mels=32)
+    mel = TorchMelSpectrogram(**{**MEL_PARAMETER_SETS[0], **REFERENCE_CALL, "n_mels": 32})
     x = torch.randn(2, 3, 2000)
     x[1, 2] *= 100  # a loud signal must not change the others' max reference
     out = mel(x)

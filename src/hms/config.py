@@ -132,7 +132,72 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Dict
     for env, key in ENV_PATHS.items():
         if os.environ.get(env):
             OmegaConf.update(cfg, key, os.environ[env])
+    check_rates(cfg)
     return cfg
+
+
+# ---------------------------------------------------------------- derived settings
+
+# Sampling rates a transform is built for: always that of the signals fed to it. Each is null
+# (derived from input.downsample); they once had to be matched by hand, and a mismatch moved
+# every mel band silently (fmax 20 at sr 200 on 50 Hz signals spans 0-5 Hz).
+DERIVED_RATES = ("mel.sr", "model.sr", "model.fs")
+
+
+def signal_rate(downsample) -> float:
+    """Hz of the signals the models read: the 200 Hz recordings, every input.downsample-th sample."""
+    return schema.SAMPLING_RATE / int(downsample)
+
+
+def check_rates(cfg: DictConfig) -> None:
+    """A ConfigError naming the key and input.downsample when a DERIVED_RATES key is set to
+    another rate than the signals'."""
+    downsample = OmegaConf.select(cfg, "input.downsample", default=1)
+    for key in DERIVED_RATES:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and float(value) != signal_rate(downsample):
+            raise ConfigError(
+                f"{key}: {value} does not match input.downsample: {downsample} (the signals are sampled at "
+                f"{schema.SAMPLING_RATE} / {downsample} = {signal_rate(downsample):g} Hz); leave {key} out: "
+                "it is derived from input.downsample")
+
+
+RUN_CONFIG = "config.yaml"  # each run's resolved config, in its folder (hms.training.loop writes it)
+
+
+def upgrade_run_config(cfg: DictConfig) -> DictConfig:
+    """A run's saved config in today's keys (a copy); a config already in them comes back equal.
+    Saved before the settings moved (issue 29; every such config has input.spec_normalize):
+    - input.spec_normalize (it decided) -> kaggle_spec.normalize (only the cache hash read it);
+    - timm_mel without model.sr built its mel bank at 200 Hz whatever input.downsample was: that
+      rate is written out.
+    Then the rates, in any config (the fingerprint compares both sides this way): see _derive_rates."""
+    cfg = cfg.copy()
+    model = cfg.get("model") or {}
+    if "spec_normalize" in (cfg.get("input") or {}):
+        OmegaConf.update(cfg, "kaggle_spec.normalize", cfg.input.pop("spec_normalize"))
+        if model.get("kind") == "timm_mel" and "sr" not in model:
+            model.sr = schema.SAMPLING_RATE
+    _derive_rates(cfg, model)
+    return cfg
+
+
+def _derive_rates(cfg: DictConfig, model) -> None:
+    """mel.sr, model.sr, model.fs equal to the signals' rate -> derived (null, left out), as is
+    mel.sr where the network has no mel panels (base.yaml's 200 sat in every old config). Another
+    rate stays: the run was trained on it (the loader refuses one in a new config)."""
+    rate = signal_rate(OmegaConf.select(cfg, "input.downsample", default=1))
+    panels = model.get("kind") == "timm2d" and {"eeg", "eeg_center"} & set(OmegaConf.select(cfg, "image.sources") or ())
+    if OmegaConf.select(cfg, "mel.sr") is not None and (cfg.mel.sr == rate or not panels):
+        cfg.mel.sr = None
+    for key in ("sr", "fs"):
+        if model.get(key) == rate:
+            model.pop(key)
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The config a run was trained under (its folder's RUN_CONFIG), in today's keys."""
+    return upgrade_run_config(OmegaConf.load(Path(run_dir) / RUN_CONFIG))
 
 
 def work_dir(cfg: DictConfig) -> Path:

@@ -182,6 +182,8 @@ def _params(cfg: DictConfig, kind: str) -> dict:
     """What a cache's content depends on: the montage (eeg), the log clip and more (spec)."""
     if kind == "eeg":  # every experiment's signals come from one cache: nothing in the config matters
         return {"signals": list(EEG_CACHE_SIGNALS)}
+    # kaggle_spec.normalize does not change the cached log-power (the network standardises on the
+    # device) but stays in the hash: without it every existing spectrogram cache would be renamed
     return OmegaConf.to_container(cfg.kaggle_spec, resolve=True)
 
 

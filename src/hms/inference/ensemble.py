@@ -135,7 +135,7 @@ def nested_oof(preds: np.ndarray, target: np.ndarray, folds: np.ndarray, rows: n
 def describe_members(exp_dirs: list[Path]) -> list[dict]:
     """Per experiment, what its predictions average: {"name", "oof_runs": runs per OOF row
     (train.n_seeds), "test_runs": the runs behind test_pred.csv (summary.json)}."""
-    from omegaconf import OmegaConf
+    from hms.config import load_run_config
 
     members = []
     for d in map(Path, exp_dirs):
@@ -144,7 +144,7 @@ def describe_members(exp_dirs: list[Path]) -> list[dict]:
         if not runs:
             raise FileNotFoundError(f"{summary}: no list of the runs behind test_pred.csv (train every run first)")
         check_same_runs(d, [d / r for r in runs])
-        cfg = OmegaConf.load(d / runs[0] / "config.yaml")
+        cfg = load_run_config(d / runs[0])
         members.append({"name": d.name, "oof_runs": int(cfg.train.get("n_seeds", 1)), "test_runs": list(runs)})
     return members
 

@@ -35,14 +35,18 @@ def _plain(cfg: Any) -> dict:
 
 
 def model_kinds() -> dict[str, str]:
-    """{kind: input kind ('image' | 'signal')} of every registered model."""
+    """{kind: input kind ('image' | 'signal')} of every registered model (what HMSNet feeds it)."""
     return {kind: cls.input_kind for kind, cls in registered().items()}
 
 
 def model_kwargs(kind: str) -> dict[str, Any]:
-    """The keyword arguments (with defaults) a kind accepts; handy for docs and errors."""
-    params = inspect.signature(model_class_of(kind).__init__).parameters
-    return {name: p.default for name, p in params.items() if name != "self"}
+    """The keyword arguments (with defaults) a kind accepts; handy for docs and errors. A
+    constructor's `**timm` (the kinds that build their own image) takes the timm head's keys."""
+    cls = model_class_of(kind)
+    params = inspect.signature(cls.__init__).parameters
+    own = {name: p.default for name, p in params.items() if name != "self" and p.kind is not p.VAR_KEYWORD}
+    passed_on = cls.timm_keys() if any(p.kind is p.VAR_KEYWORD for p in params.values()) else {}
+    return {**passed_on, **own}
 
 
 def build_model(model_cfg: Mapping) -> nn.Module:

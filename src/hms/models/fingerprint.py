@@ -16,8 +16,10 @@ the settings that can change what a run learns. The rest cannot, and is left out
                            run learns (so `hms run --hours` can add a member's second seed later)
   name, free_form          the folder's own name; a note to the config loader
 
-A key the run's saved config lacks (written by an older version) counts as base.yaml's
-default; a key the current code no longer has is not compared.
+A run's saved config is read in today's keys (hms.config.upgrade_run_config: a moved key is
+compared where it lives now), and so is the current one (an explicit rate equal to the derived
+one counts as derived). A key the run's saved config lacks (written by an older version) counts
+as base.yaml's default; a key the current code no longer has is not compared.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ IGNORED_SECTIONS = ("paths", "device", "cache", "synth", "ensemble", "name", "fr
 IGNORED_KEYS = ("train.num_workers", "train.logger", "train.compile", "train.ddp_timeout_minutes",
                 "train.micro_batch", "train.precision", "train.channels_last", "train.cudnn_benchmark",
                 "infer.batch_size", "train.n_seeds", "train.full_fits", "train.test_runs")
-RUN_CONFIG = "config.yaml"  # in each run's folder (hms.training.loop)
+RUN_CONFIG = C.RUN_CONFIG
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -53,9 +55,9 @@ def _ignored(key: str) -> bool:
 
 
 def settings(cfg: DictConfig | dict) -> dict:
-    """{dotted key: value} of the settings that can change what a run learns."""
-    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    return {k: v for k, v in _flat(tree).items() if not _ignored(k)}
+    """{dotted key: value} of the settings that can change what a run learns, in today's keys."""
+    cfg = C.upgrade_run_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
+    return {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items() if not _ignored(k)}
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -77,10 +79,10 @@ def saved_settings(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        saved = settings(C.load_run_config(run_dir))
     except Exception as exc:  # a truncated or hand-edited file: say which
         raise C.ConfigError(f"{path} cannot be read ({exc}): delete the run's folder, or retrain it with --force") from None
-    return {**_base_defaults(), **settings(saved)}
+    return {**_base_defaults(), **saved}
 
 
 def differences(old: dict, new: dict) -> dict[str, tuple]:
@@ -146,4 +148,4 @@ def check_same_runs(exp_dir: Path, run_dirs: list[Path]) -> None:
         raise ConfigChanged(
             f"{exp_dir}: its runs were trained under different configs ({Path(first_dir).name} vs "
             f"{', '.join(n for n, _ in mixed)}):\n" + "\n".join(describe(diff))
-            + f"\n  Retrain the experiment under one config (`hms train CONFIG --force`) before joining its runs.")
+            + "\n  Retrain the experiment under one config (`hms train CONFIG --force`) before joining its runs.")

@@ -10,18 +10,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hms import config as C
 from hms.data import schema
 from hms.models.context import build_context
 from hms.models.factory import build_model, model_input, model_kwargs
 from hms.signal.cleaner import WindowCleaner
-from hms.signal.melspec import TorchMelSpectrogram
 from hms.signal.montage import montage_names
 from hms.signal.kaggle_spec import normalize_batch
-from hms.signal.spectrogram import centre_crop, chain_panels
+from hms.signal.spectrogram import centre_crop, chain_panels, mel_module
 from hms.models.workdir import load_checkpoint
 
-SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
-LAYOUTS = ("mosaic", "channels")
+IMAGE_SOURCES = ("kaggle", "eeg", "eeg_center")  # eeg_center: mel panels of the central mel.center_seconds
+IMAGE_LAYOUTS = ("mosaic", "channels")
 
 
 def widened(batch: dict) -> dict:
@@ -35,25 +35,27 @@ class ImageBuilder(nn.Module):
     mosaic: one channel, sources side by side, chains stacked (the starter's 512x512);
     channels: one channel per panel."""
 
-    def __init__(self, sources=SOURCES, layout="mosaic", panel_height=128, panel_width=256,
-                 image_size=None, mel: dict | None = None, spec_normalize: str = "panel"):
+    def __init__(self, sources=IMAGE_SOURCES, layout="mosaic", panel_height=128, panel_width=256,
+                 image_size=None, mel: dict | None = None, spec_normalize: str = "panel",
+                 sr: float = schema.SAMPLING_RATE):
+        """mel: base.yaml's `mel:` section, the one home of the EEG panels' settings (its sr
+        aside); sr: the rate of the signals fed, 200 Hz / input.downsample (HMSNet's fed_rate)."""
         super().__init__()
-        bad = [s for s in sources if s not in SOURCES]
-        if bad or layout not in LAYOUTS:
-            raise ValueError(f"image sources must be among {SOURCES} (got {list(sources)}), "
-                             f"layout one of {LAYOUTS} (got {layout!r})")
+        bad = [s for s in sources if s not in IMAGE_SOURCES]
+        if bad or layout not in IMAGE_LAYOUTS:
+            raise ValueError(f"image.sources must be among {IMAGE_SOURCES} (got {list(sources)}), "
+                             f"image.layout one of {IMAGE_LAYOUTS} (got {layout!r})")
         self.sources, self.layout = tuple(sources), layout
         self.panel = (int(panel_height), int(panel_width))
         self.image_size = tuple(image_size) if image_size else None
-        self.spec_normalize = spec_normalize
+        self.spec_normalize, self.sr = spec_normalize, sr
         mel = dict(mel or {})
-        self.mel_width = int(mel.pop("width", 256))
-        self.center_seconds = mel.pop("center_seconds", None)
+        self.center_seconds = mel.get("center_seconds")
         if "eeg_center" in self.sources and not self.center_seconds:
             raise ValueError("image source eeg_center needs mel.center_seconds (e.g. 10)")
-        self.sr = float(mel.get("sr", schema.SAMPLING_RATE))
         uses_mel = {"eeg", "eeg_center"} & set(self.sources)
-        self.mel = TorchMelSpectrogram(**mel) if uses_mel else None
+        self.mel_width = int(mel["width"]) if uses_mel else None
+        self.mel = mel_module(mel, sr) if uses_mel else None
 
     @property
     def in_chans(self) -> int:
@@ -86,6 +88,30 @@ class ImageBuilder(nn.Module):
         return image
 
 
+def fed_rate(explicit, downsample: int) -> float:
+    """The rate a mel bank or a feature model is built for: that of the signals fed to it,
+    200 Hz / input.downsample. An explicit mel.sr, model.sr or model.fs wins: the config loader
+    refuses one that differs (hms.config.check_rates), so only a run saved before the rate was
+    derived can carry one, and its network is rebuilt as it trained."""
+    return explicit if explicit is not None else C.signal_rate(downsample)
+
+
+def with_signal_keys(model_cfg: dict, signal_cfg: dict | None, downsample: int) -> dict:
+    """A signal model's config with the keys HMSNet fills in when the kind takes them: the signal
+    count and names (signal.extras add midline/EKG signals) and the rate of the signals it reads
+    (sr: timm_mel's mel bank, fs: the feature models')."""
+    extras = list((signal_cfg or {}).get("extras") or ())
+    accepted = model_kwargs(model_cfg["kind"])
+    if "n_signals" in accepted:
+        model_cfg.setdefault("n_signals", len(montage_names(extras)))
+    if "extras" in accepted:
+        model_cfg.setdefault("extras", extras)
+    for key in ("sr", "fs"):
+        if key in accepted:
+            model_cfg[key] = fed_rate(model_cfg.get(key), downsample)
+    return model_cfg
+
+
 class HMSNet(nn.Module):
     """Batch dict -> logits (B, 6), for every model kind. The batch's signals are raw 50 s
     windows; `cleaner` turns them into the model's input (see hms.signal.cleaner). With
@@ -93,28 +119,23 @@ class HMSNet(nn.Module):
     model's (hms.models.context)."""
 
     def __init__(self, model_cfg, image_cfg=None, mel_cfg=None, signal_cfg=None, input_cfg=None,
-                 context_cfg=None):
+                 context_cfg=None, spec_normalize: str = "panel"):
+        """spec_normalize: kaggle_spec.normalize, for the image's Kaggle panels and the context branch."""
         super().__init__()
         input_cfg = dict(input_cfg or {})
-        self.context = build_context(context_cfg, input_cfg.get("spec_normalize", "panel"))
-        self.cleaner = WindowCleaner(dict(signal_cfg or {}), float(input_cfg.get("signal_seconds", 50)),
-                                     int(input_cfg.get("downsample", 1)))
+        downsample = int(input_cfg.get("downsample", 1))
+        self.context = build_context(context_cfg, spec_normalize)
+        self.cleaner = WindowCleaner(dict(signal_cfg or {}), float(input_cfg.get("signal_seconds", 50)), downsample)
         model_cfg = dict(model_cfg)
         self.input_kind = model_input(model_cfg)
         self.builder = None
         if self.input_kind == "image":
-            image_cfg = dict(image_cfg or {})
-            self.builder = ImageBuilder(mel=mel_cfg, **image_cfg)
+            mel = dict(mel_cfg or {})
+            self.builder = ImageBuilder(mel=mel, spec_normalize=spec_normalize,
+                                        sr=fed_rate(mel.get("sr"), downsample), **dict(image_cfg or {}))
             model_cfg.setdefault("in_chans", self.builder.in_chans)
-        else:  # signal.extras add midline/EKG signals; the decimated rate for feature models
-            extras = list((signal_cfg or {}).get("extras") or ())
-            accepted = model_kwargs(model_cfg["kind"])
-            if "n_signals" in accepted:
-                model_cfg.setdefault("n_signals", len(montage_names(extras)))
-            if "extras" in accepted:
-                model_cfg.setdefault("extras", extras)
-            if "fs" in accepted:
-                model_cfg.setdefault("fs", schema.SAMPLING_RATE / int(input_cfg.get("downsample", 1)))
+        else:
+            model_cfg = with_signal_keys(model_cfg, signal_cfg, downsample)
         self.core = build_model(model_cfg)
         if self.context is not None and getattr(self.core, "fitted_once", False):
             raise ValueError(f"model kind {model_cfg['kind']!r} already reads the spectrogram and is not "
@@ -147,23 +168,23 @@ class HMSNet(nn.Module):
 
 
 def build_network(cfg) -> HMSNet:
-    """From a resolved experiment config (model, image, mel sections)."""
+    """From a resolved experiment config (model, image, mel, signal, input, context and
+    kaggle_spec sections)."""
     def plain(section):
         return OmegaConf.to_container(section, resolve=True) if section is not None else None
 
-    mel = plain(cfg.mel)
-    image = {**plain(cfg.image), "spec_normalize": cfg.input.spec_normalize}
     context = OmegaConf.select(cfg, "context")  # runs trained before the branch existed lack it
-    return HMSNet(plain(cfg.model), image, mel, plain(cfg.signal), plain(cfg.input), plain(context))
+    return HMSNet(plain(cfg.model), plain(cfg.image), plain(cfg.mel), plain(cfg.signal), plain(cfg.input),
+                  plain(context), spec_normalize=cfg.kaggle_spec.normalize)
 
 
 def load_fold_network(fold_dir: Path, overrides: dict, device="cpu") -> tuple[DictConfig, torch.nn.Module]:
-    """(a run's resolved config.yaml merged with `overrides`, network from its best.pt in eval
-    mode): inference, reports, and pseudo-label teachers load trained runs through this."""
+    """(a run's resolved config.yaml in today's keys merged with `overrides`, network from its
+    best.pt in eval mode): inference, reports, and pseudo-label teachers load trained runs through this."""
     fold_dir = Path(fold_dir)
     if not (fold_dir / "best.pt").is_file():
         raise FileNotFoundError(f"{fold_dir}/best.pt: this fold is not trained")
-    cfg = OmegaConf.merge(OmegaConf.load(fold_dir / "config.yaml"), overrides)
+    cfg = OmegaConf.merge(C.load_run_config(fold_dir), overrides)
     if "pretrained" in cfg.model:
         cfg.model.pretrained = False  # the weights come from best.pt; never fetch ImageNet ones here
     net = build_network(cfg).to(device)

@@ -3,8 +3,10 @@
 file in this package plus a YAML: every module here is imported by `registered()`.
 
 A registered class declares what HMSNet must feed it as class attributes:
-  input_kind   'image' (B, C, H, W) built by the ImageBuilder, or 'signal' (B, S, T) raw
-               bipolar signals
+  input_kind   what HMSNet feeds it: 'image' (B, C, H, W) built by the ImageBuilder, or
+               'signal' (B, S, T) cleaned bipolar signals
+  builds_own_image  a 2D kind fed signals that makes its image inside (timm_mel, eeg_image:
+               models.timm2d.SignalImageNet, whose `**timm` keys are the timm head's) (default False)
   reads_spec   forward also takes the Kaggle panels (B, 4, 100, 300) (default False)
   fitted_once  fitted once per run (trees), not trained by epochs (default False)
 """

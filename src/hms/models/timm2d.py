@@ -2,6 +2,7 @@
 spectrograms computed from raw bipolar signals inside forward (on the GPU)."""
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -188,7 +189,39 @@ class TimmSpectrogramNet(nn.Module):
         return self.backbone.get_submodule(self.backbone.feature_info[-1]["module"])
 
 
-LAYOUTS = ("chain_avg_stack", "chain_avg_channels", "pairs_stack", "pairs_channels")
+class SignalImageNet(nn.Module):
+    """Base of the 2D kinds that build their own image from the signals (timm_mel, eeg_image):
+    HMSNet feeds them the cleaned signals (B, S, T), the subclass's `signals_to_image` makes the
+    image and `net`, the timm backbone and head every 2D kind shares (TimmSpectrogramNet),
+    classifies it. A subclass's constructor hands its timm keys (backbone, pretrained, drop_rate,
+    ...) on through `**timm`, so their defaults are stated once, in TimmSpectrogramNet; it decides
+    in_chans from its image."""
+
+    input_kind = "signal"  # what HMSNet feeds it: the image is made inside
+    builds_own_image = True
+
+    def __init__(self, in_chans: int, **timm):
+        super().__init__()
+        self.net = TimmSpectrogramNet(in_chans=in_chans, **timm)
+
+    @staticmethod
+    def timm_keys() -> dict:
+        """The keys `**timm` takes, with their defaults (factory.model_kwargs adds them)."""
+        params = inspect.signature(TimmSpectrogramNet.__init__).parameters
+        return {name: p.default for name, p in params.items() if name not in ("self", "in_chans")}
+
+    def signals_to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, T) -> (B, C, H, W); public for plots and Grad-CAM overlays."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.signals_to_image(x))
+
+    def gradcam_target_layer(self) -> nn.Module:
+        return self.net.gradcam_target_layer()
+
+
+MEL_LAYOUTS = ("chain_avg_stack", "chain_avg_channels", "pairs_stack", "pairs_channels")
 PANEL_ORDERS = ("chains", "left_right")
 ZOOM_PLACEMENTS = ("right", "centre")
 
@@ -229,9 +262,32 @@ def fresh_first_conv(backbone: nn.Module, in_chans: int) -> nn.Conv2d:
     return new
 
 
+def _refuse_bad_options(layout, top_db, db_reference, zoom_placement, panel_order, zoom_cut,
+                        contrast_channels, n_signals) -> None:
+    """OnTheFlyMelNet's transform options that do not fit together, named by their model keys."""
+    if layout not in MEL_LAYOUTS:
+        raise ValueError(f"model.layout {layout!r} not in {MEL_LAYOUTS}")
+    if top_db is None:  # the image needs a floor: frames padded to `width` sit on it
+        raise ValueError("OnTheFlyMelNet needs a numeric top_db")
+    if db_reference not in REFERENCES:
+        raise ValueError(f"model.db_reference {db_reference!r} not in {REFERENCES}")
+    if zoom_placement not in ZOOM_PLACEMENTS:
+        raise ValueError(f"model.zoom_placement {zoom_placement!r} not in {ZOOM_PLACEMENTS}")
+    if panel_order not in PANEL_ORDERS:
+        raise ValueError(f"model.panel_order {panel_order!r} not in {PANEL_ORDERS}")
+    if not 0 < zoom_cut < 1:
+        raise ValueError(f"model.zoom_cut must be a fraction in (0, 1), got {zoom_cut}")
+    by_pair = (contrast_channels or panel_order != "chains")
+    if by_pair and (not layout.startswith("pairs") or n_signals != len(schema.BIPOLAR_PAIRS)):
+        raise ValueError("model.contrast_channels and panel_order need a pairs layout of the "
+                         f"{len(schema.BIPOLAR_PAIRS)} bipolar pairs, got layout {layout!r}, n_signals {n_signals}")
+    if contrast_channels and layout != "pairs_stack":
+        raise ValueError("model.contrast_channels stacks 3 channels per pair: it needs layout pairs_stack")
+
+
 @register("timm_mel")
-class OnTheFlyMelNet(nn.Module):
-    """Raw bipolar signals (B, S, T) -> log-mel image on device -> TimmSpectrogramNet.
+class OnTheFlyMelNet(SignalImageNet):
+    """Raw bipolar signals (B, S, T) -> log-mel image on device -> the timm head (SignalImageNet).
 
     layout:
       chain_avg_stack    average the pairs of each chain, panels stacked vertically (1 ch;
@@ -257,13 +313,12 @@ class OnTheFlyMelNet(nn.Module):
     the other pairs, it minus the mean of the two pairs sharing an electrode with it.
     panel_order (pairs layouts): "chains" (LL, RL, LP, RP) or "left_right" (3rd place: each left
     pair then its right mirror). fresh_stem (3rd place): a new randomly initialised first conv.
+    backbone, pretrained, drop_rate, ...: the timm head's keys (TimmSpectrogramNet's).
+    sr: the signals' rate; HMSNet derives it from input.downsample.
     """
-
-    input_kind = "signal"
 
     def __init__(
         self,
-        backbone: str = "efficientnet_b0",
         n_signals: int = 16,
         layout: str = "chain_avg_stack",
         chain_size: int = 4,
@@ -294,36 +349,15 @@ class OnTheFlyMelNet(nn.Module):
         contrast_channels: bool = False,
         panel_order: str = "chains",
         fresh_stem: bool = False,
-        pretrained: bool = False,
-        checkpoint_path: str | None = None,
-        drop_rate: float = 0.2,
-        drop_path_rate: float = 0.0,
-        gem_p: float = 3.0,
-        gem_trainable: bool = True,
-        n_classes: int = N_CLASSES,
-        backbone_kwargs: dict | None = None,
+        **timm,
     ):
-        super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
-        if top_db is None:  # the image needs a floor: frames padded to `width` sit on it
-            raise ValueError("OnTheFlyMelNet needs a numeric top_db")
-        if db_reference not in REFERENCES:
-            raise ValueError(f"model.db_reference {db_reference!r} not in {REFERENCES}")
-        if zoom_placement not in ZOOM_PLACEMENTS:
-            raise ValueError(f"model.zoom_placement {zoom_placement!r} not in {ZOOM_PLACEMENTS}")
-        if panel_order not in PANEL_ORDERS:
-            raise ValueError(f"model.panel_order {panel_order!r} not in {PANEL_ORDERS}")
-        if not 0 < zoom_cut < 1:
-            raise ValueError(f"model.zoom_cut must be a fraction in (0, 1), got {zoom_cut}")
-        by_pair = (contrast_channels or panel_order != "chains")
-        if by_pair and (not layout.startswith("pairs") or n_signals != len(schema.BIPOLAR_PAIRS)):
-            raise ValueError("model.contrast_channels and panel_order need a pairs layout of the "
-                             f"{len(schema.BIPOLAR_PAIRS)} bipolar pairs, got layout {layout!r}, n_signals {n_signals}")
-        if contrast_channels and layout != "pairs_stack":
-            raise ValueError("model.contrast_channels stacks 3 channels per pair: it needs layout pairs_stack")
-        self.layout, self.width = layout, width
-        self.group_sizes = signal_groups(n_signals, chain_size)
+        _refuse_bad_options(layout, top_db, db_reference, zoom_placement, panel_order, zoom_cut,
+                            contrast_channels, n_signals)
+        group_sizes = signal_groups(n_signals, chain_size)
+        in_chans = {"chain_avg_channels": len(group_sizes), "pairs_channels": n_signals}.get(layout, 1)
+        in_chans = 3 if contrast_channels else in_chans
+        super().__init__(in_chans, **timm)
+        self.layout, self.width, self.group_sizes = layout, width, group_sizes
         self.image_size = tuple(image_size) if image_size else None
         self.db_offset, self.db_scale, self.top_db = db_offset, db_scale, top_db
         self.db_reference = db_reference
@@ -338,20 +372,11 @@ class OnTheFlyMelNet(nn.Module):
         self.zoom = TorchMelSpectrogram(
             n_fft=zoom_n_fft, win_length=zoom_win_length, hop_length=zoom_hop_length, **spectrum,
         ) if zoom_seconds else None
-        self.contrast_channels = contrast_channels
+        self.contrast_channels, self.panel_order = contrast_channels, panel_order
         if contrast_channels:
             self.register_buffer("neighbours", torch.tensor(electrode_neighbours()), persistent=False)
-        self.panel_order = panel_order
         if panel_order != "chains":
             self.register_buffer("order", torch.tensor(left_right_order()), persistent=False)
-        in_chans = {"chain_avg_channels": len(self.group_sizes), "pairs_channels": n_signals}.get(layout, 1)
-        in_chans = 3 if contrast_channels else in_chans
-        self.net = TimmSpectrogramNet(
-            backbone=backbone, in_chans=in_chans, pretrained=pretrained,
-            checkpoint_path=checkpoint_path, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-            gem_p=gem_p, gem_trainable=gem_trainable, n_classes=n_classes,
-            backbone_kwargs=backbone_kwargs,
-        )
         if fresh_stem:
             fresh_first_conv(self.net.backbone, in_chans)
 
@@ -416,9 +441,3 @@ class OnTheFlyMelNet(nn.Module):
         if self.image_size:
             img = F.interpolate(img, size=self.image_size, mode="bilinear", align_corners=False)
         return img
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.signals_to_image(x))
-
-    def gradcam_target_layer(self) -> nn.Module:
-        return self.net.gradcam_target_layer()

@@ -52,9 +52,9 @@ def unsupported_reason(cfg: DictConfig) -> str | None:
 
 
 def saved_config(exp_dir: Path, fold: int = 0) -> DictConfig:
-    from omegaconf import OmegaConf
+    from hms.config import load_run_config
 
-    return OmegaConf.load(Path(exp_dir) / f"fold{fold}" / "config.yaml")
+    return load_run_config(Path(exp_dir) / f"fold{fold}")
 
 def fold_of(exp_dir: Path, eeg_id: int) -> int:
     """The fold that held eeg_id out (its honest, out-of-fold model); fold 0 when unknown."""
@@ -130,7 +130,7 @@ def image_and_head(net) -> tuple:
     """For a 2D network: (batch -> image function, image -> logits module)."""
     if net.input_kind == "image":
         return net.builder, net.core
-    if hasattr(net.core, "signals_to_image"):  # timm_mel: the image is made inside the model
+    if getattr(net.core, "builds_own_image", False):  # timm_mel, eeg_image: the image is made inside the model
         return (lambda batch: net.core.signals_to_image(batch["signal"])), net.core.net
     return None, None
 

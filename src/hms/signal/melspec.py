@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from hms.data.schema import SAMPLING_RATE
 
 AMIN = 1e-10  # librosa.power_to_db's default floor before log10
 # Slaney's mel scale: 200/3 Hz per mel up to 1 kHz, then log-spaced with 27 mels per factor 6.4
@@ -140,23 +139,28 @@ class TorchMelSpectrogram(nn.Module):
     """(..., T) signals -> (..., n_mels, frames) log-mel power in dB (max = 0 dB, or dB re
     power 1 with reference="absolute").
 
-    hop_length, when None, is T // hop_divisor at call time (the starter's len//256),
-    so the same module serves 50 s and shorter crops. frames = 1 + T // hop.
+    The numbers (rate, STFT, mels, band, floor) have no defaults here: each kind states its own
+    once (base.yaml's `mel:` for the 2D image and the viewer, timm_mel's model keys), and sr is
+    the rate of the signals fed (200 Hz / input.downsample). hop_length, when None, is
+    T // hop_divisor at call time (the starter's len//256), so the same module serves 50 s and
+    shorter crops. frames = 1 + T // hop.
     mel_scale, norm: librosa.filters.mel's htk and norm; pad_mode: what the centred frames
-    see past the ends (librosa: constant zeros, torchaudio: reflect).
+    see past the ends (librosa: constant zeros, torchaudio: reflect). These default to librosa's,
+    the reference this module reproduces.
     """
 
     def __init__(
         self,
-        sr: float = SAMPLING_RATE,
-        n_fft: int = 1024,
-        win_length: int = 128,
+        *,
+        sr: float,
+        n_fft: int,
+        win_length: int,
+        n_mels: int,
+        fmin: float,
+        fmax: float,
+        top_db: float | None,
         hop_length: int | None = None,
-        hop_divisor: int = 256,
-        n_mels: int = 128,
-        fmin: float = 0.0,
-        fmax: float = 20.0,
-        top_db: float | None = 80.0,
+        hop_divisor: int | None = None,
         to_db: bool = True,
         mel_scale: str = "slaney",
         norm: str | None = "slaney",
@@ -164,6 +168,8 @@ class TorchMelSpectrogram(nn.Module):
         reference: str = "max",
     ):
         super().__init__()
+        if hop_length is None and hop_divisor is None:
+            raise ValueError("a mel spectrogram needs hop_length or hop_divisor (hop = T // hop_divisor)")
         if win_length > n_fft:
             raise ValueError(f"win_length ({win_length}) must be <= n_fft ({n_fft})")
         if pad_mode not in PAD_MODES:

@@ -9,12 +9,14 @@ import torch
 from hms.data import schema
 from hms.signal.melspec import TorchMelSpectrogram
 
-MEL_KEYS = ("sr", "n_fft", "win_length", "hop_divisor", "n_mels", "fmin", "fmax", "top_db")
+MEL_KEYS = ("n_fft", "win_length", "hop_divisor", "n_mels", "fmin", "fmax", "top_db")
 
 
-def mel_module(mel_cfg) -> TorchMelSpectrogram:
-    """TorchMelSpectrogram from the config's `mel` section."""
-    return TorchMelSpectrogram(**{k: mel_cfg[k] for k in MEL_KEYS})
+def mel_module(mel_cfg, sr: float = schema.SAMPLING_RATE) -> TorchMelSpectrogram:
+    """TorchMelSpectrogram from the config's `mel` section for signals sampled at sr: the raw
+    200 Hz windows the viewer, the report and the bench draw, or the model's 200 / input.downsample
+    (the section's sr is null: derived by the network, models.network.fed_rate)."""
+    return TorchMelSpectrogram(sr=sr, **{k: mel_cfg[k] for k in MEL_KEYS})
 
 
 def chain_panels(signals: torch.Tensor, module: TorchMelSpectrogram, width: int) -> torch.Tensor:
