@@ -108,6 +108,38 @@ def test_a_resumed_run_refuses_a_last_pt_saved_under_another_config(tiny_synth, 
         loop.FoldRun(wider, loop.RunSpec("fold0", 0, 0), _train(wider), _caches(wider), False).load_state()
 
 
+
+def test_a_last_pt_saved_before_the_layout_change_still_resumes(tiny_synth, tmp_path, monkeypatch):
+    """A run killed before issue 29 moved keys (input.spec_normalize -> kaggle_spec.normalize,
+    mel.sr derived) saved a fingerprint over its config in the old keys; unchanged settings
+    resume it, where a plain hash comparison would demand --force."""
+    import hms.training.loop as loop
+    from hms.training.experiment import train_experiment
+
+    cfg = tiny_config(tiny_synth, tmp_path)
+    real_save = loop.FoldRun.save_state
+
+    def save_then_die(self, state, s_idx, epoch, *args):
+        real_save(self, state, s_idx, epoch, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.FoldRun, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_experiment(cfg, folds=[0], progress=False)
+    monkeypatch.setattr(loop.FoldRun, "save_state", real_save)
+    run_dir = tmp_path / "tiny" / "fold0"
+    old = OmegaConf.load(run_dir / "config.yaml")  # as the code before the move wrote it
+    old.input.spec_normalize = old.kaggle_spec.normalize
+    old.mel.sr = 200 / int(old.input.downsample)
+    OmegaConf.save(old, run_dir / "config.yaml")
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    state["fingerprint"] = loop.fingerprint(old, upgrade=False)
+    torch.save(state, run_dir / "last.pt")
+    assert state["fingerprint"] != loop.fingerprint(cfg)
+    resumed = loop.FoldRun(cfg, loop.RunSpec("fold0", 0, 0), _train(cfg), _caches(cfg), False).load_state()
+    assert (resumed.stage, resumed.epoch) == (0, 0)
+
+
 def _caches(cfg):
     from hms.cache.prepare import prepare
 

@@ -239,7 +239,7 @@ def packaged_notebook_minutes(cfg: DictConfig, experiments: list[str]) -> tuple[
     minutes, cuts = notebook_prepare_minutes(), []
     for name in experiments:
         dirs = run_dirs(C.work_dir(cfg) / name)
-        m = trained_member_plan(name, OmegaConf.load(dirs[0] / "config.yaml"), len(dirs), refs, table)
+        m = trained_member_plan(name, C.load_run_config(dirs[0]), len(dirs), refs, table)
         mine = kaggle_t4_minutes(m)
         minutes += mine
         cuts += notebook_cuts(m, mine, dirs)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from hms.data import schema
 from hms.signal.montage import montage_names
 
-NETWORK_SECTIONS = ("model", "image", "mel", "signal", "input", "context")  # what build_network reads
+NETWORK_SECTIONS = ("model", "image", "mel", "signal", "input", "context")  # what shapes the network and its FLOPs (kaggle_spec only normalises)
 # network sections (YAML) -> (GFLOPs, the timm backbone's input height and width or None), within one process
 _counted: dict[str, tuple[float, tuple[int, int] | None]] = {}
 

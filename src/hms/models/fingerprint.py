@@ -54,16 +54,30 @@ def _ignored(key: str) -> bool:
     return key.split(".", 1)[0] in IGNORED_SECTIONS or any(key == k or key.startswith(f"{k}.") for k in IGNORED_KEYS)
 
 
-def settings(cfg: DictConfig | dict) -> dict:
-    """{dotted key: value} of the settings that can change what a run learns, in today's keys."""
-    cfg = C.upgrade_run_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
+def settings(cfg: DictConfig | dict, upgrade: bool = True) -> dict:
+    """{dotted key: value} of the settings that can change what a run learns, in today's keys
+    (upgrade=False: in the keys the config was written with)."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    cfg = C.upgrade_run_config(cfg) if upgrade else cfg
     return {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items() if not _ignored(k)}
 
 
-def fingerprint(cfg: DictConfig) -> str:
+def fingerprint(cfg: DictConfig, upgrade: bool = True) -> str:
     """A short hash of `settings(cfg)`: kept in last.pt and metrics.json."""
-    text = json.dumps(settings(cfg), sort_keys=True, default=str)
+    text = json.dumps(settings(cfg, upgrade), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resumable(saved_hash: str, cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether a last.pt whose fingerprint is saved_hash may resume under cfg: the same hash, or a
+    last.pt written before a layout change moved keys (its hash is over the run's config.yaml in
+    the keys it was written with) whose config, upgraded to today's keys, matches cfg."""
+    if saved_hash == fingerprint(cfg):
+        return True
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file() or saved_hash != fingerprint(OmegaConf.load(path), upgrade=False):
+        return False
+    return not changed_runs(cfg, [run_dir])
 
 
 def _base_defaults() -> dict:

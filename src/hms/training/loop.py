@@ -30,7 +30,7 @@ from hms.metric import kl_score
 from hms.models.factory import fitted_once
 from hms.inputs.dataset import make_dataset
 from hms.inputs.loaders import make_loader
-from hms.models.fingerprint import ConfigChanged, check_unchanged, fingerprint
+from hms.models.fingerprint import ConfigChanged, check_unchanged, fingerprint, resumable
 from hms.training.dist import barrier, broadcast_from_main, cuda_indexed, init_distributed, launched_world_size
 from hms.models.network import build_network
 from hms.inference.batch import predict_probs, predict_test
@@ -258,7 +258,7 @@ class FoldRun(Run):
             return RunState()
         state = RunState.from_dict(load_checkpoint(last))
         saved = state.snapshot.get("fingerprint", self.fingerprint)
-        if saved != self.fingerprint:
+        if not resumable(saved, self.cfg, self.dir):
             raise ConfigChanged(f"{last} was saved under another config than {self.tag}'s (fingerprint "
                                 f"{saved}, now {self.fingerprint}): retrain the run with --force")
         print(f"[{self.tag}] resuming at stage {state.stage} epoch {state.epoch + 1}")
