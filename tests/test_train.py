@@ -224,3 +224,30 @@ def test_signal_models_take_as_many_signals_as_the_montage_makes(extras, n_signa
     with torch.no_grad():
         out = net({"signal": torch.randn(2, n_signals, schema.EEG_WINDOW_SAMPLES)})
     assert out.shape == (2, 6) and torch.isfinite(out).all()
+
+
+def test_runs_left_out_of_the_test_mean_write_no_test_predictions_until_asked(tiny_synth, tmp_path):
+    """train.test_runs: full: the CV runs' test predictions would be read by no one, so they are not
+    made (issue 31: the demo's 15 CV runs each predicted the test for nothing). Switching the setting
+    afterwards (it does not change what a run learns) predicts them from best.pt, the same numbers
+    a run writes when it trains."""
+    from hms.training.experiment import collect_experiment, exp_dir, train_experiment
+
+    cfg = tiny_config(tiny_synth, tmp_path, "train.full_fits=1", "train.test_runs=full")
+    assert train_experiment(cfg, progress=False)["complete"]
+    root = exp_dir(cfg)
+    assert not (root / "fold0" / "test_pred.csv").exists() and not (root / "fold1" / "test_pred.csv").exists()
+    written = pd.read_csv(root / "full0" / "test_pred.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(root / "test_pred.csv"), written)
+
+    (root / "full0" / "test_pred.csv").unlink()  # predicted again from best.pt: the same numbers
+    collect_experiment(cfg)
+    pd.testing.assert_frame_equal(pd.read_csv(root / "full0" / "test_pred.csv"), written, atol=1e-9, rtol=0)
+
+    every = tiny_config(tiny_synth, tmp_path, "train.full_fits=1", "train.test_runs=all")
+    summary = collect_experiment(every)
+    assert summary["runs"] == ["fold0", "fold1", "full0"]
+    frames = [pd.read_csv(root / r / "test_pred.csv") for r in summary["runs"]]
+    votes = list(schema.VOTE_COLUMNS)
+    np.testing.assert_allclose(pd.read_csv(root / "test_pred.csv")[votes].to_numpy(),
+                               np.mean([f[votes].to_numpy() for f in frames], axis=0), atol=1e-9)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hms import config as C
 
 from hms.models.factory import fitted_once
 from hms.inference.trees import tree_test_predictions
@@ -53,6 +55,21 @@ def predict_experiment(exp_dir: Path, data_dir: Path, work_dir: Path, device: st
     cfg, nets = load_folds(Path(exp_dir), overrides, device)
     summary = Path(exp_dir) / "summary.json"
     prior = json.loads(summary.read_text()).get("prior") if summary.is_file() else None
-    if fitted_once(cfg):  # the test features once for all its runs, from the feature caches
+    return networks_test_predictions(cfg, nets, device, prior, progress)
+
+
+def networks_test_predictions(cfg: DictConfig, nets: list, device: str, prior=None,
+                              progress: bool = False) -> pd.DataFrame:
+    """The mean test predictions of networks sharing cfg (a fitted-once member's from its test
+    feature caches, once for all of them)."""
+    if fitted_once(cfg):
         return tree_test_predictions(cfg, nets, device, prior=prior, progress=progress)
-    return predict_test(cfg, nets, device, prior=prior, amp=device.startswith("cuda"), progress=progress)
+    return predict_test(cfg, nets, device, prior=prior, amp=str(device).startswith("cuda"), progress=progress)
+
+
+def run_test_predictions(run_dir: Path, cfg: DictConfig, prior=None) -> pd.DataFrame:
+    """One trained run's test predictions from its best.pt, under cfg's paths and device."""
+    device = C.resolve_device(cfg)
+    overrides = {"paths": OmegaConf.to_container(cfg.paths, resolve=True), "device": device}
+    run_cfg, net = load_fold_network(run_dir, overrides, device)
+    return networks_test_predictions(run_cfg, [net], device, prior)

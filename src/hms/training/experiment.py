@@ -5,6 +5,7 @@ fold, a fold's seeds averaged), test_pred.csv (mean over the predicting runs, in
 order) and summary.json in $HMS_WORK_DIR/<exp>/. How one run trains: hms.training.loop."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def collect_experiment(cfg: DictConfig) -> dict:
                      for k in range(cfg.folds.n_folds)], ignore_index=True)
     atomic_to_csv(oof, root / "oof.csv")
     predicting = predicting_runs(cfg, runs)
-    atomic_to_csv(seed_mean([pd.read_csv(root / r.name / "test_pred.csv") for r in predicting]), root / "test_pred.csv")
+    atomic_to_csv(seed_mean([test_predictions_of(cfg, root / r.name) for r in predicting]), root / "test_pred.csv")
     summary = {"name": cfg.name, "complete": True, "runs": [r.name for r in predicting],
                **oof_scores(oof, cfg.labels.min_votes_high),
                "prior": labels.prior(load_train(cfg), cfg.labels.min_votes_high).tolist()}
@@ -141,6 +142,20 @@ def collect_experiment(cfg: DictConfig) -> dict:
     print(f"[{cfg.name}] OOF KL {summary['oof_kl']:.4f}  high-vote OOF KL {summary['oof_kl_high']:.4f}"
           f"  ({len(cv)} CV runs; test mean of {len(predicting)} runs)")
     return summary
+
+
+def test_predictions_of(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
+    """A finished run's test_pred.csv. A run trained while train.test_runs left it out of the test
+    mean wrote none (the setting does not change what a run learns, so its runs are reused when
+    it changes): predicted now from its best.pt, with its training rows' prior, and saved."""
+    path = run_dir / "test_pred.csv"
+    if not path.is_file():
+        from hms.inference.predict import run_test_predictions
+
+        print(f"[{cfg.name}] {run_dir.name}: test predictions from best.pt (train.test_runs now takes it in)")
+        prior = json.loads((run_dir / "metrics.json").read_text()).get("prior")
+        atomic_to_csv(run_test_predictions(run_dir, cfg, prior), path)
+    return pd.read_csv(path)
 
 
 def seed_mean(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -38,7 +38,7 @@ from hms.inference.trees import ItemFeatures, tree_test_predictions
 from hms.training.pseudo import pseudo_labelled
 from hms.training.stage import Stage, stages_of
 from hms.training.state import RunState
-from hms.models.runs import RunSpec
+from hms.models.runs import RunSpec, cv_runs, full_runs, predicting_runs
 from hms.training.step import TrainStep, device_setup
 from hms.training.tracking import EpochLogger
 from hms.models.workdir import exp_dir, load_checkpoint
@@ -190,9 +190,19 @@ class Run:
         if self.val_set is not None:
             atomic_to_csv(self.val_frame(probs), self.dir / "val_pred.csv")
             metrics.update(n_val=len(self.val_set.items), n_val_high=int(self.val_high.sum()))
-        atomic_to_csv(self.test_predictions(), self.dir / "test_pred.csv")
+        metrics["prior"] = self.prior().tolist()  # what a test row without data gets, if it predicts later
+        if self.predicts_test:
+            atomic_to_csv(self.test_predictions(), self.dir / "test_pred.csv")
         atomic_write_json(self.dir / "metrics.json", metrics)
         return metrics
+
+    @property
+    def predicts_test(self) -> bool:
+        """Whether this run's test predictions join the experiment's test mean (train.test_runs).
+        A CV run of an experiment whose full fits alone predict the test writes none: nobody
+        reads it (experiment.test_predictions_of predicts it from best.pt if the setting changes)."""
+        every = cv_runs(self.cfg) + full_runs(self.cfg, [])
+        return self.run_spec.name in {r.name for r in predicting_runs(self.cfg, every)}
 
     def prior(self) -> np.ndarray:
         """The class prior of the training rows: what a test item without data is given."""
