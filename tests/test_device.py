@@ -39,13 +39,13 @@ def step_grads(cfg, batch: dict, micro: int | None, train_net_wrap=None, device=
     running statistics, dropout is off: what differs between micro-batches and one batch is only
     the accumulation)."""
     from hms.training.loop import make_optimizer
+    from hms.training.stage import first_stage
     from hms.models.network import build_network
     from hms.training.step import TrainStep
 
     torch.manual_seed(0)
     net = build_network(cfg).eval()
-    stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": 1})
-    opt, sched = make_optimizer(net, stage, cfg)
+    opt, sched = make_optimizer(net, first_stage(cfg), cfg, steps_per_epoch=1)
     train_net = train_net_wrap(net) if train_net_wrap else net
     TrainStep(net, opt, sched, cfg, device, "fp32", micro, train_net=train_net)(dict(batch), augment=False)
     return [p.grad.detach().cpu().clone() for p in net.parameters()]

@@ -72,10 +72,9 @@ def check_amp_steps(path: str, data_dir: Path, work_dir: Path, device: torch.dev
     of 4 of the batch of 8 with accumulation, channels-last where the member's family allows, the
     GradScaler with fp16) keep every loss and gradient finite: an fp16 overflow in a mel, a GRU or
     a gated WaveNet shows up here."""
-    from omegaconf import OmegaConf
-
     from hms.models.device import apply_channels_last, autocast
     from hms.training.loop import make_optimizer
+    from hms.training.stage import first_stage
     from hms.models.network import build_network
     from hms.inference.batch import to_device
     from hms.training.step import TrainStep
@@ -97,8 +96,7 @@ def check_amp_steps(path: str, data_dir: Path, work_dir: Path, device: torch.dev
     assert torch.isfinite(low).all(), path
     assert (low - fp32).abs().max().item() < tolerance, path
     net.train()
-    stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": 3})
-    opt, sched = make_optimizer(net, stage, cfg)
+    opt, sched = make_optimizer(net, first_stage(cfg), cfg, steps_per_epoch=3)
     step = TrainStep(net, opt, sched, cfg, device, precision if device.type == "cuda" else "fp32", micro_batch)
     losses = [step(dict(batch)).item() for _ in range(3)]
     assert np.isfinite(losses).all(), f"{path}: {losses}"

@@ -119,12 +119,11 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     at the evaluation batch (inference). The step is FoldRun's: the same TrainStep, device setup
     (precision, channels-last, micro-batch, cuDNN), EMA and train mode. On CUDA: the peak memory
     (torch.cuda.max_memory_allocated), which `train.micro_batch: auto` and `hms plan` then use."""
-    from omegaconf import OmegaConf
-
     from hms.config import resolve_device
     from hms.inputs.loaders import eval_batch_size, make_loader
     from hms.training.loop import make_ema, make_optimizer
     from hms.training.memory import memory_model
+    from hms.training.stage import first_stage
     from hms.training.step import TrainStep, device_setup
 
     if batch:
@@ -133,8 +132,7 @@ def bench_train(cfg, batch: int | None = None, steps: int = 10, repeats: int = 5
     ds, net = _train_setup(cfg)
     net = net.to(device)
     setup = device_setup(cfg, net, device, str(cfg.get("name") or ""), say=lambda line: print(line, file=sys.stderr))
-    stage = OmegaConf.merge(cfg.train.stages[0], {"steps_per_epoch": steps * 3})
-    opt, sched = make_optimizer(net, stage, cfg)
+    opt, sched = make_optimizer(net, first_stage(cfg), cfg, steps_per_epoch=steps * 3)
     ema = make_ema(net, cfg.train.ema) if cfg.train.ema else None
     train_net = torch.compile(net) if cfg.train.compile else net  # as FoldRun (one process: no DDP wrapper)
     step = TrainStep(net, opt, sched, cfg, device, setup.precision, setup.micro_batch, train_net=train_net, ema=ema)

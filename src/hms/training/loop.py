@@ -70,13 +70,11 @@ def scaled_lr(lr: float, world: int, rule: str) -> float:
     return float(lr) * LR_SCALING[rule](world)
 
 
-def make_optimizer(net, stage, cfg, world: int = 1, steps_per_epoch: int | None = None):
-    """AdamW and its schedule over the stage's configured epochs (a Stage, or a train.stages entry
-    carrying steps_per_epoch, as the bench passes)."""
+def make_optimizer(net, stage: Stage, cfg, steps_per_epoch: int, world: int = 1):
+    """AdamW and its schedule over the stage's configured epochs of steps_per_epoch steps."""
     lr = scaled_lr(stage.lr, world, cfg.train.get("ddp_lr_scale", "none"))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.train.weight_decay)
-    steps = stage.steps_per_epoch if steps_per_epoch is None else steps_per_epoch
-    total = max(1, int(stage.epochs) * steps)
+    total = max(1, int(stage.epochs) * steps_per_epoch)
     warmup = int(cfg.train.warmup_fraction * total)
 
     def factor(step: int) -> float:  # linear warmup, then cosine to 1% of the peak
@@ -276,7 +274,7 @@ class FoldRun(Run):
 
     def run_stage(self, s_idx: int, stage: Stage, state: RunState) -> None:
         loader = self.stage_loader(stage)
-        opt, sched = make_optimizer(self.net, stage, self.cfg, self.world, steps_per_epoch=len(loader))
+        opt, sched = make_optimizer(self.net, stage, self.cfg, len(loader), self.world)
         start = self.stage_start(s_idx, state, opt, sched)
         ema = make_ema(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         if ema and start > 0 and "ema" in state.snapshot:
