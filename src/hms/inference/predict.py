@@ -10,7 +10,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hms import config as C
-
 from hms.models.factory import fitted_once
 from hms.inference.trees import tree_test_predictions
 from hms.models.fingerprint import check_same_runs

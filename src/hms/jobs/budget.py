@@ -16,7 +16,7 @@ from hms import config as C
 from hms.jobs.plan import (MemberPlan, Plan, PlanTooLong, RunPlan, hours_text, kaggle_t4_minutes, makespan,
                            member_t4_minutes, notebook_prepare_minutes, plan_lines, trained_member_plan)
 from hms.jobs.throughput import references, throughput_table
-from hms.models.runs import cv_runs, full_runs, n_full_fits, n_seeds as configured_seeds, predicting_runs, run_dirs
+from hms.models.runs import all_runs, n_full_fits, n_seeds as configured_seeds, predicting_runs, run_dirs
 
 UNIFORM_KL = 1.09  # the uniform prediction's public KL (top-recipes.md): a member's value is its gain over it
 NOTEBOOK_MINUTES = 300.0  # the default limit on the Kaggle notebook's estimate (Kaggle stops it at 9 h)
@@ -143,7 +143,7 @@ def selected_t4_minutes(m: MemberPlan, cfg: DictConfig, s: Selection) -> float:
     if m.name not in s.overrides:
         return 0.0
     sel = OmegaConf.merge(cfg, OmegaConf.from_dotlist(s.overrides[m.name]))
-    predicting = len(predicting_runs(sel, cv_runs(sel) + full_runs(sel, [])))
+    predicting = len(predicting_runs(sel, all_runs(sel)))
     tta = 2 if sel.infer.tta_lr_swap and m.kind != "fitted once" else 1
     return member_t4_minutes(m, predicting, tta)
 

@@ -34,7 +34,7 @@ from hms.jobs.throughput import THROUGHPUT_FILE, Reference, device_name, referen
 from hms.models.factory import fitted_once, model_input
 from hms.training.stage import stages_of
 from hms.training.memory import card_table, plan_memory_lines
-from hms.models.runs import RunSpec, cv_runs, full_runs, predicting_runs
+from hms.models.runs import RunSpec, all_runs, cv_runs, full_runs, predicting_runs
 
 # The EEG cache: one per dataset, shared by every member (hms.cache.store.EEG_CACHE_SIGNALS)
 EEG_CACHE_COLUMNS = len(EEG_CACHE_SIGNALS)  # 19
@@ -248,7 +248,7 @@ def member_plan(cfg: DictConfig, tables: Tables, counts: dict, refs_here, refs_g
     fitted = fitted_once(cfg)
     runs = run_plans(cfg, tables, counts)
     tta = 2 if cfg.infer.tta_lr_swap else 1
-    all_specs = cv_runs(cfg) + full_runs(cfg, [])
+    all_specs = all_runs(cfg)
     m = MemberPlan(str(cfg.name), "fitted once" if fitted else model_input(cfg.model), runs, tta,
                    len(predicting_runs(cfg, all_specs)))
     if fitted:

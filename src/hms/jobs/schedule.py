@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 
 from hms import config as C
 from hms.inputs.loaders import CORES_ENV
-from hms.training.experiment import all_runs, set_aside
-from hms.models.runs import cv_runs, n_full_fits, pseudo_teachers
+from hms.training.experiment import set_aside
+from hms.models.runs import all_runs, cv_runs, n_full_fits, pseudo_teachers
 from hms.models.workdir import TRAIN_LOG, exp_dir, is_complete
 
 CPU_SLOT = "cpu"  # a device slot that trains on the CPU (tests; a machine with no GPU)

@@ -22,7 +22,7 @@ from hms.models.fingerprint import check_unchanged
 from hms.training.dist import barrier, init_distributed, is_main_process, launched_world_size
 from hms.inference.trees import tree_feature_caches
 from hms.training.loop import FoldRun, TreeRun, check_launch
-from hms.models.runs import RunSpec, cv_runs, full_fit_epochs, full_runs, n_full_fits, predicting_runs
+from hms.models.runs import RunSpec, all_runs, cv_runs, full_fit_epochs, full_runs, n_full_fits, predicting_runs
 from hms.models.workdir import exp_dir, is_complete
 from hms.utils import atomic_to_csv, atomic_write_json, seed_everything
 
@@ -111,11 +111,6 @@ def check_runs_unchanged(cfg: DictConfig) -> None:
     """Every started run of the experiment was trained under cfg's settings (else ConfigChanged,
     before anything is built or trained; --force sets them aside instead)."""
     check_unchanged(cfg, [exp_dir(cfg) / r.name for r in all_runs(cfg)])
-
-
-def all_runs(cfg: DictConfig) -> list[RunSpec]:
-    """Every run the experiment trains (full fits without their epochs: names and seeds only)."""
-    return cv_runs(cfg) + full_runs(cfg, [])
 
 
 def cv_logs(cfg) -> list[pd.DataFrame]:

@@ -38,7 +38,7 @@ from hms.inference.trees import ItemFeatures, tree_test_predictions
 from hms.training.pseudo import pseudo_labelled
 from hms.training.stage import Stage, stages_of
 from hms.training.state import RunState
-from hms.models.runs import RunSpec, cv_runs, full_runs, predicting_runs
+from hms.models.runs import RunSpec, all_runs, predicting_runs
 from hms.training.step import TrainStep, device_setup
 from hms.training.tracking import EpochLogger
 from hms.models.workdir import exp_dir, load_checkpoint
@@ -199,8 +199,7 @@ class Run:
         """Whether this run's test predictions join the experiment's test mean (train.test_runs).
         A CV run of an experiment whose full fits alone predict the test writes none: nobody
         reads it (experiment.test_predictions_of predicts it from best.pt if the setting changes)."""
-        every = cv_runs(self.cfg) + full_runs(self.cfg, [])
-        return self.run_spec.name in {r.name for r in predicting_runs(self.cfg, every)}
+        return self.run_spec.name in {r.name for r in predicting_runs(self.cfg, all_runs(self.cfg))}
 
     def prior(self) -> np.ndarray:
         """The class prior of the training rows: what a test item without data is given."""
