@@ -189,3 +189,17 @@ def test_a_train_window_and_the_same_50_s_as_a_test_file_give_the_same_model_inp
         b = net.model_signal(from_test[0]["signal"][None])
     assert a.shape == b.shape == (1, 16, 10_000)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_mirror_order_swaps_left_and_right_electrodes_by_name():
+    """data.schema's left/right mirror order (used by the datasets, TTA and qEEG features), held to
+    the double-banana montage's literal pairs rather than to the chains the schema builds it from."""
+    from hms.data import schema
+
+    mirror = {"Fp1-F7": "Fp2-F8", "F7-T3": "F8-T4", "T3-T5": "T4-T6", "T5-O1": "T6-O2",
+              "Fp1-F3": "Fp2-F4", "F3-C3": "F4-C4", "C3-P3": "C4-P4", "P3-O1": "P4-O2"}
+    mirror.update({right: left for left, right in mirror.items()})
+    names = list(schema.BIPOLAR_NAMES)
+    assert [names[i] for i in schema.MIRROR_SIGNALS] == [mirror[n] for n in names]
+    assert [schema.CHAIN_NAMES[i] for i in schema.MIRROR_PANELS] == ["RL", "LL", "RP", "LP"]
+    assert schema.mirror_order(18)[16:] == [16, 17]  # extras (midline) stay in place
