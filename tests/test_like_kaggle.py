@@ -167,3 +167,24 @@ def test_a_member_gets_the_h200_rate_of_the_config_it_inherits(tmp_path):
     (tmp_path / "new.yaml").write_text("name: never_measured\n")
     assert h200_rate(str(tmp_path / "member.yaml")) == h200_rates()["conv1d_full"] == 1703  # README "On a GPU"
     assert h200_rate(str(tmp_path / "new.yaml")) is None
+
+
+@pytest.mark.slow
+def test_scale_bench_builds_the_tree_feature_caches_once_per_split(files, tmp_path, monkeypatch):
+    """The `features` stage times what a tree experiment builds once for all its runs: the train
+    windows' features (plain and mirrored) and the test's, each cache built anew when timed."""
+    from hms.jobs.bench_scale import bench_scale
+
+    monkeypatch.setenv("HMS_DATA_DIR", str(files))
+    trees, work, notes = "configs/demo/qeeg_trees.yaml", tmp_path / "work", []
+    lines = bench_scale(files, work, [trees], workers=1, only=["features"], emit=notes.append)
+    line = lines[-1]
+    assert line["stage"] == "features" and line["config"] == "qeeg_trees" and "error" not in line
+    train = pd.read_csv(files / "train.csv")
+    # one window per distinct EEG vote pattern (its middle sub-window), never more than the EEGs' rows
+    assert 0 < line["train_windows"] <= len(train) and line["test_windows"] == len(pd.read_csv(files / "test.csv"))
+    built = sorted(d.name.split("-")[1] for d in (work / "cache").glob("features-*"))
+    assert built == ["test", "test", "train", "train"]  # plain and mirrored, per split
+    assert line["train_cpu_s"] > 0 and line["full_size_s"] > line["wall_s"]
+    bench_scale(files, work, [trees], workers=1, only=["features"], emit=notes.append)
+    assert sum("removing" in n and "features-" in n for n in notes) == 4  # timed again from nothing

@@ -435,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--data", default=None, help="scale: the dataset (`hms synth --like-kaggle`)")
     p.add_argument("--work", default=None, help="scale: its work dir (default: DATA-work beside it)")
-    p.add_argument("--workers", type=int, default=None, help="scale: prepare's processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="scale: the cache and feature builds' processes (default: all cores)")
     p.add_argument("--stages", nargs="+", default=None, help="scale: only these stages (validate folds prepare "
-                   "loader trees notebook)")
+                   "loader trees features notebook)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5, help="train: timed repeats of --steps steps (median)")

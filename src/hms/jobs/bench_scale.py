@@ -173,14 +173,16 @@ def bench_scale(data_dir: Path, work_dir: Path, configs: list[str], workers: int
     stages = [("validate", configs[0], "rows"), ("folds", configs[0], "rows")]
     stages += [("prepare", c, "rows") for c in configs]
     stages += [("loader", c, None) for c in configs]
-    stages += [("trees", c, "rows") for c in configs if _kind(c) == "qeeg_trees"]
+    trees = [c for c in configs if _kind(c) == "qeeg_trees"]
+    stages += [("trees", c, "rows") for c in trees]
+    stages += [("features", c, "rows") for c in trees[:1]]  # one build serves every tree config
     stages += [("notebook", c, "test") for c in configs]
     cleared = set()
     for stage, config, scaled_by in [s for s in stages if not only or s[0] in only]:
-        split = {"prepare": "train", "notebook": "test"}.get(stage)
-        if split and split not in cleared:  # time the builds, not the reuse of an earlier run's caches
-            clear_caches(work_dir, split, emit)
-            cleared.add(split)
+        kind = {"prepare": "*-train", "notebook": "*-test", "features": "features-*"}.get(stage)
+        if kind and kind not in cleared:  # time the builds, not the reuse of an earlier run's caches
+            clear_caches(work_dir, kind, emit)
+            cleared.add(kind)
         line = timed_stage(stage, config, workers, env, work_dir)
         if scaled_by and "full_size_s" not in line and scale[scaled_by] > 1.001:
             line["full_size_s"] = round(line["wall_s"] * scale[scaled_by], 1)
@@ -189,11 +191,12 @@ def bench_scale(data_dir: Path, work_dir: Path, configs: list[str], workers: int
     return lines
 
 
-def clear_caches(work_dir: Path, split: str, emit=print) -> None:
-    """Remove the bench work dir's caches of one split (said in a line)."""
+def clear_caches(work_dir: Path, kind: str, emit=print) -> None:
+    """Remove the bench work dir's caches whose names match `kind` (`*-train`: one split's;
+    `features-*`: the tree feature caches), said in a line."""
     import shutil
 
-    for d in sorted((Path(work_dir) / "cache").glob(f"*-{split}-*")):
+    for d in sorted((Path(work_dir) / "cache").glob(f"{kind}-*")):
         emit(json.dumps({"note": f"removing {d} so that the build is timed"}))
         shutil.rmtree(d)
 
@@ -326,6 +329,35 @@ def stage_trees(config: str) -> dict:
             "cpu_threads": torch.get_num_threads()}
 
 
+def stage_features(config: str, workers: int | None = None) -> dict:
+    """The tree member's feature caches, built once per dataset over the cache workers (plain
+    and mirrored for the TTA): every training window (what prepare_experiment builds before
+    the runs), then every test window (what the notebook builds once for all runs)."""
+    from hms.cache.prepare import prepare
+    from hms.data.tables import load_train
+    from hms.inference.batch import test_inputs
+    from hms.inference.trees import ItemFeatures
+
+    cfg = _cfg(config)
+    caches = prepare(cfg, ("train",), workers=workers, progress=False)["train"]
+    test, eeg, spec, ok = test_inputs(cfg)
+    out = {"label": {"config": cfg.name}}
+    for split, table, roots in (("train", load_train(cfg), (caches["eeg"], caches["spec"])),
+                                ("test", test[ok], (eeg.root, spec.root))):
+        t0, c0 = time.perf_counter(), _cpu_with_children()
+        features = ItemFeatures(cfg, split, table, *roots, progress=False, workers=workers)
+        out[f"{split}_windows"] = len(features.caches[False].windows)
+        out[f"{split}_s"] = round(time.perf_counter() - t0, 1)
+        out[f"{split}_cpu_s"] = round(_cpu_with_children() - c0, 1)
+    return out
+
+
+def _cpu_with_children() -> float:
+    """User + system seconds of this process and its finished children (the cache workers)."""
+    own = os.times()
+    return own.user + own.system + own.children_user + own.children_system
+
+
 def stage_notebook(config: str) -> dict:
     """The test caches the Kaggle notebook builds for one member before predicting
     (predict_test's inputs, all cores); a later member reuses what an earlier one built."""
@@ -337,12 +369,12 @@ def stage_notebook(config: str) -> dict:
 
 
 STAGES = {"validate": stage_validate, "folds": stage_folds, "prepare": stage_prepare, "loader": stage_loader,
-          "trees": stage_trees, "notebook": stage_notebook}
+          "trees": stage_trees, "features": stage_features, "notebook": stage_notebook}
 
 
 def stage_in_child(stage: str, config: str, workers: str = "") -> None:
     """The stage's own process (STAGE_CHILD): run it and print its result with this process's
     high-water mark as the last JSON line, which timed_stage reads."""
-    kwargs = {"workers": int(workers)} if stage == "prepare" and workers else {}
+    kwargs = {"workers": int(workers)} if stage in ("prepare", "features") and workers else {}
     result = STAGES[stage](config, **kwargs)
     print(json.dumps({**result, "main_hwm_bytes": own_high_water()}, default=str), flush=True)
