@@ -16,6 +16,9 @@ def _no_user_hms_settings(monkeypatch):
     HMS_WORK_DIR once sent a test's fold into the calling script's work dir."""
     for name in [n for n in os.environ if n.startswith("HMS_")]:
         monkeypatch.delenv(name)
+    # `hms run` without a GPU trains one run per core at once; tests that count what happens in
+    # the calling process ask for the single-process job (tests/test_schedule.py runs the slots)
+    monkeypatch.setenv("HMS_CPU_JOBS", "1")
 
 
 def eeg_frame(seconds: float = 50, seed: int = 0) -> pd.DataFrame:

@@ -65,6 +65,30 @@ def test_visible_gpus_are_cuda_visible_devices_entries_as_given(monkeypatch):
     assert device_slots(devices=["cpu", "cpu"]) == ["cpu", "cpu"]
 
 
+def test_without_a_gpu_the_main_job_trains_one_run_per_core_on_one_thread_each(monkeypatch):
+    """No GPU (or HMS_DEVICE=cpu beside one): a slot per core up to 4, each run's threads its
+    share of the cores; HMS_CPU_JOBS sets the count and 1 keeps the runs in hms run's process."""
+    from hms.config import ConfigError
+    from hms.jobs.schedule import MAX_CPU_JOBS, cpu_slots, device_slots, slot_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("HMS_CPU_JOBS")
+    for cores, slots in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert device_slots() == ["cpu"] * slots
+        assert slot_env("cpu", slots)["OMP_NUM_THREADS"] == str(cores // slots)  # 16 cores: 4 runs x 4 threads
+    assert MAX_CPU_JOBS == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("HMS_DEVICE", "cpu")
+    assert device_slots() == ["cpu"] * 4  # the GPUs are not used: HMS_DEVICE says so
+    monkeypatch.setenv("HMS_CPU_JOBS", "1")
+    assert cpu_slots() == ["cpu"]
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("HMS_CPU_JOBS", bad)
+        with pytest.raises(ConfigError, match=f"HMS_CPU_JOBS='{bad}': a number of runs at once"):
+            cpu_slots()
+
+
 def test_a_students_jobs_wait_for_the_teacher_jobs_they_read(tmp_path):
     from hms.config import load_config
     from hms.jobs.experiments import teachers_first

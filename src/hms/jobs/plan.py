@@ -442,6 +442,16 @@ def hours_text(hours: float) -> str:
     return f"{hours:.2f} h" if hours < 10 else f"{hours:.1f} h"
 
 
+def processes_note(plan: Plan) -> str:
+    """How the total's runs share this machine: GPUs in parallel; without a GPU the runs at once
+    (schedule.cpu_slots), which the CPU rates, timed one run at a time, do not credit."""
+    if plan.gpus <= 1:
+        return ", one process"
+    if plan.here_is_gpu:
+        return f", {plan.gpus} GPUs"
+    return f", {plan.gpus} runs at once, estimated as one after another"
+
+
 def member_lines(m: MemberPlan, gpu_device: str) -> list[str]:
     """A member's speed here (and on the plan's GPU) and where it comes from, then one line per run."""
     lines = [f"[hms plan] {m.name} ({m.kind}"
@@ -469,7 +479,7 @@ def plan_lines(plan: Plan) -> list[str]:
                  + ", ".join(f"{m.name} {sum(r.seconds for r in m.runs) / 3600:.2f} / {plan.gpu_hours_of(m):.2f}"
                              for m in plan.members))
     lines.append(f"[hms plan] total: {plan.runs} runs, {hours_text(plan.hours_here)} on this device ({plan.device}"
-                 + (f", {plan.gpus} GPUs" if plan.here_is_gpu and plan.gpus > 1 else ", one process") + "); "
+                 + processes_note(plan) + "); "
                  f"{plan.gpu_device}: 1 GPU {hours_text(plan.gpu_hours(1))}, "
                  + ", ".join(f"{n} GPUs {hours_text(plan.gpu_hours(n))}" for n in GPU_COUNTS)
                  + " (CV runs in parallel, one process per GPU, then the full fits)")

@@ -37,9 +37,9 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
             devices: list[str] | None = None, stop_when_long: bool = False, hours: float | None = None,
             notebook_minutes: float = NOTEBOOK_MINUTES) -> dict:
     """The main job: its plan first, then caches and folds once, then every run. With two or more
-    device slots (the visible GPUs, `gpus` of them, or the `devices` given) the runs are
-    scheduled over them, one process each (hms.jobs.schedule); else they train here, one
-    after another. hours: train only the part of the plan that fits (budget.select: whole members
+    device slots (the visible GPUs, `gpus` of them, the `devices` given, or without a GPU one
+    per core: schedule.cpu_slots) the runs are scheduled over them, one process each
+    (hms.jobs.schedule); else they train here, one after another. hours: train only the part of the plan that fits (budget.select: whole members
     by value per hour; NothingFits when none does); None: all of it. notebook_minutes: the Kaggle
     notebook's limit, which picks test_runs / TTA choices. stop_when_long: raise PlanTooLong before
     any cache or training when the plan's estimate on this device is over main_job.STOP_HOURS."""
