@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-REFERENCE_STEPS = 20  # a few seconds on two cores: short beside a job, long beside timer noise
+REFERENCE_STEPS = 20  # about a second: short beside a job, long beside timer noise
+REFERENCE_REPEATS = 5  # the median of these: one timing of 20 steps on 2 threads ran 0.89-1.55 s on one machine
 WARMUP_STEPS = 3
 
 
@@ -24,9 +26,11 @@ def reference_net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 6))
 
 
-def cpu_reference(steps: int = REFERENCE_STEPS) -> dict:
+def cpu_reference(steps: int = REFERENCE_STEPS, repeats: int = REFERENCE_REPEATS) -> dict:
     """Wall and CPU seconds of `steps` AdamW training steps of reference_net on a fixed
-    (32, 1, 64, 64) batch, on the CPU, with this process's torch threads."""
+    (32, 1, 64, 64) batch, on one CPU thread (what each of the CPU demo's runs has:
+    hms.jobs.schedule.cpu_slots; a second thread's share varies from run to run), the median
+    of `repeats` timings."""
     net = reference_net()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(32, 1, 64, 64, generator=generator)
@@ -40,16 +44,25 @@ def cpu_reference(steps: int = REFERENCE_STEPS) -> dict:
         opt.step()
         return float(loss.detach())
 
-    for _ in range(WARMUP_STEPS):
-        step()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        loss = step()
-    return {"bench": "reference", "steps": steps, "threads": torch.get_num_threads(),
-            "reference_s": round(time.perf_counter() - wall, 3), "reference_cpu_s": round(time.process_time() - cpu, 3),
-            "final_loss": round(loss, 6)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(WARMUP_STEPS):
+            step()
+        walls, cpus = [], []
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                loss = step()
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+    finally:
+        torch.set_num_threads(threads)
+    return {"bench": "reference", "steps": steps, "repeats": repeats, "threads": 1,
+            "reference_s": round(float(np.median(walls)), 3), "reference_cpu_s": round(float(np.median(cpus)), 3),
+            "spread_s": [round(min(walls), 3), round(max(walls), 3)], "final_loss": round(loss, 6)}
 
 
 def ratio_line(job_seconds: float, reference: dict) -> str:
     return (f"{job_seconds:.0f} s = {job_seconds / reference['reference_s']:.0f} x the CPU reference "
-            f"({reference['reference_s']:.2f} s on {reference['threads']} threads: hms bench reference)")
+            f"({reference['reference_s']:.2f} s on {reference['threads']} thread: hms bench reference)")
