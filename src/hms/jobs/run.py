@@ -39,10 +39,11 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     """The main job: its plan first, then caches and folds once, then every run. With two or more
     device slots (the visible GPUs, `gpus` of them, the `devices` given, or without a GPU one
     per core: schedule.cpu_slots) the runs are scheduled over them, one process each
-    (hms.jobs.schedule); else they train here, one after another. hours: train only the part of the plan that fits (budget.select: whole members
-    by value per hour; NothingFits when none does); None: all of it. notebook_minutes: the Kaggle
-    notebook's limit, which picks test_runs / TTA choices. stop_when_long: raise PlanTooLong before
-    any cache or training when the plan's estimate on this device is over main_job.STOP_HOURS."""
+    (hms.jobs.schedule); else they train here, one after another. hours: train only the part of
+    the plan that fits (budget.select: whole members by value per hour; NothingFits when none
+    does); None: all of it. notebook_minutes: the Kaggle notebook's limit, which picks test_runs /
+    TTA choices. stop_when_long: raise PlanTooLong before any cache or training when the plan's
+    estimate on this device is over main_job.STOP_HOURS."""
     refuse_torchrun()
     reference = cpu_reference()  # first, on an idle process: the machine's yardstick for the job's time
     t0 = time.perf_counter()

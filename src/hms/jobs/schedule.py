@@ -77,7 +77,8 @@ def cpu_slots() -> list[str]:
     """The slots of a machine without a GPU: one run per core, up to MAX_CPU_JOBS, the cores
     shared out as their threads (slot_env); $HMS_CPU_JOBS sets the count. Small networks use a
     second thread poorly: on 2 cores two single-thread folds at once took 0.84x the CPU-seconds
-    and 0.82x the wall time of the same folds one after the other on 2 threads (README, "Main job")."""
+    and 0.82x the wall time of the same folds one after the other on 2 threads (README, "What the
+    CPU demo costs")."""
     setting = os.environ.get(CPU_JOBS_ENV, "").strip()
     if setting:
         if not setting.isdigit() or int(setting) < 1:
