@@ -14,6 +14,7 @@ from torch import nn
 REFERENCE_STEPS = 20  # about a second: short beside a job, long beside timer noise
 REFERENCE_REPEATS = 5  # the median of these: one timing of 20 steps on 2 threads ran 0.89-1.55 s on one machine
 WARMUP_STEPS = 3
+REFERENCE_THREADS = 1  # what each of the CPU demo's runs has (hms.jobs.schedule.cpu_slots)
 
 
 def reference_net() -> nn.Module:
@@ -45,7 +46,7 @@ def cpu_reference(steps: int = REFERENCE_STEPS, repeats: int = REFERENCE_REPEATS
         return float(loss.detach())
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(REFERENCE_THREADS)
     try:
         for _ in range(WARMUP_STEPS):
             step()
@@ -58,7 +59,7 @@ def cpu_reference(steps: int = REFERENCE_STEPS, repeats: int = REFERENCE_REPEATS
             cpus.append(time.process_time() - cpu)
     finally:
         torch.set_num_threads(threads)
-    return {"bench": "reference", "steps": steps, "repeats": repeats, "threads": 1,
+    return {"bench": "reference", "steps": steps, "repeats": repeats, "threads": REFERENCE_THREADS,
             "reference_s": round(float(np.median(walls)), 3), "reference_cpu_s": round(float(np.median(cpus)), 3),
             "spread_s": [round(min(walls), 3), round(max(walls), 3)], "final_loss": round(loss, 6)}
 

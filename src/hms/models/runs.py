@@ -66,7 +66,6 @@ def full_runs(cfg, stage_epochs: list[int]) -> list[RunSpec]:
             for i in range(n_full_fits(cfg))]
 
 
-
 def all_runs(cfg) -> list[RunSpec]:
     """Every run the experiment trains (full fits without their epochs: names and seeds only)."""
     return cv_runs(cfg) + full_runs(cfg, [])
