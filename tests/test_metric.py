@@ -78,3 +78,46 @@ def test_cli_score_prints_the_score(tmp_path, capsys):
     _frame([3], pred).to_csv(tmp_path / "sub.csv", index=False)
     assert main(["score", str(tmp_path / "sol.csv"), str(tmp_path / "sub.csv")]) == 0
     assert float(capsys.readouterr().out) == pytest.approx(metric.kl_score(votes, pred), abs=1e-6)
+
+
+def test_paired_bootstrap_of_a_submission_against_itself_is_exactly_zero():
+    rows = np.random.default_rng(1).gamma(2.0, 0.2, size=300)
+    assert metric.paired_bootstrap(rows, rows) == (0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_gives_the_score_ratio_and_an_interval_around_it():
+    rng = np.random.default_rng(2)
+    rows_a = rng.gamma(2.0, 0.2, size=1000)
+    rows_b = rows_a * 0.9 + rng.normal(0, 0.01, size=1000).clip(-0.05, 0.05) + 0.05
+    change, low, high = metric.paired_bootstrap(rows_a, rows_b)
+    assert change == pytest.approx(rows_b.mean() / rows_a.mean() - 1)
+    assert low < change < high
+    # pairing removes the rows' shared spread: the interval is far narrower than the unpaired one
+    unpaired = [rng.choice(rows_b, 1000).mean() / rng.choice(rows_a, 1000).mean() - 1 for _ in range(2000)]
+    assert change - 0.01 < low and high < change + 0.01
+    assert 5 * (high - low) < np.ptp(np.percentile(unpaired, [2.5, 97.5]))
+
+
+def test_paired_bootstrap_refuses_rows_of_two_lengths():
+    with pytest.raises(ValueError, match=r"\(3,\) and \(2,\)"):
+        metric.paired_bootstrap(np.ones(3), np.ones(2))
+
+
+def test_cli_score_of_two_submissions_prints_both_scores_and_the_paired_change(tmp_path, capsys):
+    from hms.cli import main
+
+    rng = np.random.default_rng(3)
+    votes = rng.integers(0, 5, size=(200, 6)).astype(float)
+    votes[:, 5] += 1
+    better = 0.7 * metric.normalise_votes(votes) + 0.3 / 6
+    worse = np.full((200, 6), 1 / 6)
+    ids = np.arange(200) + 10
+    _frame(ids, votes).to_csv(tmp_path / "sol.csv", index=False)
+    _frame(ids, worse).to_csv(tmp_path / "a.csv", index=False)
+    _frame(ids[::-1], better[::-1]).to_csv(tmp_path / "b.csv", index=False)  # row order must not matter
+    assert main(["score", str(tmp_path / "sol.csv"), str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0
+    first, second, change = capsys.readouterr().out.strip().splitlines()
+    score_a, score_b = metric.kl_score(votes, worse), metric.kl_score(votes, better)
+    assert float(first.rsplit(": ", 1)[1]) == pytest.approx(score_a, abs=1e-6)
+    assert float(second.rsplit(": ", 1)[1]) == pytest.approx(score_b, abs=1e-6)
+    assert change.startswith(f"second vs first: {score_b / score_a - 1:+.2%} (paired bootstrap over 200 rows")

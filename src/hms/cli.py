@@ -145,18 +145,37 @@ def cmd_download(args) -> int:
 def cmd_score(args) -> int:
     import pandas as pd
 
-    from hms.metric import ParticipantVisibleError, score_frames
+    from hms.metric import paired_bootstrap, row_kl_frames
 
-    solution, submission = pd.read_csv(args.solution), pd.read_csv(args.submission)
+    solution = pd.read_csv(args.solution)
+    paths = [args.submission] + ([args.against] if args.against else [])
+    rows = [row_kl_frames(solution, _read_submission(path, solution, args.solution)) for path in paths]
+    if len(rows) == 1:
+        print(f"{rows[0].mean():.6f}")
+        return 0
+    change, low, high = paired_bootstrap(*rows)
+    print(f"{args.submission}: {rows[0].mean():.6f}\n{args.against}: {rows[1].mean():.6f}\n"
+          f"second vs first: {change:+.2%} (paired bootstrap over {len(rows[0])} rows, 95% interval "
+          f"{low:+.2%} .. {high:+.2%})")
+    return 0
+
+
+def _read_submission(path: str, solution, solution_path: str):
+    """A submission, checked first, so that swapped arguments are named as such."""
+    import pandas as pd
+
+    from hms.metric import ParticipantVisibleError, validate_submission
+
+    submission = pd.read_csv(path)
     try:
-        print(f"{score_frames(solution, submission):.6f}")
+        validate_submission(submission)
     except ParticipantVisibleError as exc:
         if _looks_like_votes(submission) and not _looks_like_votes(solution):
             raise ParticipantVisibleError(
-                f"{exc}; {args.submission} holds vote counts and {args.solution} probabilities: the arguments "
+                f"{exc}; {path} holds vote counts and {solution_path} probabilities: the arguments "
                 "look swapped (hms score SOLUTION.csv SUBMISSION.csv)") from exc
-        raise
-    return 0
+        raise ParticipantVisibleError(f"{path}: {exc}") from exc
+    return submission
 
 
 def _looks_like_votes(frame) -> bool:
@@ -350,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _register(sub, "score", cmd_score, "score a submission CSV against a solution CSV (official metric)")
     p.add_argument("solution")
     p.add_argument("submission")
+    p.add_argument("against", nargs="?", default=None,
+                   help="a second submission: both scores and the second's change with its paired-bootstrap 95%% interval")
 
     _register(sub, "folds", cmd_folds, "build (or reuse) the patient-grouped folds", config=True)
 

@@ -77,10 +77,28 @@ def _align(solution: pd.DataFrame, submission: pd.DataFrame, key: str) -> pd.Dat
     return merged
 
 
-def score_frames(solution: pd.DataFrame, submission: pd.DataFrame, key: str = "eeg_id") -> float:
-    """Score a submission frame against a solution frame (both with eeg_id + *_vote)."""
+def row_kl_frames(solution: pd.DataFrame, submission: pd.DataFrame, key: str = "eeg_id") -> np.ndarray:
+    """Each solution row's KL, in the solution's row order (both frames with eeg_id + *_vote)."""
     validate_submission(submission)
     merged = _align(solution, submission, key)
     true = merged[[f"{c}_true" for c in schema.VOTE_COLUMNS]].to_numpy()
     pred = merged[[f"{c}_pred" for c in schema.VOTE_COLUMNS]].to_numpy()
-    return kl_score(true, pred)
+    return kl_rows(true, pred)
+
+
+def score_frames(solution: pd.DataFrame, submission: pd.DataFrame, key: str = "eeg_id") -> float:
+    """Score a submission frame against a solution frame (both with eeg_id + *_vote)."""
+    return float(row_kl_frames(solution, submission, key).mean())
+
+
+def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, draws: int = 10_000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """B's score relative to A's (score_b / score_a - 1) and its 95% interval, resampling the rows
+    both were scored on together: one test set cannot rank two models closer than this."""
+    rows_a, rows_b = np.asarray(rows_a, np.float64), np.asarray(rows_b, np.float64)
+    if rows_a.shape != rows_b.shape or rows_a.ndim != 1 or not len(rows_a):
+        raise ValueError(f"paired rows must be two equal, non-empty 1-D arrays: {rows_a.shape} and {rows_b.shape}")
+    picks = np.random.default_rng(seed).integers(0, len(rows_a), size=(draws, len(rows_a)))
+    change = rows_b[picks].mean(axis=1) / rows_a[picks].mean(axis=1) - 1
+    low, high = np.percentile(change, [2.5, 97.5])
+    return float(rows_b.mean() / rows_a.mean() - 1), float(low), float(high)
