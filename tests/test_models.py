@@ -449,3 +449,17 @@ def test_mel_zoom_view_sits_right_of_the_full_view(layout):
         expected = expected.flatten(1, 2).unsqueeze(1)
     torch.testing.assert_close(both[..., 64:], (expected + 40) / 40)
     assert zoomed(x).shape == (2, N_CLASSES)
+
+
+def test_the_1d_and_tree_paths_do_not_import_timm():
+    """timm (and the torchvision it pulls in) costs ~2.5 s per process: every 1D and tree run,
+    and every CLI process, would pay it for nothing. It loads when a 2D model is built."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, hms.jobs.run, hms.training.loop, hms.models; "
+             "print(*[m in sys.modules for m in ('timm', 'torchvision')]); "
+             "hms.models.build_model({'kind': 'timm2d', 'backbone': 'resnet10t', 'pretrained': False}); "
+             "print('timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "True"]

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -137,6 +136,8 @@ class TimmSpectrogramNet(nn.Module):
         kwargs = dict(backbone_kwargs or {})
         if drop_path_rate:  # only when asked: not every timm family accepts the argument
             kwargs["drop_path_rate"] = drop_path_rate
+        import timm  # here, not at the top: importing timm (and torchvision) costs ~2.5 s, which
+        # every run of the 1D and tree members and every CLI process would pay for nothing
         # num_classes=0 keeps timm's pooling (and head norm) for forward_head(pre_logits=True)
         self.backbone = timm.create_model(backbone, pretrained=pretrained, in_chans=in_chans, num_classes=0, **kwargs)
         if checkpoint_path:
