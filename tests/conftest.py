@@ -19,6 +19,8 @@ def _no_user_hms_settings(monkeypatch):
     # `hms run` without a GPU trains one run per core at once; tests that count what happens in
     # the calling process ask for the single-process job (tests/test_schedule.py runs the slots)
     monkeypatch.setenv("HMS_CPU_JOBS", "1")
+    # the CPU reference (~8 s) would be most of each seconds-long `hms run` here: ~35 of them
+    monkeypatch.setenv("HMS_REFERENCE_REPEATS", "0")
 
 
 def eeg_frame(seconds: float = 50, seed: int = 0) -> pd.DataFrame:

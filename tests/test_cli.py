@@ -174,3 +174,26 @@ def test_bench_reference_is_a_fixed_workload(capsys):
     assert main(["bench", "reference"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["bench"] == "reference" and printed["steps"] == 20 and printed["threads"] >= 1
+
+
+@pytest.mark.parametrize("setting, repeats", [("", 5), ("2", 2), ("0", None)])
+def test_hms_run_times_the_reference_as_often_as_hms_reference_repeats_says(monkeypatch, setting, repeats):
+    from hms.jobs import reference
+
+    full_length = reference.cpu_reference  # the real workload, one step per timing to keep it short
+    monkeypatch.setattr(reference, "cpu_reference",
+                        lambda repeats=reference.REFERENCE_REPEATS: full_length(steps=1, repeats=repeats))
+    monkeypatch.setenv("HMS_REFERENCE_REPEATS", setting)
+    timed = reference.job_reference()
+    assert (timed and timed["repeats"]) == repeats
+    if repeats is None:
+        assert reference.ratio_line(42.0, timed) == "42 s (no CPU reference: HMS_REFERENCE_REPEATS=0)"
+
+
+def test_a_bad_hms_reference_repeats_is_named(monkeypatch):
+    from hms.config import ConfigError
+    from hms.jobs.reference import job_reference
+
+    monkeypatch.setenv("HMS_REFERENCE_REPEATS", "few")
+    with pytest.raises(ConfigError, match="HMS_REFERENCE_REPEATS='few': a number of timings, 0 for none"):
+        job_reference()

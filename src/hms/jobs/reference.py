@@ -4,6 +4,7 @@ kind ran the demo 5x apart). `hms run` times it first and prints the ratio at th
 `hms bench reference` prints it alone."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -11,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hms import config as C
+
 REFERENCE_STEPS = 20  # about a second: short beside a job, long beside timer noise
 REFERENCE_REPEATS = 5  # the median of these: one timing of 20 steps on 2 threads ran 0.89-1.55 s on one machine
 WARMUP_STEPS = 3
 REFERENCE_THREADS = 1  # what each of the CPU demo's runs has (hms.jobs.schedule.cpu_slots)
+REPEATS_ENV = "HMS_REFERENCE_REPEATS"  # hms run's timings of it; 0: none (the tests' short jobs)
 
 
 def reference_net() -> nn.Module:
@@ -64,6 +68,20 @@ def cpu_reference(steps: int = REFERENCE_STEPS, repeats: int = REFERENCE_REPEATS
             "spread_s": [round(min(walls), 3), round(max(walls), 3)], "final_loss": round(loss, 6)}
 
 
-def ratio_line(job_seconds: float, reference: dict) -> str:
+def job_reference() -> dict | None:
+    """The reference `hms run` times before its job: REFERENCE_REPEATS timings (~8 s), or
+    $HMS_REFERENCE_REPEATS of them; 0 times none (the test suite's many seconds-long jobs would
+    spend most of their time on it)."""
+    setting = os.environ.get(REPEATS_ENV, "").strip()
+    if not setting:
+        return cpu_reference()
+    if not setting.isdigit():
+        raise C.ConfigError(f"{REPEATS_ENV}={setting!r}: a number of timings, 0 for none")
+    return cpu_reference(repeats=int(setting)) if int(setting) else None
+
+
+def ratio_line(job_seconds: float, reference: dict | None) -> str:
+    if reference is None:
+        return f"{job_seconds:.0f} s (no CPU reference: {REPEATS_ENV}=0)"
     return (f"{job_seconds:.0f} s = {job_seconds / reference['reference_s']:.0f} x the CPU reference "
             f"({reference['reference_s']:.2f} s on {reference['threads']} thread: hms bench reference)")

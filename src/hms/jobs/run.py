@@ -15,7 +15,7 @@ from hms.jobs.experiments import build_once, experiment_sources
 from hms.jobs.budget import NOTEBOOK_MINUTES, NothingFits, Selection, print_plan, select
 from hms.jobs.main_job import check_budget
 from hms.jobs.plan import make_plan
-from hms.jobs.reference import cpu_reference, ratio_line
+from hms.jobs.reference import job_reference, ratio_line
 from hms.inference.summary import load_answers, summary_table, test_scores
 from hms.training.dist import launched_world_size
 from hms.training.experiment import check_runs_unchanged, collect_experiment, train_experiment
@@ -45,7 +45,7 @@ def run_all(config_paths: list[str], overrides: list[str] = (), force: bool = Fa
     TTA choices. stop_when_long: raise PlanTooLong before any cache or training when the plan's
     estimate on this device is over main_job.STOP_HOURS."""
     refuse_torchrun()
-    reference = cpu_reference()  # first, on an idle process: the machine's yardstick for the job's time
+    reference = job_reference()  # first, on an idle process: the machine's yardstick for the job's time
     t0 = time.perf_counter()
     sources = experiment_sources(config_paths, list(overrides))
     base = sources[0][0]
