@@ -145,11 +145,11 @@ def cmd_download(args) -> int:
 def cmd_score(args) -> int:
     import pandas as pd
 
-    from hms.metric import paired_bootstrap, row_kl_frames
+    from hms.metric import paired_bootstrap
 
     solution = pd.read_csv(args.solution)
     paths = [args.submission] + ([args.against] if args.against else [])
-    rows = [row_kl_frames(solution, _read_submission(path, solution, args.solution)) for path in paths]
+    rows = [_row_kls(solution, args.solution, path) for path in paths]
     if len(rows) == 1:
         print(f"{rows[0].mean():.6f}")
         return 0
@@ -160,22 +160,22 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _read_submission(path: str, solution, solution_path: str):
-    """A submission, checked first, so that swapped arguments are named as such."""
+def _row_kls(solution, solution_path: str, path: str):
+    """Each solution row's KL for the submission at `path`; its errors name it, and swapped
+    arguments are named as such."""
     import pandas as pd
 
-    from hms.metric import ParticipantVisibleError, validate_submission
+    from hms.metric import ParticipantVisibleError, row_kl_frames
 
     submission = pd.read_csv(path)
     try:
-        validate_submission(submission)
+        return row_kl_frames(solution, submission)
     except ParticipantVisibleError as exc:
         if _looks_like_votes(submission) and not _looks_like_votes(solution):
             raise ParticipantVisibleError(
                 f"{exc}; {path} holds vote counts and {solution_path} probabilities: the arguments "
                 "look swapped (hms score SOLUTION.csv SUBMISSION.csv)") from exc
         raise ParticipantVisibleError(f"{path}: {exc}") from exc
-    return submission
 
 
 def _looks_like_votes(frame) -> bool:
