@@ -24,6 +24,17 @@ ENV_PATHS = {
 }
 
 
+def env_count(name: str, meaning: str, minimum: int) -> int | None:
+    """A whole-number setting from $name: None when unset or blank, a ConfigError that names the
+    variable and says what it counts when it is not a number of at least `minimum`."""
+    setting = os.environ.get(name, "").strip()
+    if not setting:
+        return None
+    if not setting.isdigit() or int(setting) < minimum:
+        raise ConfigError(f"{name}={setting!r}: {meaning}")
+    return int(setting)
+
+
 def config_dir() -> Path:
     """The configs/ folder: $HMS_CONFIG_DIR, ./configs, or the repo checkout's."""
     for candidate in (os.environ.get("HMS_CONFIG_DIR"), "configs", REPO_ROOT / "configs"):

@@ -4,7 +4,6 @@ kind ran the demo 5x apart). `hms run` times it first and prints the ratio at th
 `hms bench reference` prints it alone."""
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -72,12 +71,10 @@ def job_reference() -> dict | None:
     """The reference `hms run` times before its job: REFERENCE_REPEATS timings (~8 s), or
     $HMS_REFERENCE_REPEATS of them; 0 times none (the test suite's many seconds-long jobs would
     spend most of their time on it)."""
-    setting = os.environ.get(REPEATS_ENV, "").strip()
-    if not setting:
+    repeats = C.env_count(REPEATS_ENV, "a number of timings, 0 for none", minimum=0)
+    if repeats is None:
         return cpu_reference()
-    if not setting.isdigit():
-        raise C.ConfigError(f"{REPEATS_ENV}={setting!r}: a number of timings, 0 for none")
-    return cpu_reference(repeats=int(setting)) if int(setting) else None
+    return cpu_reference(repeats=repeats) if repeats else None
 
 
 def ratio_line(job_seconds: float, reference: dict | None) -> str:

@@ -79,12 +79,8 @@ def cpu_slots() -> list[str]:
     second thread poorly: on 2 cores two single-thread folds at once took 0.84x the CPU-seconds
     and 0.82x the wall time of the same folds one after the other on 2 threads (README, "What the
     CPU demo costs")."""
-    setting = os.environ.get(CPU_JOBS_ENV, "").strip()
-    if setting:
-        if not setting.isdigit() or int(setting) < 1:
-            raise C.ConfigError(f"{CPU_JOBS_ENV}={setting!r}: a number of runs at once, 1 or more")
-        return [CPU_SLOT] * int(setting)
-    return [CPU_SLOT] * max(1, min(len(os.sched_getaffinity(0)), MAX_CPU_JOBS))
+    jobs = C.env_count(CPU_JOBS_ENV, "a number of runs at once, 1 or more", minimum=1)
+    return [CPU_SLOT] * (jobs or max(1, min(len(os.sched_getaffinity(0)), MAX_CPU_JOBS)))
 
 
 def device_slots(gpus: str | int = "all", devices: list[str] | None = None) -> list[str]:
