@@ -10,17 +10,23 @@ import pytest
 from hms.data import schema
 
 
+TEST_SETTINGS = {
+    # `hms run` without a GPU trains one run per core at once; tests that count what happens in
+    # the calling process ask for the single-process job (tests/test_schedule.py runs the slots)
+    "HMS_CPU_JOBS": "1",
+    # the CPU reference (~8 s) would be most of each seconds-long `hms run` here: ~35 of them
+    "HMS_REFERENCE_REPEATS": "0",
+}
+
+
 @pytest.fixture(autouse=True)
 def _no_user_hms_settings(monkeypatch):
     """A shell's HMS_* settings (work dir, device, ...) must not redirect a test: an exported
     HMS_WORK_DIR once sent a test's fold into the calling script's work dir."""
     for name in [n for n in os.environ if n.startswith("HMS_")]:
         monkeypatch.delenv(name)
-    # `hms run` without a GPU trains one run per core at once; tests that count what happens in
-    # the calling process ask for the single-process job (tests/test_schedule.py runs the slots)
-    monkeypatch.setenv("HMS_CPU_JOBS", "1")
-    # the CPU reference (~8 s) would be most of each seconds-long `hms run` here: ~35 of them
-    monkeypatch.setenv("HMS_REFERENCE_REPEATS", "0")
+    for name, value in TEST_SETTINGS.items():
+        monkeypatch.setenv(name, value)
 
 
 def eeg_frame(seconds: float = 50, seed: int = 0) -> pd.DataFrame:

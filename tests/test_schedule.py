@@ -16,7 +16,7 @@ import torch
 import hms as package
 from hms.data import labels, schema
 
-from conftest import TINY_TRAIN
+from conftest import TEST_SETTINGS, TINY_TRAIN
 
 VOTES = list(schema.VOTE_COLUMNS)
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def hms_env(data: Path, work: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HMS_")}
     env.update(HMS_DATA_DIR=str(data), HMS_WORK_DIR=str(work), HMS_SUBMISSION_DIR=str(work / "submissions"),
                HMS_DEVICE="cpu", PYTHONPATH=str(Path(package.__file__).parents[1]))  # the hms under test
-    env.update(HMS_CPU_JOBS="1", HMS_REFERENCE_REPEATS="0")  # as tests/conftest.py: serial unless --devices
+    env.update(TEST_SETTINGS)  # serial unless --devices, as in the tests' own process
     return env
 
 
